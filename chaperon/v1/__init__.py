@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for chaperon.v1 (built from protos/ at install time)."""

@@ -75,6 +75,10 @@ def extensions() -> list:
             libraries=["pthread"],
         ),
     ]
+    # Developers may rebuild one module alone: CHAPERON_EXT=histogram python setup.py build_ext -i
+    only = os.environ.get("CHAPERON_EXT")
+    if only:
+        exts = [e for e in exts if e.name.split(".")[-1] in only.split(",")]
     return cythonize(
         exts,
         compiler_directives={"language_level": "3", "embedsignature": True},

@@ -1,0 +1,18 @@
+"""Chaperon: distributed HTTP load testing with a C-speed engine and exact HDR histograms.
+
+What users import is listed in ``__all__``; the generated messages live in ``chaperon.v1``.
+"""
+
+from chaperon._version import __version__
+from chaperon.client import Client
+from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
+from chaperon.report import format_report
+
+__all__ = [
+    "Client",
+    "LoadTestFileError",
+    "__version__",
+    "format_report",
+    "load_file",
+    "load_test_from_dict",
+]

@@ -1,0 +1,315 @@
+"""The ``chaperon`` command line.
+
+``run`` and ``demo`` start a master and a worker inside this process on loopback (the
+embedded default), run one load test through the real gRPC API and print the report.
+``master`` and ``worker`` start the long-running services; ``submit``, ``status``,
+``workers`` and ``cancel`` talk to a running master. Errors the user can fix print one line
+on stderr and exit with status 2; a run that ends other than SUCCEEDED exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import grpc
+from google.protobuf import json_format
+
+from chaperon._version import __version__
+from chaperon.client import Client
+from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
+from chaperon.report import format_report
+from chaperon.status import field_violations
+from chaperon.v1 import results_pb2
+
+EXIT_FAILED_RUN = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+def _fail(message: str) -> int:
+    print(f"chaperon: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _rpc_message(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    violations = field_violations(exc) if code == grpc.StatusCode.INVALID_ARGUMENT else []
+    if violations:
+        details = "; ".join(f"{f}: {d}" for f, d in violations)
+    name = code.name if code is not None else "ERROR"
+    return f"{name}: {details}"
+
+
+@contextlib.contextmanager
+def embedded_cluster(threads: int, db_path: str | None = None) -> Iterator[str]:
+    """A master and one worker in this process on loopback; yields the master's address."""
+    from master_service.server import start_master
+    from worker_service.server import start_worker
+
+    with tempfile.TemporaryDirectory(prefix="chaperon-") as tmp:
+        master = start_master("127.0.0.1", 0, db_path or os.path.join(tmp, "chaperon.db"))
+        worker = None
+        try:
+            worker = start_worker(master.address, "127.0.0.1", 0, threads)
+            assert worker.membership is not None
+            if not worker.membership.registered.wait(15):
+                raise CliError("the embedded worker could not register with the embedded master")
+            yield master.address
+        finally:
+            if worker is not None:
+                worker.stop(0.5)
+            master.stop(0.5)
+
+
+def _print_run(run: results_pb2.LoadTestRun, as_json: bool) -> int:
+    if as_json:
+        print(json_format.MessageToJson(run))
+    else:
+        print(format_report(run))
+    return 0 if run.state == results_pb2.SUCCEEDED else EXIT_FAILED_RUN
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        load_test = load_file(args.file)
+    except LoadTestFileError as exc:
+        return _fail(str(exc))
+    if args.threads is not None and args.threads < 1:
+        return _fail("--threads must be >= 1")
+    with embedded_cluster(args.threads or 0, args.db) as address, Client(address) as client:
+        try:
+            run = client.run(load_test)
+        except grpc.RpcError as exc:
+            return _fail(f"{args.file}: {_rpc_message(exc)}")
+    return _print_run(run, args.json)
+
+
+DEMO_SECONDS = 3
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a local target, run a short built-in load test against it, print the report."""
+    target = subprocess.Popen(
+        [sys.executable, "-m", "chaperon._target", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert target.stdout is not None
+        line = target.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            return _fail("the demo target did not start")
+        base_url = "http://" + line[len("listening on "):]
+        load_test = load_test_from_dict(
+            {
+                "name": "demo",
+                "config": {"base_url": base_url},
+                "scenarios": [
+                    {
+                        "concurrency": args.concurrency,
+                        "duration": f"{args.seconds}s",
+                        "scenario": {
+                            "name": "root",
+                            "run": [{"http": {"method": "GET", "path": "/"}}],
+                        },
+                    }
+                ],
+            }
+        )
+        if not args.json:
+            print(
+                f"chaperon demo: {args.concurrency} sessions for {args.seconds}s "
+                f"against a local target at {base_url}",
+                flush=True,
+            )
+        with embedded_cluster(args.threads or 0) as address, Client(address) as client:
+            run = client.run(load_test)
+        return _print_run(run, args.json)
+    finally:
+        target.terminate()
+        try:
+            target.wait(5)
+        except subprocess.TimeoutExpired:
+            target.kill()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(3600):
+        pass
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    from master_service.server import start_master
+
+    try:
+        server = start_master(args.host, args.port, args.db, worker_wait_s=args.worker_wait)
+    except OSError as exc:
+        return _fail(str(exc))
+    print(f"chaperon master {__version__} listening on {server.address} (db: {args.db})",
+          file=sys.stderr, flush=True)
+    _wait_for_signal()
+    server.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker_service.server import start_worker
+
+    try:
+        server = start_worker(args.master, args.host, args.port, args.threads or 0, args.advertise)
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
+    print(
+        f"chaperon worker {__version__} listening on {server.address}, "
+        f"{server.state.threads} engine threads, master {args.master}",
+        file=sys.stderr,
+        flush=True,
+    )
+    _wait_for_signal()
+    server.stop()
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        load_test = load_file(args.file)
+    except LoadTestFileError as exc:
+        return _fail(str(exc))
+    with Client(args.master, args.token) as client:
+        if args.wait:
+            return _print_run(client.run(load_test), args.json)
+        run = client.submit(load_test)
+    if args.json:
+        print(json_format.MessageToJson(run))
+    else:
+        print(f"{run.id} {results_pb2.RunState.Name(run.state)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Client(args.master, args.token) as client:
+        if args.id:
+            return _print_run(client.get(args.id), args.json)
+        for run in client.list():
+            print(
+                f"{run.id}  {results_pb2.RunState.Name(run.state):<11}  {run.load_test.name}"
+            )
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    from chaperon.v1 import worker_pb2
+
+    with Client(args.master, args.token) as client:
+        for w in client.workers():
+            state = worker_pb2.WorkerState.Name(w.state).removeprefix("WORKER_")
+            flag = " (ignored)" if w.ignored else ""
+            print(f"{w.worker_id}  {w.address}  {state}  capacity={w.capacity}{flag}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with Client(args.master, args.token) as client:
+        run = client.cancel(args.id)
+    print(f"{run.id} {results_pb2.RunState.Name(run.state)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chaperon", description="Distributed HTTP load testing (master, workers, engine)."
+    )
+    parser.add_argument("--version", action="version", version=f"chaperon {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a load test file on an embedded master and worker")
+    p.add_argument("file", help="load test: .json, .yaml/.yml, or .py")
+    p.add_argument("--json", action="store_true", help="print the run as proto3 JSON only")
+    p.add_argument("--threads", type=int, help="engine threads (default: number of cores)")
+    p.add_argument("--db", help="SQLite file for the embedded master (default: temporary)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run a built-in load test against a local target")
+    p.add_argument("--seconds", type=int, default=DEMO_SECONDS)
+    p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("master", help="start a master")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--db", default="chaperon.db", help="SQLite file (default: ./chaperon.db)")
+    p.add_argument("--worker-wait", type=float, default=30.0,
+                   help="seconds a run waits for a worker before it fails")
+    p.set_defaults(func=cmd_master)
+
+    p = sub.add_parser("worker", help="start a worker that joins a master")
+    p.add_argument("--master", required=True, help="HOST:PORT of the master")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--threads", type=int, help="engine threads (default: number of cores)")
+    p.add_argument("--advertise", default="", help="HOST:PORT the master should dial")
+    p.set_defaults(func=cmd_worker)
+
+    def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help_text)
+        q.add_argument("--master", default=os.environ.get("CHAPERON_MASTER", "127.0.0.1:50051"))
+        q.add_argument("--token", default=None, help="bearer token (or CHAPERON_TOKEN)")
+        return q
+
+    p = client_cmd("submit", "queue a load test on a master")
+    p.add_argument("file")
+    p.add_argument("--wait", action="store_true", help="wait for the end and print the report")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_submit)
+
+    p = client_cmd("status", "list runs, or show one")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = client_cmd("workers", "list the workers")
+    p.set_defaults(func=cmd_workers)
+
+    p = client_cmd("cancel", "cancel a running or scheduled run")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        return _fail(str(exc))
+    except grpc.RpcError as exc:
+        return _fail(_rpc_message(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A small Python client over the generated Master stubs.
+
+    from chaperon import Client, load_file
+    with Client("127.0.0.1:50051") as client:
+        run = client.run(load_file("smoke.json"))
+        print(run.state, run.result.metrics[0].percentiles)
+
+Every method returns the protobuf messages of ``chaperon.v1``; failures raise
+``grpc.RpcError`` with the master's status and message (``chaperon.status.field_violations``
+lists the bad fields of an ``INVALID_ARGUMENT``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+
+import grpc
+
+from chaperon.v1 import (
+    loadtest_pb2,
+    master_pb2,
+    master_pb2_grpc,
+    results_pb2,
+)
+
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
+
+
+class Client:
+    def __init__(self, address: str, token: str | None = None) -> None:
+        self.address = address
+        token = token if token is not None else os.environ.get("CHAPERON_TOKEN")
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._channel = grpc.insecure_channel(address, _OPTIONS)
+        self._stub = master_pb2_grpc.MasterStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
+
+    def run(self, load_test: loadtest_pb2.LoadTest, timeout_s: float | None = None) -> results_pb2.LoadTestRun:
+        """Submit and wait for the end; returns the final run with its result."""
+        return self._stub.RunLoadTest(  # type: ignore[no-any-return]
+            master_pb2.SubmitLoadTestRequest(load_test=load_test),
+            timeout=timeout_s,
+            metadata=self._metadata,
+        )
+
+    def submit(self, load_test: loadtest_pb2.LoadTest) -> results_pb2.LoadTestRun:
+        return self._stub.SubmitLoadTest(  # type: ignore[no-any-return]
+            master_pb2.SubmitLoadTestRequest(load_test=load_test), metadata=self._metadata
+        )
+
+    def get(self, run_id: str) -> results_pb2.LoadTestRun:
+        return self._stub.GetLoadTestRun(  # type: ignore[no-any-return]
+            master_pb2.GetLoadTestRunRequest(id=run_id), metadata=self._metadata
+        )
+
+    def list(self, states: Iterable[int] = (), page_size: int = 0) -> Iterator[results_pb2.LoadTestRun]:
+        token = ""
+        while True:
+            resp = self._stub.ListLoadTestRuns(
+                master_pb2.ListLoadTestRunsRequest(
+                    states=list(states), page_size=page_size, page_token=token
+                ),
+                metadata=self._metadata,
+            )
+            yield from resp.runs
+            token = resp.next_page_token
+            if not token:
+                return
+
+    def watch(self, run_id: str) -> Iterator[master_pb2.RunProgress]:
+        return self._stub.WatchLoadTestRun(  # type: ignore[no-any-return]
+            master_pb2.WatchLoadTestRunRequest(id=run_id), metadata=self._metadata
+        )
+
+    def cancel(self, run_id: str) -> results_pb2.LoadTestRun:
+        return self._stub.CancelLoadTestRun(  # type: ignore[no-any-return]
+            master_pb2.CancelLoadTestRunRequest(id=run_id), metadata=self._metadata
+        )
+
+    def workers(self) -> list[master_pb2.WorkerInfo]:
+        resp = self._stub.ListWorkers(master_pb2.ListWorkersRequest(), metadata=self._metadata)
+        return list(resp.workers)
+
+    def server_info(self) -> master_pb2.ServerInfo:
+        return self._stub.GetServerInfo(  # type: ignore[no-any-return]
+            master_pb2.GetServerInfoRequest(), metadata=self._metadata
+        )

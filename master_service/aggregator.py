@@ -1,0 +1,154 @@
+"""Merging the workers' per-interval deltas into a run's result.
+
+Each worker streams, every report interval, the HDR histogram of what it recorded in that
+interval for each metric key (encoded), plus counters. The aggregator decodes and adds them
+into one histogram per key, so percentiles are computed from the merged distribution (never
+averaged). The final ``Result`` is computed from these merged histograms only, so it is the
+same whoever asks and however the sessions were spread.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from _fastpath.histogram import Histogram
+from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
+
+# Chaperon's percentile list.
+PERCENTILES = (10, 20, 30, 40, 50, 60, 75, 80, 85, 90, 95, 99, 99.9, 99.99, 99.999)
+
+
+@dataclass
+class _KeyAggregate:
+    hist: Histogram = field(default_factory=Histogram)
+    count: int = 0
+    errors: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _WorkerTotals:
+    sessions_started: int = 0
+    sessions_completed: int = 0
+    elapsed_s: float = 0.0
+    final: bool = False
+
+
+class Aggregator:
+    """Thread-safe accumulator of WorkerReports for one run."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, _KeyAggregate] = {}
+        self._workers: dict[str, _WorkerTotals] = {}
+
+    def add_report(self, worker_id: str, report: worker_pb2.WorkerReport) -> None:
+        """Merge one report; raises ValueError if a histogram does not decode."""
+        decoded = [(m, Histogram.decode(m.hdr) if m.hdr else None) for m in report.metrics]
+        with self._lock:
+            for m, hist in decoded:
+                agg = self._keys.get(m.key)
+                if agg is None:
+                    agg = self._keys[m.key] = _KeyAggregate()
+                if hist is not None:
+                    agg.hist.add(hist)
+                agg.count += m.count
+                agg.errors += m.errors
+                for kind, n in m.errors_by_kind.items():
+                    agg.errors_by_kind[kind] = agg.errors_by_kind.get(kind, 0) + n
+            totals = self._workers.setdefault(worker_id, _WorkerTotals())
+            totals.sessions_started = max(totals.sessions_started, report.sessions_started)
+            totals.sessions_completed = max(totals.sessions_completed, report.sessions_completed)
+            totals.elapsed_s = max(totals.elapsed_s, report.elapsed_s)
+            totals.final = totals.final or report.final
+
+    def elapsed_s(self) -> float:
+        with self._lock:
+            return max((w.elapsed_s for w in self._workers.values()), default=0.0)
+
+    def progress(self) -> list[tuple[str, int, int, float, float]]:
+        """(key, count, errors, p50_us, p99_us) so far."""
+        with self._lock:
+            out = []
+            for key in sorted(self._keys):
+                agg = self._keys[key]
+                p50, p99 = agg.hist.percentiles([50, 99])
+                out.append((key, agg.count, agg.errors, float(p50), float(p99)))
+            return out
+
+    def result(self, lost_workers: list[str] | None = None) -> results_pb2.Result:
+        with self._lock:
+            elapsed = max((w.elapsed_s for w in self._workers.values()), default=0.0)
+            res = results_pb2.Result(
+                sessions_started=sum(w.sessions_started for w in self._workers.values()),
+                sessions_completed=sum(w.sessions_completed for w in self._workers.values()),
+                duration_s=elapsed,
+                workers=sorted(self._workers),
+                lost_workers=lost_workers or [],
+            )
+            for key in sorted(self._keys):
+                res.metrics.append(_metric(key, self._keys[key], elapsed))
+            return res
+
+
+def _metric(key: str, agg: _KeyAggregate, elapsed_s: float) -> results_pb2.Metric:
+    hist = agg.hist
+    m = results_pb2.Metric(
+        key=key,
+        count=agg.count,
+        errors=agg.errors,
+        errors_by_kind=agg.errors_by_kind,
+        rate_per_s=agg.count / elapsed_s if elapsed_s > 0 else 0.0,
+    )
+    if hist.total_count:
+        m.min_us = float(hist.min)
+        m.max_us = float(hist.max)
+        m.mean_us = float(hist.mean)
+        m.stddev_us = float(hist.stddev)
+        values = hist.percentiles(list(PERCENTILES))
+        m.percentiles.extend(
+            results_pb2.Percentile(percentile=p, value_us=float(v))
+            for p, v in zip(PERCENTILES, values)
+        )
+    m.hdr = hist.encode()
+    return m
+
+
+_LATENCY_STATS = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99.9": 99.9}
+
+
+def evaluate_thresholds(
+    result: results_pb2.Result, thresholds: list[loadtest_pb2.Threshold]
+) -> bool:
+    """Fill ``result.thresholds``; latency stats are compared in milliseconds.
+
+    Returns True when every threshold passed. A threshold on a key that recorded nothing fails.
+    """
+    by_key = {m.key: m for m in result.metrics}
+    ok = True
+    for th in thresholds:
+        m = by_key.get(th.metric)
+        value = float("inf")
+        if m is not None:
+            if th.stat == "errors":
+                value = float(m.errors)
+            elif th.stat == "error_rate":
+                attempts = m.count + sum(
+                    n for k, n in m.errors_by_kind.items() if not k.startswith("http_")
+                )
+                value = m.errors / attempts if attempts else 0.0
+            elif th.stat in ("min", "mean", "max"):
+                value = getattr(m, f"{th.stat}_us") / 1000.0
+            else:
+                want = _LATENCY_STATS[th.stat]
+                value = next(
+                    (p.value_us / 1000.0 for p in m.percentiles if abs(p.percentile - want) < 1e-9),
+                    float("inf"),
+                )
+        passed = value <= th.max
+        ok = ok and passed
+        result.thresholds.append(
+            results_pb2.ThresholdResult(threshold=th, value=value, passed=passed)
+        )
+    return ok

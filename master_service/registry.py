@@ -1,0 +1,144 @@
+"""The worker registry: who is there, what each can take, who has gone quiet.
+
+Workers register with an address and a capacity (engine threads) and heartbeat every
+``heartbeat_interval_s``; one silent for ``lost_after_intervals`` intervals is LOST and takes
+no new load (it comes back with its next heartbeat or registration). Registering again from
+the same address reuses the worker's id, so a worker that re-registers after a master restart
+or a network blip never shows up twice. The clock is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from chaperon.status import NotFound
+from chaperon.v1 import worker_pb2
+
+
+@dataclass
+class WorkerEntry:
+    worker_id: str
+    address: str
+    capacity: int
+    labels: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+    ignored: bool = False
+    last_heartbeat: float = 0.0  # monotonic
+    last_heartbeat_wall: float = 0.0
+    state: int = worker_pb2.WORKER_IDLE
+    current_run_id: str = ""
+
+
+class WorkerRegistry:
+    def __init__(
+        self,
+        heartbeat_interval_s: float = 1.0,
+        lost_after_intervals: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self._lost_after_s = heartbeat_interval_s * lost_after_intervals
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._workers: dict[str, WorkerEntry] = {}
+
+    def register(
+        self,
+        address: str,
+        capacity: int,
+        labels: dict[str, str] | None = None,
+        version: str = "",
+        worker_id: str = "",
+    ) -> str:
+        now = self._clock()
+        with self._lock:
+            existing = self._workers.get(worker_id) if worker_id else None
+            if existing is None:
+                existing = next((w for w in self._workers.values() if w.address == address), None)
+            if existing is not None:
+                existing.address = address
+                existing.capacity = capacity
+                existing.labels = dict(labels or {})
+                existing.version = version
+                existing.last_heartbeat = now
+                existing.last_heartbeat_wall = time.time()
+                existing.state = worker_pb2.WORKER_IDLE
+                return existing.worker_id
+            new_id = worker_id or f"w-{uuid.uuid4().hex[:10]}"
+            self._workers[new_id] = WorkerEntry(
+                worker_id=new_id,
+                address=address,
+                capacity=capacity,
+                labels=dict(labels or {}),
+                version=version,
+                last_heartbeat=now,
+                last_heartbeat_wall=time.time(),
+            )
+            return new_id
+
+    def heartbeat(self, worker_id: str, state: int) -> bool:
+        with self._lock:
+            w = self._workers.get(worker_id)
+            if w is None:
+                return False
+            w.last_heartbeat = self._clock()
+            w.last_heartbeat_wall = time.time()
+            if state in (worker_pb2.WORKER_IDLE, worker_pb2.WORKER_BUSY):
+                w.state = state
+            return True
+
+    def set_ignored(self, worker_id: str, ignored: bool) -> WorkerEntry:
+        with self._lock:
+            w = self._workers.get(worker_id)
+            if w is None:
+                raise NotFound(f"no worker {worker_id!r} (see ListWorkers)")
+            w.ignored = ignored
+            return replace(w)
+
+    def set_run(self, worker_id: str, run_id: str) -> None:
+        with self._lock:
+            w = self._workers.get(worker_id)
+            if w is not None:
+                w.current_run_id = run_id
+                w.state = worker_pb2.WORKER_BUSY if run_id else worker_pb2.WORKER_IDLE
+
+    def snapshot(self) -> list[WorkerEntry]:
+        """Copies of every worker, with LOST marked from the heartbeat age."""
+        now = self._clock()
+        with self._lock:
+            out = []
+            for w in self._workers.values():
+                copy = replace(w)
+                if now - w.last_heartbeat > self._lost_after_s:
+                    copy.state = worker_pb2.WORKER_LOST
+                out.append(copy)
+        return sorted(out, key=lambda w: w.worker_id)
+
+    def available(self) -> list[WorkerEntry]:
+        """Workers that can take load: not ignored, not lost."""
+        return [
+            w for w in self.snapshot() if not w.ignored and w.state != worker_pb2.WORKER_LOST
+        ]
+
+
+def split_sessions(total: int, capacities: list[int]) -> list[int]:
+    """Split ``total`` sessions over workers in proportion to capacity (largest remainder).
+
+    The shares add up to ``total`` exactly; equal capacities give an even split with the
+    remainder spread one each over the first workers.
+    """
+    if not capacities:
+        return []
+    weights = [max(1, c) for c in capacities]
+    whole = sum(weights)
+    shares = [total * w // whole for w in weights]
+    remainders = sorted(
+        range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i)
+    )
+    for i in remainders[: total - sum(shares)]:
+        shares[i] += 1
+    return shares

@@ -1,0 +1,382 @@
+"""The run queue and the runner: one load test at a time, FIFO, spread over the workers.
+
+Theory of operation: ``submit`` validates and stores a run as SCHEDULED and wakes the runner
+thread. The runner takes the oldest SCHEDULED run, waits (bounded) for at least one available
+worker, splits every scenario entry's sessions over the workers by capacity, and opens one
+``RunAssignment`` stream per worker, each read by its own thread. Every report's deltas are
+stored and merged into the run's ``Aggregator``; when every stream has ended (or the run's
+timeout passes, or it is cancelled) the result is computed from the merged histograms, the
+thresholds are evaluated, and the run gets its final state. Waiters (``RunLoadTest``) sleep on
+a condition variable. Talking to workers goes through ``WorkerTransport`` so tests can swap it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from google.protobuf import timestamp_pb2
+
+from chaperon.durations import parse_duration_ns
+from chaperon.status import FailedPrecondition, NotFound
+from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
+from master_service.aggregator import Aggregator, evaluate_thresholds
+from master_service.registry import WorkerEntry, WorkerRegistry, split_sessions
+from master_service.store import SqliteStore
+from master_service.validation import validate_load_test
+
+log = logging.getLogger(__name__)
+
+TERMINAL = (
+    results_pb2.SUCCEEDED,
+    results_pb2.FAILED,
+    results_pb2.CANCELLED,
+    results_pb2.INTERRUPTED,
+)
+# When a load test sets no timeout: its longest duration plus this grace, or this alone.
+DEFAULT_TIMEOUT_GRACE_S = 60.0
+DEFAULT_TIMEOUT_NO_DURATION_S = 3600.0
+
+
+class WorkerTransport(Protocol):
+    def run_assignment(
+        self, address: str, assignment: worker_pb2.Assignment
+    ) -> AssignmentStream: ...
+
+    def cancel_assignment(self, address: str, assignment_id: str) -> None: ...
+
+
+class AssignmentStream(Protocol):
+    def __iter__(self) -> Iterator[worker_pb2.WorkerReport]: ...
+    def cancel(self) -> None: ...
+
+
+@dataclass
+class _ActiveRun:
+    run: results_pb2.LoadTestRun
+    aggregator: Aggregator
+    started_monotonic: float
+    assignments: dict[str, tuple[WorkerEntry, str]] = field(default_factory=dict)
+    streams: list[AssignmentStream] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+
+def _now_ts() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: SqliteStore,
+        registry: WorkerRegistry,
+        transport: WorkerTransport,
+        report_interval_s: float = 1.0,
+        worker_wait_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._transport = transport
+        self._report_interval_s = report_interval_s
+        self._worker_wait_s = worker_wait_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._active: _ActiveRun | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._recover()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="chaperon-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            active = self._active
+            self._cond.notify_all()
+        if active is not None:
+            self._cancel_active(active)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _recover(self) -> None:
+        """Runs left RUNNING by a master that died become INTERRUPTED with what was stored."""
+        for _, run in self._store.list_runs(states=[results_pb2.RUNNING], limit=1_000_000):
+            agg = Aggregator()
+            for worker_id, _seq, blob in self._store.deltas(run.id):
+                report = worker_pb2.WorkerReport()
+                report.ParseFromString(blob)
+                try:
+                    agg.add_report(worker_id, report)
+                except ValueError:
+                    log.warning("run %s: a stored delta does not decode; skipped", run.id)
+            run.result.CopyFrom(agg.result())
+            run.state = results_pb2.INTERRUPTED
+            run.error = "the master stopped while this run was in flight"
+            run.finished_at.CopyFrom(_now_ts())
+            self._store.put_run(run)
+
+    # -- queries and commands (called from RPC threads) -------------------------------------
+
+    def submit(self, load_test: loadtest_pb2.LoadTest) -> results_pb2.LoadTestRun:
+        validate_load_test(load_test)
+        run = results_pb2.LoadTestRun(
+            id=f"run-{uuid.uuid4().hex[:12]}",
+            state=results_pb2.SCHEDULED,
+            load_test=load_test,
+            submitted_at=_now_ts(),
+        )
+        with self._cond:
+            self._store.put_run(run)
+            self._cond.notify_all()
+        return run
+
+    def get(self, run_id: str) -> results_pb2.LoadTestRun:
+        run = self._store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"no load test run with id {run_id!r}")
+        return run
+
+    def wait(
+        self, run_id: str, still_wanted: Callable[[], bool] = lambda: True
+    ) -> results_pb2.LoadTestRun:
+        """Block until the run ends (or ``still_wanted`` turns false); return it."""
+        while True:
+            run = self.get(run_id)
+            if run.state in TERMINAL or not still_wanted():
+                return run
+            with self._cond:
+                self._cond.wait(0.5)
+
+    def cancel(self, run_id: str) -> results_pb2.LoadTestRun:
+        with self._cond:
+            run = self.get(run_id)
+            if run.state in TERMINAL:
+                raise FailedPrecondition(
+                    f"run {run_id} has already ended ({results_pb2.RunState.Name(run.state)})"
+                )
+            active = self._active if self._active and self._active.run.id == run_id else None
+            if active is None:
+                run.state = results_pb2.CANCELLED
+                run.finished_at.CopyFrom(_now_ts())
+                self._store.put_run(run)
+                self._cond.notify_all()
+                return run
+        self._cancel_active(active)
+        return self.wait(run_id)
+
+    def list_runs(
+        self, states: list[int], after_seq: int, limit: int
+    ) -> list[tuple[int, results_pb2.LoadTestRun]]:
+        return self._store.list_runs(states, after_seq, limit)
+
+    def runs_total(self) -> int:
+        return self._store.count()
+
+    def queue_length(self) -> int:
+        return self._store.count(results_pb2.SCHEDULED)
+
+    def running_run_id(self) -> str:
+        with self._cond:
+            return self._active.run.id if self._active else ""
+
+    # -- the runner -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                run = self._store.next_scheduled()
+                if run is None:
+                    self._cond.wait(1.0)
+                    continue
+            try:
+                self._execute(run)
+            except Exception as exc:  # noqa: BLE001 - one bad run must not stop the queue
+                log.exception("run %s failed", run.id)
+                run = self._store.get_run(run.id) or run
+                if run.state not in TERMINAL:
+                    run.state = results_pb2.FAILED
+                    run.error = f"internal error: {type(exc).__name__}: {exc}"
+                    run.finished_at.CopyFrom(_now_ts())
+                    self._store.put_run(run)
+            with self._cond:
+                self._active = None
+                self._cond.notify_all()
+
+    def _wait_for_workers(self, run_id: str) -> list[WorkerEntry]:
+        deadline = self._clock() + self._worker_wait_s
+        while True:
+            workers = self._registry.available()
+            if workers or self._clock() >= deadline:
+                return workers
+            with self._cond:
+                current = self._store.get_run(run_id)
+                if self._stopping or current is None or current.state != results_pb2.SCHEDULED:
+                    return []
+                self._cond.wait(0.2)
+
+    def _execute(self, run: results_pb2.LoadTestRun) -> None:
+        workers = self._wait_for_workers(run.id)
+        with self._cond:
+            current = self._store.get_run(run.id)
+            if current is None or current.state != results_pb2.SCHEDULED or self._stopping:
+                return  # cancelled while waiting
+            if not workers:
+                run.state = results_pb2.FAILED
+                run.error = (
+                    f"no worker available after {self._worker_wait_s:g}s "
+                    "(start one with: chaperon worker --master HOST:PORT)"
+                )
+                run.finished_at.CopyFrom(_now_ts())
+                self._store.put_run(run)
+                return
+            run.state = results_pb2.RUNNING
+            run.started_at.CopyFrom(_now_ts())
+            self._store.put_run(run)
+            active = _ActiveRun(run=run, aggregator=Aggregator(), started_monotonic=self._clock())
+            self._active = active
+            self._cond.notify_all()
+
+        plan = self._plan(run.load_test, workers)
+        threads = []
+        for worker, shares in plan:
+            assignment = worker_pb2.Assignment(
+                run_id=run.id,
+                assignment_id=f"{run.id}/{worker.worker_id}",
+                load_test=run.load_test,
+                shares=shares,
+                report_interval_s=self._report_interval_s,
+            )
+            active.assignments[worker.worker_id] = (worker, assignment.assignment_id)
+            self._registry.set_run(worker.worker_id, run.id)
+            t = threading.Thread(
+                target=self._consume,
+                args=(active, worker, assignment),
+                name=f"assignment-{worker.worker_id}",
+                daemon=True,
+            )
+            t.start()
+            threads.append(t)
+
+        deadline = active.started_monotonic + _timeout_s(run.load_test)
+        timed_out = False
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+                if not timed_out and self._clock() > deadline:
+                    timed_out = True
+                    active.errors.append(
+                        f"the run passed its timeout ({_timeout_s(run.load_test):g}s) and was stopped"
+                    )
+                    self._cancel_active(active)
+        for worker, _ in plan:
+            self._registry.set_run(worker.worker_id, "")
+        self._finish(active, timed_out)
+
+    def _plan(
+        self, lt: loadtest_pb2.LoadTest, workers: list[WorkerEntry]
+    ) -> list[tuple[WorkerEntry, list[worker_pb2.EntryShare]]]:
+        per_worker: list[list[worker_pb2.EntryShare]] = [[] for _ in workers]
+        capacities = [w.capacity for w in workers]
+        for index, entry in enumerate(lt.scenarios):
+            for i, n in enumerate(split_sessions(entry.concurrency, capacities)):
+                if n > 0:
+                    per_worker[i].append(worker_pb2.EntryShare(entry_index=index, sessions=n))
+        return [(w, shares) for w, shares in zip(workers, per_worker) if shares]
+
+    def _consume(
+        self, active: _ActiveRun, worker: WorkerEntry, assignment: worker_pb2.Assignment
+    ) -> None:
+        final = False
+        try:
+            stream = self._transport.run_assignment(worker.address, assignment)
+            with self._cond:
+                active.streams.append(stream)
+                if active.cancelled:
+                    stream.cancel()
+            for report in stream:
+                self._store.add_delta(
+                    active.run.id, worker.worker_id, report.sequence, report.SerializeToString()
+                )
+                active.aggregator.add_report(worker.worker_id, report)
+                if report.error:
+                    active.errors.append(f"worker {worker.worker_id}: {report.error}")
+                final = final or report.final
+        except Exception as exc:  # noqa: BLE001 - a failed worker is reported, not fatal
+            detail = getattr(exc, "details", lambda: None)() or str(exc)
+            code = getattr(exc, "code", lambda: None)()
+            if not active.cancelled:
+                if code is not None and code.name in ("INVALID_ARGUMENT", "UNIMPLEMENTED",
+                                                      "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"):
+                    active.errors.append(f"worker {worker.worker_id} refused the assignment: {detail}")
+                else:
+                    active.errors.append(f"worker {worker.worker_id} ({worker.address}): {detail}")
+        if not final and not active.cancelled:
+            with self._cond:
+                active.lost.append(worker.worker_id)
+
+    def _cancel_active(self, active: _ActiveRun) -> None:
+        with self._cond:
+            active.cancelled = True
+            streams = list(active.streams)
+        for worker, assignment_id in list(active.assignments.values()):
+            try:
+                self._transport.cancel_assignment(worker.address, assignment_id)
+            except Exception:  # noqa: BLE001 - the stream cancel below still ends it
+                log.info("cancel of %s on %s failed", assignment_id, worker.address)
+        # Give workers a moment to send their final report with the last deltas.
+        for stream in streams:
+            threading.Timer(2.0, stream.cancel).start()
+
+    def _finish(self, active: _ActiveRun, timed_out: bool) -> None:
+        run = active.run
+        result = active.aggregator.result(lost_workers=sorted(set(active.lost)))
+        run.result.CopyFrom(result)
+        passed = evaluate_thresholds(run.result, list(run.load_test.thresholds))
+        if active.cancelled and not timed_out:
+            run.state = results_pb2.CANCELLED
+        elif timed_out or active.errors and not result.metrics:
+            run.state = results_pb2.FAILED
+        elif active.lost and len(active.lost) == len(active.assignments):
+            run.state = results_pb2.FAILED
+        elif not passed:
+            run.state = results_pb2.FAILED
+            active.errors.append("thresholds failed")
+        else:
+            run.state = results_pb2.SUCCEEDED
+        run.error = "; ".join(active.errors)
+        run.finished_at.CopyFrom(_now_ts())
+        with self._cond:
+            self._store.put_run(run)
+            self._cond.notify_all()
+
+    def progress(self, run_id: str) -> tuple[float, list[tuple[str, int, int, float, float]]] | None:
+        with self._cond:
+            active = self._active if self._active and self._active.run.id == run_id else None
+        if active is None:
+            return None
+        return active.aggregator.elapsed_s(), active.aggregator.progress()
+
+
+def _timeout_s(lt: loadtest_pb2.LoadTest) -> float:
+    if lt.timeout:
+        return parse_duration_ns(lt.timeout) / 1e9
+    durations = [parse_duration_ns(e.duration) / 1e9 for e in lt.scenarios if e.duration]
+    if durations and all(e.duration for e in lt.scenarios):
+        return max(durations) + DEFAULT_TIMEOUT_GRACE_S
+    return DEFAULT_TIMEOUT_NO_DURATION_S

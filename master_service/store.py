@@ -1,0 +1,127 @@
+"""Where runs live: an interface and its SQLite implementation (stdlib sqlite3, WAL).
+
+A run is stored as its ``LoadTestRun`` message (serialized) plus the columns the queue needs
+(state, submission order). Per-interval worker deltas are appended to their own table so a
+run's partial metrics survive a crash of the master. One connection, guarded by a lock: the
+master's writes are few (a run's state changes, one delta per worker per second).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from typing import Protocol
+
+from chaperon.v1 import results_pb2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    state INTEGER NOT NULL,
+    run BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_state ON runs(state, seq);
+CREATE TABLE IF NOT EXISTS deltas (
+    run_id TEXT NOT NULL,
+    worker_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    report BLOB NOT NULL,
+    PRIMARY KEY (run_id, worker_id, sequence)
+);
+"""
+
+
+class Store(Protocol):
+    def put_run(self, run: results_pb2.LoadTestRun) -> None: ...
+    def get_run(self, run_id: str) -> results_pb2.LoadTestRun | None: ...
+    def list_runs(
+        self, states: Iterable[int] = (), after_seq: int = 0, limit: int = 100
+    ) -> list[tuple[int, results_pb2.LoadTestRun]]: ...
+    def next_scheduled(self) -> results_pb2.LoadTestRun | None: ...
+    def add_delta(self, run_id: str, worker_id: str, sequence: int, report: bytes) -> None: ...
+    def deltas(self, run_id: str) -> list[tuple[str, int, bytes]]: ...
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """The Store on one SQLite file (``:memory:`` for tests)."""
+
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def put_run(self, run: results_pb2.LoadTestRun) -> None:
+        blob = run.SerializeToString()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO runs (id, state, run) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET state = excluded.state, run = excluded.run",
+                (run.id, int(run.state), blob),
+            )
+
+    def get_run(self, run_id: str) -> results_pb2.LoadTestRun | None:
+        with self._lock:
+            row = self._db.execute("SELECT run FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _decode(row[0]) if row else None
+
+    def list_runs(
+        self, states: Iterable[int] = (), after_seq: int = 0, limit: int = 100
+    ) -> list[tuple[int, results_pb2.LoadTestRun]]:
+        wanted = [int(s) for s in states]
+        sql = "SELECT seq, run FROM runs WHERE seq > ?"
+        args: list[object] = [after_seq]
+        if wanted:
+            sql += f" AND state IN ({','.join('?' * len(wanted))})"
+            args.extend(wanted)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [(seq, _decode(blob)) for seq, blob in rows]
+
+    def next_scheduled(self) -> results_pb2.LoadTestRun | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT run FROM runs WHERE state = ? ORDER BY seq LIMIT 1",
+                (results_pb2.SCHEDULED,),
+            ).fetchone()
+        return _decode(row[0]) if row else None
+
+    def count(self, state: int | None = None) -> int:
+        with self._lock:
+            if state is None:
+                return int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+            return int(
+                self._db.execute("SELECT COUNT(*) FROM runs WHERE state = ?", (state,)).fetchone()[0]
+            )
+
+    def add_delta(self, run_id: str, worker_id: str, sequence: int, report: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO deltas VALUES (?, ?, ?, ?)",
+                (run_id, worker_id, sequence, report),
+            )
+
+    def deltas(self, run_id: str) -> list[tuple[str, int, bytes]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT worker_id, sequence, report FROM deltas WHERE run_id = ? "
+                "ORDER BY worker_id, sequence",
+                (run_id,),
+            ).fetchall()
+        return [(w, s, r) for w, s, r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _decode(blob: bytes) -> results_pb2.LoadTestRun:
+    run = results_pb2.LoadTestRun()
+    run.ParseFromString(blob)
+    return run

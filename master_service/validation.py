@@ -1,0 +1,203 @@
+"""Full validation of a submitted LoadTest, before anything is stored or queued.
+
+Every problem is collected (not only the first) as a (field path, description) pair, so one
+``INVALID_ARGUMENT`` answer lists all of them in a ``google.rpc.BadRequest``. Paths use proto
+field names with indexes: ``scenarios[0].scenario.run[1].http.method``. Limits that protect the
+cluster (sessions, steps, durations) answer ``RESOURCE_EXHAUSTED``; parts of the language the
+engine does not run yet answer ``UNIMPLEMENTED`` naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from chaperon.durations import DurationError, parse_duration_ns
+from chaperon.loadtest import HTTP_METHODS, effective_config, parse_target
+from chaperon.status import InvalidArgument, ResourceExhausted, Unimplemented
+from chaperon.v1 import loadtest_pb2
+
+MAX_SESSIONS_PER_ENTRY = 1_000_000
+MAX_ENTRIES = 100
+MAX_STEPS = 10_000
+MAX_ITERATIONS = 1_000_000_000
+MAX_NAME_LEN = 200
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_CONFIG_DURATIONS = ("connect_timeout", "request_timeout")
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.violations: list[tuple[str, str]] = []
+        self.too_big: list[str] = []
+        self.unimplemented: list[str] = []
+
+    def bad(self, path: str, what: str) -> None:
+        self.violations.append((path, what))
+
+    def duration(self, path: str, text: str, *, required: bool = False) -> int | None:
+        if not text:
+            if required:
+                self.bad(path, "is required")
+            return None
+        try:
+            return parse_duration_ns(text)
+        except DurationError as exc:
+            self.bad(path, str(exc))
+            return None
+
+
+def validate_load_test(lt: loadtest_pb2.LoadTest) -> None:
+    """Raise InvalidArgument / ResourceExhausted / Unimplemented if ``lt`` cannot run."""
+    c = _Collector()
+    if len(lt.name) > MAX_NAME_LEN:
+        c.bad("name", f"is longer than {MAX_NAME_LEN} characters")
+    if lt.timeout:
+        c.duration("timeout", lt.timeout)
+    _check_config(c, "config", _config_dict(lt.config) if lt.HasField("config") else {})
+    if not lt.scenarios:
+        c.bad("scenarios", "needs at least one scenario entry")
+    if len(lt.scenarios) > MAX_ENTRIES:
+        c.too_big.append(f"scenarios: more than {MAX_ENTRIES} entries")
+    for i, entry in enumerate(lt.scenarios):
+        _check_entry(c, lt, i, entry)
+    for i, th in enumerate(lt.thresholds):
+        _check_threshold(c, f"thresholds[{i}]", th)
+    if c.violations:
+        raise InvalidArgument(c.violations)
+    if c.too_big:
+        raise ResourceExhausted("load test too large: " + "; ".join(c.too_big))
+    if c.unimplemented:
+        raise Unimplemented("not supported yet: " + "; ".join(c.unimplemented))
+
+
+def _config_dict(struct: Any) -> dict[str, Any]:
+    from chaperon.loadtest import struct_to_dict
+
+    return struct_to_dict(struct)
+
+
+def _check_config(c: _Collector, path: str, cfg: dict[str, Any]) -> None:
+    if "base_url" in cfg:
+        if not isinstance(cfg["base_url"], str):
+            c.bad(f"{path}.base_url", "must be a string URL")
+        else:
+            try:
+                parse_target(cfg["base_url"])
+            except ValueError as exc:
+                c.bad(f"{path}.base_url", str(exc))
+    for key in _CONFIG_DURATIONS:
+        if key in cfg:
+            if not isinstance(cfg[key], str):
+                c.bad(f"{path}.{key}", "must be a duration string such as '5s'")
+            else:
+                c.duration(f"{path}.{key}", cfg[key])
+
+
+def _check_entry(c: _Collector, lt: loadtest_pb2.LoadTest, i: int, e: loadtest_pb2.ScenarioEntry) -> None:
+    p = f"scenarios[{i}]"
+    spec = e.WhichOneof("spec")
+    if spec is None:
+        c.bad(f"{p}.scenario", "is required (an inline scenario)")
+    elif spec == "sequence":
+        c.unimplemented.append(f"{p}.sequence (scenario sequences)")
+    if e.HasField("config"):
+        _check_config(c, f"{p}.config", _config_dict(e.config))
+    open_model = e.HasField("arrival_rate")
+    if open_model:
+        c.unimplemented.append(f"{p}.arrival_rate (the open model)")
+    elif e.concurrency <= 0:
+        c.bad(f"{p}.concurrency", f"must be > 0 (got {e.concurrency})")
+    elif e.concurrency > MAX_SESSIONS_PER_ENTRY:
+        c.too_big.append(f"{p}.concurrency: more than {MAX_SESSIONS_PER_ENTRY} sessions")
+    duration_ns = c.duration(f"{p}.duration", e.duration)
+    if duration_ns == 0:
+        c.bad(f"{p}.duration", "must be > 0 when given")
+    if e.iterations < 0:
+        c.bad(f"{p}.iterations", f"must be >= 0 (got {e.iterations})")
+    elif e.iterations > MAX_ITERATIONS:
+        c.too_big.append(f"{p}.iterations: more than {MAX_ITERATIONS}")
+    for name in ("scenario_timeout", "delay", "random_delay"):
+        value = getattr(e, name)
+        if value:
+            c.duration(f"{p}.{name}", value)
+            c.unimplemented.append(f"{p}.{name}")
+    if len(e.session_name) > MAX_NAME_LEN:
+        c.bad(f"{p}.session_name", f"is longer than {MAX_NAME_LEN} characters")
+    if spec == "scenario":
+        cfg = effective_config(lt, e) if isinstance(lt, loadtest_pb2.LoadTest) else {}
+        _check_scenario(c, f"{p}.scenario", e.scenario, cfg)
+
+
+def _check_scenario(c: _Collector, p: str, s: loadtest_pb2.Scenario, cfg: dict[str, Any]) -> None:
+    if not s.run:
+        c.bad(f"{p}.run", "needs at least one step")
+    if s.init:
+        c.unimplemented.append(f"{p}.init (init steps)")
+    if s.teardown:
+        c.unimplemented.append(f"{p}.teardown (teardown steps)")
+    total = len(s.init) + len(s.run) + len(s.teardown)
+    if total > MAX_STEPS:
+        c.too_big.append(f"{p}: more than {MAX_STEPS} steps")
+        return
+    base_url = cfg.get("base_url")
+    for part in ("init", "run", "teardown"):
+        for j, step in enumerate(getattr(s, part)):
+            _check_step(c, f"{p}.{part}[{j}]", step, base_url)
+
+
+def _check_step(c: _Collector, p: str, step: loadtest_pb2.Step, base_url: Any) -> None:
+    action = step.WhichOneof("action")
+    if action is None:
+        c.bad(p, "is empty: set one action such as 'http' or 'delay'")
+    elif action == "delay":
+        c.duration(f"{p}.delay.duration", step.delay.duration, required=True)
+    elif action == "http":
+        _check_http(c, f"{p}.http", step.http, base_url)
+
+
+def _check_http(c: _Collector, p: str, h: loadtest_pb2.HttpStep, base_url: Any) -> None:
+    method = h.method.upper()
+    if not h.method:
+        c.bad(f"{p}.method", f"is required (one of {', '.join(HTTP_METHODS)})")
+    elif method not in HTTP_METHODS:
+        c.bad(f"{p}.method", f"unknown HTTP method {h.method!r} (use one of {', '.join(HTTP_METHODS)})")
+    target = h.WhichOneof("target")
+    if target is None:
+        c.bad(f"{p}.path", "set 'path' (relative to config.base_url) or 'url'")
+    elif target == "path":
+        if not h.path.startswith("/"):
+            c.bad(f"{p}.path", f"must start with '/' (got {h.path!r})")
+        elif any(ch in h.path for ch in "\r\n\t #") or any(ord(ch) < 0x21 for ch in h.path):
+            c.bad(f"{p}.path", "must not contain spaces, control characters or '#'")
+        if not isinstance(base_url, str) or not base_url:
+            c.bad("config.base_url", f"is required by {p}.path (e.g. 'http://127.0.0.1:8080')")
+    else:
+        try:
+            parse_target(h.url.split("?", 1)[0])
+        except ValueError as exc:
+            c.bad(f"{p}.url", str(exc))
+    for name, value in h.headers.items():
+        if not _TOKEN.match(name):
+            c.bad(f"{p}.headers", f"bad header name {name!r}")
+        elif name.lower() in ("content-length", "transfer-encoding", "host", "connection"):
+            c.bad(f"{p}.headers[{name}]", "is set by the engine")
+        if any(ch in value for ch in "\r\n\0"):
+            c.bad(f"{p}.headers[{name}]", "must not contain CR, LF or NUL")
+    for name, value in h.query.items():
+        if any(ch in name + value for ch in "\r\n\0"):
+            c.bad(f"{p}.query[{name}]", "must not contain CR, LF or NUL")
+    if h.WhichOneof("payload") == "form":
+        for name, value in h.form.fields.items():
+            if any(ch in name + value for ch in "\0"):
+                c.bad(f"{p}.form.fields[{name}]", "must not contain NUL")
+
+
+_STATS = ("min", "mean", "max", "p50", "p90", "p95", "p99", "p99.9", "errors", "error_rate")
+
+
+def _check_threshold(c: _Collector, p: str, th: loadtest_pb2.Threshold) -> None:
+    if not th.metric:
+        c.bad(f"{p}.metric", "is required (a metric key such as 'GET /')")
+    if th.stat not in _STATS:
+        c.bad(f"{p}.stat", f"unknown stat {th.stat!r} (use one of {', '.join(_STATS)})")

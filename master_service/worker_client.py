@@ -1,0 +1,54 @@
+"""The master's side of the Worker service: one cached gRPC channel per worker address."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from chaperon.v1 import worker_pb2, worker_pb2_grpc
+
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+
+
+class _Stream:
+    def __init__(self, call: grpc.Call) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[worker_pb2.WorkerReport]:
+        return iter(self._call)  # type: ignore[call-overload]
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcWorkerTransport:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerStub:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                channel = self._channels[address] = grpc.insecure_channel(address, _OPTIONS)
+        return worker_pb2_grpc.WorkerStub(channel)
+
+    def run_assignment(self, address: str, assignment: worker_pb2.Assignment) -> _Stream:
+        return _Stream(self._stub(address).RunAssignment(assignment))
+
+    def cancel_assignment(self, address: str, assignment_id: str) -> None:
+        self._stub(address).CancelAssignment(
+            worker_pb2.CancelAssignmentRequest(assignment_id=assignment_id), timeout=5
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()

@@ -1,0 +1,121 @@
+"""Unit tests of the master's load-test validation (no network)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from chaperon.loadtest import load_test_from_dict
+from chaperon.status import InvalidArgument, ResourceExhausted, Unimplemented
+from master_service.validation import validate_load_test
+
+MINIMAL: dict[str, Any] = {
+    "name": "smoke",
+    "config": {"base_url": "http://127.0.0.1:8080"},
+    "scenarios": [
+        {
+            "concurrency": 50,
+            "duration": "5s",
+            "scenario": {"name": "root", "run": [{"http": {"method": "GET", "path": "/"}}]},
+        }
+    ],
+}
+
+
+def _lt(**changes: Any) -> Any:
+    data = copy.deepcopy(MINIMAL)
+    for path, value in changes.items():
+        target = data
+        keys = path.split("__")
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target[key]
+        target[keys[-1]] = value
+    return load_test_from_dict(data)
+
+
+def _fields(exc: InvalidArgument) -> list[str]:
+    return [f for f, _ in exc.violations]
+
+
+def test_minimal_load_test_of_the_api_is_valid() -> None:
+    validate_load_test(_lt())
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"scenarios": []}, "scenarios"),
+        ({"scenarios__0__concurrency": 0}, "scenarios[0].concurrency"),
+        ({"scenarios__0__concurrency": -3}, "scenarios[0].concurrency"),
+        ({"config__base_url": "not a url"}, "config.base_url"),
+        ({"config__base_url": "ftp://x"}, "config.base_url"),
+        ({"config__base_url": "http://127.0.0.1:99999"}, "config.base_url"),
+        ({"scenarios__0__duration": "five seconds"}, "scenarios[0].duration"),
+        ({"scenarios__0__duration": "5"}, "scenarios[0].duration"),
+        ({"scenarios__0__iterations": -1}, "scenarios[0].iterations"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"scenarios__0__scenario__run": []}, "scenarios[0].scenario.run"),
+        ({"scenarios__0__scenario__run__0__http__method": "FETCH"},
+         "scenarios[0].scenario.run[0].http.method"),
+        ({"scenarios__0__scenario__run__0__http__method": ""},
+         "scenarios[0].scenario.run[0].http.method"),
+        ({"scenarios__0__scenario__run__0__http__path": "no-slash"},
+         "scenarios[0].scenario.run[0].http.path"),
+        ({"scenarios__0__scenario__run__0__http__headers": {"X-A": "a\r\nInjected: 1"}},
+         "scenarios[0].scenario.run[0].http.headers[X-A]"),
+        ({"scenarios__0__scenario__run__0__http__headers": {"Content-Length": "3"}},
+         "scenarios[0].scenario.run[0].http.headers[Content-Length]"),
+        ({"config": {}}, "config.base_url"),
+    ],
+)
+def test_bad_input_names_the_field(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(_lt(**changes))
+    assert field in _fields(info.value), info.value.violations
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    lt = _lt(scenarios__0__concurrency=0, scenarios__0__duration="x", config__base_url="nope")
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(lt)
+    assert {"scenarios[0].concurrency", "scenarios[0].duration", "config.base_url"} <= set(
+        _fields(info.value)
+    )
+
+
+def test_empty_step_and_delay_without_duration() -> None:
+    lt = _lt(scenarios__0__scenario__run=[{}, {"delay": {}}])
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(lt)
+    assert "scenarios[0].scenario.run[0]" in _fields(info.value)
+    assert "scenarios[0].scenario.run[1].delay.duration" in _fields(info.value)
+
+
+def test_entry_config_overrides_base_url() -> None:
+    lt = _lt(config={}, scenarios__0__config={"base_url": "http://127.0.0.1:1"})
+    validate_load_test(lt)
+
+
+def test_absolute_url_step_needs_no_base_url() -> None:
+    lt = _lt(config={}, scenarios__0__scenario__run=[{"http": {"method": "get", "url": "http://127.0.0.1:9/x?a=1"}}])
+    validate_load_test(lt)
+
+
+def test_limits_answer_resource_exhausted() -> None:
+    with pytest.raises(ResourceExhausted):
+        validate_load_test(_lt(scenarios__0__concurrency=10_000_000))
+
+
+def test_parts_not_implemented_yet_say_so() -> None:
+    lt = _lt(scenarios__0__arrival_rate={"per_second": 10})
+    with pytest.raises(Unimplemented, match="arrival_rate"):
+        validate_load_test(lt)
+
+
+def test_thresholds_are_checked() -> None:
+    lt = _lt(thresholds=[{"metric": "GET /", "stat": "p42", "max": 1}])
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(lt)
+    assert "thresholds[0].stat" in _fields(info.value)

@@ -1,0 +1,226 @@
+"""The master's domain objects with fakes: store, aggregator, registry, scheduler.
+
+The network is not the point here (the integration tests cover it): a fake WorkerTransport
+plays the workers' report streams so the queue, the merging and the states can be checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from _fastpath.histogram import Histogram
+from chaperon.loadtest import load_test_from_dict
+from chaperon.status import FailedPrecondition, InvalidArgument, NotFound
+from chaperon.v1 import results_pb2, worker_pb2
+from master_service.aggregator import PERCENTILES, Aggregator
+from master_service.registry import WorkerRegistry
+from master_service.scheduler import Scheduler
+from master_service.store import SqliteStore
+
+LT: dict[str, Any] = {
+    "name": "smoke",
+    "config": {"base_url": "http://127.0.0.1:8080"},
+    "scenarios": [
+        {"concurrency": 5, "duration": "1s",
+         "scenario": {"name": "root", "run": [{"http": {"method": "GET", "path": "/"}}]}}
+    ],
+}
+
+
+def _report(seq: int, values: list[int], final: bool = False, errors: int = 0) -> worker_pb2.WorkerReport:
+    h = Histogram()
+    for v in values:
+        h.record(v)
+    return worker_pb2.WorkerReport(
+        sequence=seq,
+        final=final,
+        sessions_started=1,
+        sessions_completed=1 if final else 0,
+        elapsed_s=float(seq),
+        metrics=[worker_pb2.MetricDelta(key="GET /", hdr=h.encode(), count=len(values),
+                                        errors=errors, errors_by_kind={"http_5xx": errors} if errors else {})],
+    )
+
+
+def test_aggregator_merges_exactly() -> None:
+    agg = Aggregator()
+    agg.add_report("a", _report(1, [100, 200, 300]))
+    agg.add_report("b", _report(1, [1000, 2000], errors=1))
+    agg.add_report("a", _report(2, [400], final=True))
+    res = agg.result()
+    (m,) = res.metrics
+    assert m.count == 6 and m.errors == 1 and m.errors_by_kind["http_5xx"] == 1
+    assert m.min_us == 100 and m.max_us == pytest.approx(2000, rel=1e-3)
+    assert [p.percentile for p in m.percentiles] == list(PERCENTILES)
+    assert Histogram.decode(m.hdr).total_count == 6
+    assert res.workers == ["a", "b"]
+
+
+def test_store_round_trip_and_order(tmp_path: Any) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    for i in range(5):
+        store.put_run(results_pb2.LoadTestRun(id=f"r{i}", state=results_pb2.SCHEDULED))
+    store.put_run(results_pb2.LoadTestRun(id="r1", state=results_pb2.SUCCEEDED))
+    assert store.get_run("r1").state == results_pb2.SUCCEEDED
+    assert store.next_scheduled().id == "r0"
+    assert [r.id for _, r in store.list_runs([results_pb2.SCHEDULED])] == ["r0", "r2", "r3", "r4"]
+    first = store.list_runs(limit=2)
+    assert [r.id for _, r in store.list_runs(after_seq=first[-1][0], limit=2)] == ["r2", "r3"]
+    store.close()
+    again = SqliteStore(str(tmp_path / "s.db"))
+    assert again.count() == 5 and again.get_run("missing") is None
+    again.close()
+
+
+def test_registry_reuses_ids_and_marks_lost() -> None:
+    now = [0.0]
+    reg = WorkerRegistry(heartbeat_interval_s=1.0, clock=lambda: now[0])
+    a = reg.register("127.0.0.1:1", 2)
+    assert reg.register("127.0.0.1:1", 2) == a  # same address: no duplicate
+    b = reg.register("127.0.0.1:2", 1)
+    assert len(reg.available()) == 2
+    reg.set_ignored(b, True)
+    assert [w.worker_id for w in reg.available()] == [a]
+    now[0] = 10.0
+    assert reg.available() == []
+    assert reg.heartbeat(a, worker_pb2.WORKER_IDLE)
+    assert [w.worker_id for w in reg.available()] == [a]
+    assert not reg.heartbeat("nobody", worker_pb2.WORKER_IDLE)
+    with pytest.raises(NotFound):
+        reg.set_ignored("nobody", True)
+
+
+class _FakeStream:
+    def __init__(self, reports: list[worker_pb2.WorkerReport], gate: threading.Event | None) -> None:
+        self._reports = reports
+        self._gate = gate
+        self.cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[worker_pb2.WorkerReport]:
+        for r in self._reports[:-1]:
+            yield r
+        if self._gate is not None:
+            while not self._gate.is_set() and not self.cancelled.is_set():
+                time.sleep(0.01)
+        if not self.cancelled.is_set():
+            yield self._reports[-1]
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _FakeTransport:
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.assignments: list[tuple[str, worker_pb2.Assignment]] = []
+        self.cancels: list[str] = []
+        self.gate = gate
+
+    def run_assignment(self, address: str, assignment: worker_pb2.Assignment) -> _FakeStream:
+        self.assignments.append((address, assignment))
+        n = sum(s.sessions for s in assignment.shares)
+        return _FakeStream([_report(1, [100] * n), _report(2, [200] * n, final=True)], self.gate)
+
+    def cancel_assignment(self, address: str, assignment_id: str) -> None:
+        self.cancels.append(assignment_id)
+
+
+def _scheduler(transport: _FakeTransport, workers: int = 2) -> tuple[Scheduler, WorkerRegistry]:
+    reg = WorkerRegistry()
+    for i in range(workers):
+        reg.register(f"127.0.0.1:{1000 + i}", 1)
+    sched = Scheduler(SqliteStore(":memory:"), reg, transport, worker_wait_s=1.0)
+    sched.start()
+    return sched, reg
+
+
+def test_run_is_split_merged_and_succeeds() -> None:
+    transport = _FakeTransport()
+    sched, _ = _scheduler(transport)
+    try:
+        run = sched.wait(sched.submit(load_test_from_dict(LT)).id)
+        assert run.state == results_pb2.SUCCEEDED, run.error
+        assert sorted(sum(s.sessions for s in a.shares) for _, a in transport.assignments) == [2, 3]
+        (m,) = run.result.metrics
+        assert m.count == 10 and len(run.result.workers) == 2
+    finally:
+        sched.stop()
+
+
+def test_queue_is_fifo_and_scheduled_runs_cancel() -> None:
+    gate = threading.Event()
+    transport = _FakeTransport(gate)
+    sched, _ = _scheduler(transport, workers=1)
+    try:
+        ids = [sched.submit(load_test_from_dict({**LT, "name": f"t{i}"})).id for i in range(3)]
+        deadline = time.monotonic() + 5
+        while sched.get(ids[0]).state != results_pb2.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sched.get(ids[1]).state == results_pb2.SCHEDULED
+        assert sched.cancel(ids[2]).state == results_pb2.CANCELLED
+        with pytest.raises(FailedPrecondition):
+            sched.cancel(ids[2])
+        gate.set()
+        assert sched.wait(ids[0]).state == results_pb2.SUCCEEDED
+        assert sched.wait(ids[1]).state == results_pb2.SUCCEEDED
+        names = [a.load_test.name for _, a in transport.assignments]
+        assert names == ["t0", "t1"]
+    finally:
+        sched.stop()
+
+
+def test_cancel_running_keeps_partial_metrics() -> None:
+    gate = threading.Event()
+    transport = _FakeTransport(gate)
+    sched, _ = _scheduler(transport, workers=1)
+    try:
+        run_id = sched.submit(load_test_from_dict(LT)).id
+        deadline = time.monotonic() + 5
+        while not transport.assignments and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        run = sched.cancel(run_id)
+        assert run.state == results_pb2.CANCELLED
+        assert transport.cancels
+        assert run.result.metrics[0].count == 5
+    finally:
+        sched.stop()
+
+
+def test_no_worker_fails_with_a_clear_error() -> None:
+    sched, _ = _scheduler(_FakeTransport(), workers=0)
+    try:
+        run = sched.wait(sched.submit(load_test_from_dict(LT)).id)
+        assert run.state == results_pb2.FAILED and "no worker" in run.error
+    finally:
+        sched.stop()
+
+
+def test_submit_validates_and_unknown_id_is_not_found() -> None:
+    sched, _ = _scheduler(_FakeTransport())
+    try:
+        with pytest.raises(InvalidArgument):
+            sched.submit(load_test_from_dict({**LT, "scenarios": []}))
+        with pytest.raises(NotFound):
+            sched.get("run-nope")
+    finally:
+        sched.stop()
+
+
+def test_restart_marks_in_flight_run_interrupted_with_partial_metrics(tmp_path: Any) -> None:
+    path = str(tmp_path / "m.db")
+    store = SqliteStore(path)
+    store.put_run(results_pb2.LoadTestRun(id="r1", state=results_pb2.RUNNING))
+    store.put_run(results_pb2.LoadTestRun(id="r2", state=results_pb2.SCHEDULED))
+    store.add_delta("r1", "w", 1, _report(1, [10, 20]).SerializeToString())
+    store.close()
+    store = SqliteStore(path)
+    Scheduler(store, WorkerRegistry(), _FakeTransport())
+    r1 = store.get_run("r1")
+    assert r1.state == results_pb2.INTERRUPTED and r1.result.metrics[0].count == 2
+    assert store.get_run("r2").state == results_pb2.SCHEDULED
+    store.close()

@@ -1,0 +1,200 @@
+"""The plan compiler: scenario steps (protobuf) -> the engine's flat op arrays.
+
+Everything that can be decided before the first request is decided here: target hosts are
+resolved to addresses, each HTTP request is rendered once to its exact bytes (request line,
+headers, body), metric keys are numbered. The engine then only copies bytes to sockets and
+records latencies; it never sees a Python object per request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from google.protobuf import json_format
+
+from _fastpath.engine import OP_DELAY, OP_HTTP
+from chaperon._version import __version__
+from chaperon.durations import parse_duration_ns
+from chaperon.loadtest import (
+    METHODS_WITHOUT_BODY,
+    Target,
+    effective_config,
+    metric_key,
+    parse_target,
+)
+from chaperon.status import InvalidArgument, Unimplemented
+from chaperon.v1 import loadtest_pb2, worker_pb2
+
+DEFAULT_CONNECT_TIMEOUT_NS = 5_000_000_000
+DEFAULT_REQUEST_TIMEOUT_NS = 30_000_000_000
+USER_AGENT = f"chaperon/{__version__}"
+
+
+@dataclass
+class EnginePlan:
+    """Arguments for one ``_fastpath.engine.Engine`` (one scenario entry's share)."""
+
+    entry_index: int
+    targets: list[tuple[str, int]] = field(default_factory=list)
+    metric_keys: list[str] = field(default_factory=list)
+    ops: list[tuple[Any, ...]] = field(default_factory=list)
+    sessions: int = 0
+    iterations: int = 0
+    duration_ns: int = 0
+    connect_timeout_ns: int = DEFAULT_CONNECT_TIMEOUT_NS
+    request_timeout_ns: int = DEFAULT_REQUEST_TIMEOUT_NS
+
+    def engine_kwargs(self, threads: int) -> dict[str, Any]:
+        return {
+            "targets": self.targets,
+            "metric_keys": self.metric_keys,
+            "ops": self.ops,
+            "sessions": self.sessions,
+            "threads": max(1, min(threads, self.sessions)),
+            "iterations": self.iterations,
+            "duration_ns": self.duration_ns,
+            "connect_timeout_ns": self.connect_timeout_ns,
+            "request_timeout_ns": self.request_timeout_ns,
+        }
+
+
+def resolve(host: str, port: int) -> str:
+    """An IP literal for ``host`` (first address getaddrinfo gives, IPv4 preferred)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
+    return str(infos[0][4][0])
+
+
+class _Compiler:
+    def __init__(self, entry_index: int, config: dict[str, Any]) -> None:
+        self.plan = EnginePlan(entry_index=entry_index)
+        self.path = f"scenarios[{entry_index}]"
+        self.config = config
+        self._targets: dict[tuple[str, int], int] = {}
+        self._keys: dict[str, int] = {}
+        base = config.get("base_url")
+        self.base: Target | None = parse_target(base) if isinstance(base, str) and base else None
+
+    def target_index(self, target: Target, field_path: str) -> int:
+        if target.scheme != "http":
+            raise Unimplemented(f"{field_path}: https targets are not supported yet")
+        try:
+            ip = resolve(target.host, target.port)
+        except OSError as exc:
+            raise InvalidArgument([(field_path, f"cannot resolve host {target.host!r}: {exc}")])
+        key = (ip, target.port)
+        if key not in self._targets:
+            self._targets[key] = len(self.plan.targets)
+            self.plan.targets.append(key)
+        return self._targets[key]
+
+    def key_index(self, key: str) -> int:
+        if key not in self._keys:
+            self._keys[key] = len(self.plan.metric_keys)
+            self.plan.metric_keys.append(key)
+        return self._keys[key]
+
+    def step(self, step: loadtest_pb2.Step, p: str) -> None:
+        action = step.WhichOneof("action")
+        if action == "http":
+            self.http(step.http, f"{p}.http")
+        elif action == "delay":
+            self.plan.ops.append((OP_DELAY, parse_duration_ns(step.delay.duration)))
+        else:
+            raise Unimplemented(f"{p}: step {action!r} is not supported by this worker")
+
+    def http(self, h: loadtest_pb2.HttpStep, p: str) -> None:
+        method = h.method.upper()
+        if h.WhichOneof("target") == "url":
+            parts = urlsplit(h.url)
+            target = parse_target(f"{parts.scheme}://{parts.netloc}")
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            field_path = f"{p}.url"
+        else:
+            if self.base is None:
+                raise InvalidArgument([("config.base_url", f"is required by {p}.path")])
+            target = self.base
+            path = self.base.base_path + h.path
+            field_path = "config.base_url"
+        if h.query:
+            path += ("&" if "?" in path else "?") + urlencode(sorted(h.query.items()))
+        body, content_type = _body(h)
+        headers = {"Host": target.host_header, "User-Agent": USER_AGENT}
+        if content_type:
+            headers["Content-Type"] = content_type
+        headers.update(h.headers)
+        lines = [f"{method} {path} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body)}")
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
+        self.plan.ops.append(
+            (
+                OP_HTTP,
+                self.target_index(target, field_path),
+                self.key_index(metric_key(h)),
+                request,
+                method in METHODS_WITHOUT_BODY,
+            )
+        )
+
+
+def _body(h: loadtest_pb2.HttpStep) -> tuple[bytes, str]:
+    kind = h.WhichOneof("payload")
+    if kind == "body":
+        return h.body.encode("utf-8"), ""
+    if kind == "json":
+        value = json_format.MessageToDict(h.json)
+        return json.dumps(value, separators=(",", ":")).encode("utf-8"), "application/json"
+    if kind == "form":
+        return urlencode(sorted(h.form.fields.items())).encode("ascii"), (
+            "application/x-www-form-urlencoded"
+        )
+    return b"", ""
+
+
+def _config_duration(config: dict[str, Any], name: str, default_ns: int) -> int:
+    value = config.get(name)
+    return parse_duration_ns(value) if isinstance(value, str) and value else default_ns
+
+
+def compile_assignment(assignment: worker_pb2.Assignment) -> list[EnginePlan]:
+    """One EnginePlan per share; raises InvalidArgument/Unimplemented naming the field."""
+    lt = assignment.load_test
+    plans = []
+    if not assignment.shares:
+        raise InvalidArgument([("shares", "the assignment has no share of any scenario")])
+    for i, share in enumerate(assignment.shares):
+        if not 0 <= share.entry_index < len(lt.scenarios):
+            raise InvalidArgument([(f"shares[{i}].entry_index", "out of range")])
+        if share.sessions <= 0:
+            raise InvalidArgument([(f"shares[{i}].sessions", "must be > 0")])
+        entry = lt.scenarios[share.entry_index]
+        if entry.WhichOneof("spec") != "scenario":
+            raise Unimplemented(f"scenarios[{share.entry_index}]: only inline scenarios run yet")
+        c = _Compiler(share.entry_index, effective_config(lt, entry))
+        for j, step in enumerate(entry.scenario.run):
+            c.step(step, f"scenarios[{share.entry_index}].scenario.run[{j}]")
+        plan = c.plan
+        plan.sessions = int(share.sessions)
+        plan.duration_ns = parse_duration_ns(entry.duration) if entry.duration else 0
+        plan.iterations = int(entry.iterations)
+        if plan.iterations == 0 and plan.duration_ns == 0:
+            plan.iterations = 1  # run the scenario once per session
+        plan.connect_timeout_ns = _config_duration(
+            c.config, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_NS
+        )
+        plan.request_timeout_ns = _config_duration(
+            c.config, "request_timeout", DEFAULT_REQUEST_TIMEOUT_NS
+        )
+        plans.append(plan)
+    return plans
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,106 @@
+"""Running one assignment: engines started, deltas swapped out every interval, reports built.
+
+An assignment may hold shares of several scenario entries; each gets its own ``Engine`` (its
+own threads, histograms and op array). Every report interval the runner swaps the engines'
+per-thread histograms (the engine threads are not stopped), merges the deltas of equal metric
+keys, encodes them and yields one ``WorkerReport``. The last report has ``final`` set and
+carries whatever was recorded after the previous swap, so nothing is lost at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+from _fastpath.engine import Engine
+from _fastpath.histogram import Histogram
+from chaperon.v1 import worker_pb2
+from worker_service.plan import EnginePlan
+
+log = logging.getLogger(__name__)
+
+
+class AssignmentRunner:
+    def __init__(
+        self,
+        assignment_id: str,
+        plans: list[EnginePlan],
+        threads: int,
+        report_interval_s: float = 1.0,
+    ) -> None:
+        self.assignment_id = assignment_id
+        self._interval_s = report_interval_s if report_interval_s > 0 else 1.0
+        self._engines = [Engine(**plan.engine_kwargs(threads)) for plan in plans]
+        self._cancelled = threading.Event()
+        self._sequence = 0
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        for engine in self._engines:
+            engine.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def run(self) -> Iterator[worker_pb2.WorkerReport]:
+        """Start the engines and yield a report per interval until they are all done."""
+        started = time.monotonic()
+        try:
+            for engine in self._engines:
+                engine.start()
+            next_report = started + self._interval_s
+            while True:
+                done = all(e.wait(max(0.0, next_report - time.monotonic())) for e in self._engines)
+                if done:
+                    break
+                if time.monotonic() >= next_report:
+                    next_report += self._interval_s
+                    yield self._report(started, final=False)
+            yield self._report(started, final=True)
+        finally:
+            for engine in self._engines:
+                engine.cancel()
+                engine.wait(5.0)
+                engine.close()
+
+    def _report(self, started: float, final: bool) -> worker_pb2.WorkerReport:
+        merged: dict[str, tuple[Histogram, int, int, dict[str, int]]] = {}
+        for engine in self._engines:
+            for key, hist, count, errors, by_kind in engine.swap():
+                if key in merged:
+                    h, c, e, k = merged[key]
+                    h.add(hist)
+                    for kind, n in by_kind.items():
+                        k[kind] = k.get(kind, 0) + n
+                    merged[key] = (h, c + count, e + errors, k)
+                else:
+                    merged[key] = (hist, count, errors, dict(by_kind))
+        started_n = completed_n = 0
+        for engine in self._engines:
+            stats = engine.stats()
+            started_n += int(stats.get("sessions_started", 0))
+            completed_n += int(stats.get("sessions_completed", 0))
+        self._sequence += 1
+        report = worker_pb2.WorkerReport(
+            assignment_id=self.assignment_id,
+            sequence=self._sequence,
+            final=final,
+            sessions_started=started_n,
+            sessions_completed=completed_n,
+            elapsed_s=time.monotonic() - started,
+            cancelled=self.cancelled,
+        )
+        for key, (hist, count, errors, by_kind) in merged.items():
+            report.metrics.append(
+                worker_pb2.MetricDelta(
+                    key=key,
+                    hdr=hist.encode(),
+                    count=count,
+                    errors=errors,
+                    errors_by_kind={k: v for k, v in by_kind.items() if v},
+                )
+            )
+        return report

@@ -1,0 +1,161 @@
+"""Start a Worker: its gRPC server (Worker, health, reflection) and the membership loop.
+
+The membership loop registers with the master (retrying with backoff and jitter until the
+master answers), then heartbeats every interval; when the master does not know the worker
+any more (it restarted) or heartbeats keep failing, the worker registers again by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chaperon._version import __version__
+from chaperon.v1 import master_pb2, master_pb2_grpc, worker_pb2, worker_pb2_grpc
+from worker_service.plan import default_threads
+from worker_service.servicer import WorkerServicer, WorkerState
+
+log = logging.getLogger(__name__)
+
+
+class Membership:
+    """Register with the master and heartbeat, in a daemon thread."""
+
+    def __init__(self, master: str, advertise: str, state: WorkerState) -> None:
+        self._master = master
+        self._advertise = advertise
+        self._state = state
+        self._stop = threading.Event()
+        self._channel = grpc.insecure_channel(master)
+        self._stub = master_pb2_grpc.MasterStub(self._channel)
+        self._thread = threading.Thread(target=self._loop, name="worker-membership", daemon=True)
+        self.registered = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(3)
+        self._channel.close()
+
+    def _register(self) -> float:
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                resp = self._stub.RegisterWorker(
+                    master_pb2.RegisterWorkerRequest(
+                        worker_id=self._state.worker_id,
+                        address=self._advertise,
+                        capacity=self._state.threads,
+                        version=__version__,
+                    ),
+                    timeout=5,
+                )
+            except grpc.RpcError as exc:
+                log.info("cannot register with %s yet: %s", self._master, exc.code())
+                self._stop.wait(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._state.worker_id = resp.worker_id
+            self._state.registered = True
+            self.registered.set()
+            log.info("registered with %s as %s", self._master, resp.worker_id)
+            return resp.heartbeat_interval_s or 1.0
+        return 1.0
+
+    def _loop(self) -> None:
+        interval = self._register()
+        failures = 0
+        while not self._stop.wait(interval):
+            runner, _ = self._state.current()
+            try:
+                resp = self._stub.Heartbeat(
+                    master_pb2.HeartbeatRequest(
+                        worker_id=self._state.worker_id,
+                        state=worker_pb2.WORKER_BUSY if runner else worker_pb2.WORKER_IDLE,
+                        assignment_id=runner.assignment_id if runner else "",
+                    ),
+                    timeout=max(1.0, interval),
+                )
+                failures = 0
+                if not resp.known:
+                    self._state.registered = False
+                    interval = self._register()
+            except grpc.RpcError:
+                failures += 1
+                if failures >= 3:
+                    self._state.registered = False
+                    interval = self._register()
+                    failures = 0
+
+
+@dataclass
+class WorkerServer:
+    server: grpc.Server
+    port: int
+    host: str
+    state: WorkerState
+    membership: Membership | None
+    health: health.HealthServicer
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        runner, _ = self.state.current()
+        if runner is not None:
+            runner.cancel()
+        if self.membership is not None:
+            self.membership.stop()
+        self.server.stop(grace_s).wait(grace_s + 1)
+
+
+def start_worker(
+    master: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    threads: int = 0,
+    advertise: str = "",
+) -> WorkerServer:
+    """Serve the Worker service and start registering with ``master`` (host:port)."""
+    state = WorkerState(threads or default_threads(), master)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="worker-rpc"),
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+    )
+    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(state), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service_name = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+    reflection.enable_server_reflection(
+        (service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(target)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen on {target} (port in use or address not available)")
+    server.start()
+    for name in ("", service_name):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if not advertise:
+        if host in ("0.0.0.0", "::", ""):
+            raise ValueError("listening on all interfaces: give --advertise HOST:PORT for the master")
+        advertise = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+    membership = Membership(master, advertise, state)
+    membership.start()
+    return WorkerServer(server, bound, host, state, membership, health_servicer)

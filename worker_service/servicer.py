@@ -1,0 +1,102 @@
+"""The ``chaperon.v1.Worker`` servicer: one assignment at a time."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from chaperon._version import __version__
+from chaperon.status import FailedPrecondition, InvalidArgument, grpc_errors, grpc_stream_errors
+from chaperon.v1 import worker_pb2, worker_pb2_grpc
+from worker_service.plan import compile_assignment
+from worker_service.runner import AssignmentRunner
+
+MAX_THREADS = 256
+
+
+class WorkerState:
+    """What the worker is doing; shared by the servicer and the registration loop."""
+
+    def __init__(self, threads: int, master: str = "") -> None:
+        self.threads = threads
+        self.master = master
+        self.worker_id = ""
+        self.registered = False
+        self._lock = threading.Lock()
+        self._runner: AssignmentRunner | None = None
+        self._run_id = ""
+
+    def begin(self, runner: AssignmentRunner, run_id: str) -> None:
+        with self._lock:
+            if self._runner is not None:
+                raise FailedPrecondition(
+                    f"this worker is busy with assignment {self._runner.assignment_id}"
+                )
+            self._runner = runner
+            self._run_id = run_id
+
+    def end(self, runner: AssignmentRunner) -> None:
+        with self._lock:
+            if self._runner is runner:
+                self._runner = None
+                self._run_id = ""
+
+    def current(self) -> tuple[AssignmentRunner | None, str]:
+        with self._lock:
+            return self._runner, self._run_id
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, state: WorkerState) -> None:
+        self._state = state
+
+    @grpc_stream_errors
+    def RunAssignment(self, request, context) -> Iterator[worker_pb2.WorkerReport]:  # type: ignore[no-untyped-def]
+        violations = []
+        if not request.assignment_id:
+            violations.append(("assignment_id", "is required"))
+        if request.threads < 0 or request.threads > MAX_THREADS:
+            violations.append(("threads", f"must be between 0 and {MAX_THREADS}"))
+        if not request.HasField("load_test"):
+            violations.append(("load_test", "is required"))
+        if request.report_interval_s < 0 or request.report_interval_s > 60:
+            violations.append(("report_interval_s", "must be between 0 and 60"))
+        if violations:
+            raise InvalidArgument(violations)
+        plans = compile_assignment(request)
+        runner = AssignmentRunner(
+            request.assignment_id,
+            plans,
+            request.threads or self._state.threads,
+            request.report_interval_s or 1.0,
+        )
+        self._state.begin(runner, request.run_id)
+        # The master went away (or cancelled the call): stop the orphaned engines.
+        context.add_callback(runner.cancel)
+        try:
+            yield from runner.run()
+        finally:
+            runner.cancel()
+            self._state.end(runner)
+
+    @grpc_errors
+    def CancelAssignment(self, request, context):  # type: ignore[no-untyped-def]
+        runner, _ = self._state.current()
+        if runner is None or (request.assignment_id and runner.assignment_id != request.assignment_id):
+            return worker_pb2.CancelAssignmentResponse(cancelled=False)
+        runner.cancel()
+        return worker_pb2.CancelAssignmentResponse(cancelled=True)
+
+    @grpc_errors
+    def GetWorkerStatus(self, request, context):  # type: ignore[no-untyped-def]
+        runner, run_id = self._state.current()
+        return worker_pb2.WorkerStatus(
+            worker_id=self._state.worker_id,
+            state=worker_pb2.WORKER_BUSY if runner else worker_pb2.WORKER_IDLE,
+            assignment_id=runner.assignment_id if runner else "",
+            run_id=run_id,
+            threads=self._state.threads,
+            version=__version__,
+            master=self._state.master,
+            registered=self._state.registered,
+        )

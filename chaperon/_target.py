@@ -13,8 +13,15 @@ import asyncio
 import signal
 import sys
 
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found",
-            500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class _Http(asyncio.Protocol):
@@ -50,7 +57,7 @@ class _Http(asyncio.Protocol):
                     close = True
             if len(self._buf) < end + 4 + length:
                 return
-            self._buf = self._buf[end + 4 + length:]
+            self._buf = self._buf[end + 4 + length :]
             parts = lines[0].split(" ")
             path = parts[1] if len(parts) > 1 else "/"
             self._route(parts[0], path, close)
@@ -60,13 +67,13 @@ class _Http(asyncio.Protocol):
     def _route(self, method: str, path: str, close: bool) -> None:
         if path.startswith("/status/"):
             try:
-                code = int(path[len("/status/"):].split("?")[0])
+                code = int(path[len("/status/") :].split("?")[0])
             except ValueError:
                 code = 400
             self._reply(code, b"", close)
         elif path.startswith("/delay/"):
             try:
-                ms = float(path[len("/delay/"):].split("?")[0])
+                ms = float(path[len("/delay/") :].split("?")[0])
             except ValueError:
                 ms = 0.0
             loop = asyncio.get_running_loop()

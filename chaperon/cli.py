@@ -112,7 +112,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         line = target.stdout.readline().strip()
         if not line.startswith("listening on "):
             return _fail("the demo target did not start")
-        base_url = "http://" + line[len("listening on "):]
+        base_url = "http://" + line[len("listening on ") :]
         load_test = load_test_from_dict(
             {
                 "name": "demo",
@@ -161,8 +161,11 @@ def cmd_master(args: argparse.Namespace) -> int:
         server = start_master(args.host, args.port, args.db, worker_wait_s=args.worker_wait)
     except OSError as exc:
         return _fail(str(exc))
-    print(f"chaperon master {__version__} listening on {server.address} (db: {args.db})",
-          file=sys.stderr, flush=True)
+    print(
+        f"chaperon master {__version__} listening on {server.address} (db: {args.db})",
+        file=sys.stderr,
+        flush=True,
+    )
     _wait_for_signal()
     server.stop()
     return 0
@@ -206,10 +209,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Client(args.master, args.token) as client:
         if args.id:
             return _print_run(client.get(args.id), args.json)
-        for run in client.list():
-            print(
-                f"{run.id}  {results_pb2.RunState.Name(run.state):<11}  {run.load_test.name}"
-            )
+        for run in client.runs():
+            print(f"{run.id}  {results_pb2.RunState.Name(run.state):<11}  {run.load_test.name}")
     return 0
 
 
@@ -257,8 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--db", default="chaperon.db", help="SQLite file (default: ./chaperon.db)")
-    p.add_argument("--worker-wait", type=float, default=30.0,
-                   help="seconds a run waits for a worker before it fails")
+    p.add_argument(
+        "--worker-wait",
+        type=float,
+        default=30.0,
+        help="seconds a run waits for a worker before it fails",
+    )
     p.set_defaults(func=cmd_master)
 
     p = sub.add_parser("worker", help="start a worker that joins a master")

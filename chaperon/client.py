@@ -56,7 +56,9 @@ class Client:
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         grpc.channel_ready_future(self._channel).result(timeout=timeout_s)
 
-    def run(self, load_test: loadtest_pb2.LoadTest, timeout_s: float | None = None) -> results_pb2.LoadTestRun:
+    def run(
+        self, load_test: loadtest_pb2.LoadTest, timeout_s: float | None = None
+    ) -> results_pb2.LoadTestRun:
         """Submit and wait for the end; returns the final run with its result."""
         return self._stub.RunLoadTest(  # type: ignore[no-any-return]
             master_pb2.SubmitLoadTestRequest(load_test=load_test),
@@ -74,12 +76,16 @@ class Client:
             master_pb2.GetLoadTestRunRequest(id=run_id), metadata=self._metadata
         )
 
-    def list(self, states: Iterable[int] = (), page_size: int = 0) -> Iterator[results_pb2.LoadTestRun]:
+    def runs(
+        self, states: Iterable[int] = (), page_size: int = 0
+    ) -> Iterator[results_pb2.LoadTestRun]:
         token = ""
         while True:
             resp = self._stub.ListLoadTestRuns(
                 master_pb2.ListLoadTestRunsRequest(
-                    states=list(states), page_size=page_size, page_token=token
+                    states=list(states),  # type: ignore[arg-type]
+                    page_size=page_size,
+                    page_token=token,
                 ),
                 metadata=self._metadata,
             )

@@ -107,7 +107,9 @@ def metric_key(step: loadtest_pb2.HttpStep) -> str:
 def load_test_from_dict(data: Any, source: str = "load test") -> loadtest_pb2.LoadTest:
     """Build a LoadTest from its proto3-JSON form (snake_case or lowerCamelCase)."""
     if not isinstance(data, dict):
-        raise LoadTestFileError(f"{source}: expected an object with 'scenarios', got {type(data).__name__}")
+        raise LoadTestFileError(
+            f"{source}: expected an object with 'scenarios', got {type(data).__name__}"
+        )
     if "load_test" in data and "scenarios" not in data and isinstance(data["load_test"], dict):
         data = data["load_test"]  # a SubmitLoadTestRequest body works too
     message = loadtest_pb2.LoadTest()

@@ -48,7 +48,9 @@ def format_report(run: results_pb2.LoadTestRun) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
         lines.append("  " + "  ".join(cells))
         if n == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))

@@ -109,7 +109,7 @@ def _metric(key: str, agg: _KeyAggregate, elapsed_s: float) -> results_pb2.Metri
         values = hist.percentiles(list(PERCENTILES))
         m.percentiles.extend(
             results_pb2.Percentile(percentile=p, value_us=float(v))
-            for p, v in zip(PERCENTILES, values)
+            for p, v in zip(PERCENTILES, values, strict=True)
         )
     m.hdr = hist.encode()
     return m

@@ -120,9 +120,7 @@ class WorkerRegistry:
 
     def available(self) -> list[WorkerEntry]:
         """Workers that can take load: not ignored, not lost."""
-        return [
-            w for w in self.snapshot() if not w.ignored and w.state != worker_pb2.WORKER_LOST
-        ]
+        return [w for w in self.snapshot() if not w.ignored and w.state != worker_pb2.WORKER_LOST]
 
 
 def split_sessions(total: int, capacities: list[int]) -> list[int]:
@@ -136,9 +134,7 @@ def split_sessions(total: int, capacities: list[int]) -> list[int]:
     weights = [max(1, c) for c in capacities]
     whole = sum(weights)
     shares = [total * w // whole for w in weights]
-    remainders = sorted(
-        range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i)
-    )
+    remainders = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
     for i in remainders[: total - sum(shares)]:
         shares[i] += 1
     return shares

@@ -280,8 +280,9 @@ class Scheduler:
                 t.join(0.2)
                 if not timed_out and self._clock() > deadline:
                     timed_out = True
+                    limit_s = _timeout_s(run.load_test)
                     active.errors.append(
-                        f"the run passed its timeout ({_timeout_s(run.load_test):g}s) and was stopped"
+                        f"the run passed its timeout ({limit_s:g}s) and was stopped"
                     )
                     self._cancel_active(active)
         for worker, _ in plan:
@@ -297,7 +298,7 @@ class Scheduler:
             for i, n in enumerate(split_sessions(entry.concurrency, capacities)):
                 if n > 0:
                     per_worker[i].append(worker_pb2.EntryShare(entry_index=index, sessions=n))
-        return [(w, shares) for w, shares in zip(workers, per_worker) if shares]
+        return [(w, shares) for w, shares in zip(workers, per_worker, strict=True) if shares]
 
     def _consume(
         self, active: _ActiveRun, worker: WorkerEntry, assignment: worker_pb2.Assignment
@@ -321,9 +322,15 @@ class Scheduler:
             detail = getattr(exc, "details", lambda: None)() or str(exc)
             code = getattr(exc, "code", lambda: None)()
             if not active.cancelled:
-                if code is not None and code.name in ("INVALID_ARGUMENT", "UNIMPLEMENTED",
-                                                      "PERMISSION_DENIED", "RESOURCE_EXHAUSTED"):
-                    active.errors.append(f"worker {worker.worker_id} refused the assignment: {detail}")
+                if code is not None and code.name in (
+                    "INVALID_ARGUMENT",
+                    "UNIMPLEMENTED",
+                    "PERMISSION_DENIED",
+                    "RESOURCE_EXHAUSTED",
+                ):
+                    active.errors.append(
+                        f"worker {worker.worker_id} refused the assignment: {detail}"
+                    )
                 else:
                     active.errors.append(f"worker {worker.worker_id} ({worker.address}): {detail}")
         if not final and not active.cancelled:
@@ -365,7 +372,9 @@ class Scheduler:
             self._store.put_run(run)
             self._cond.notify_all()
 
-    def progress(self, run_id: str) -> tuple[float, list[tuple[str, int, int, float, float]]] | None:
+    def progress(
+        self, run_id: str
+    ) -> tuple[float, list[tuple[str, int, int, float, float]]] | None:
         with self._cond:
             active = self._active if self._active and self._active.run.id == run_id else None
         if active is None:

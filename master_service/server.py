@@ -70,8 +70,11 @@ def start_master(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = master_pb2.DESCRIPTOR.services_by_name["Master"].full_name
     reflection.enable_server_reflection(
-        (service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            service_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

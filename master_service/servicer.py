@@ -6,7 +6,6 @@ import base64
 import time
 from collections.abc import Iterator
 
-import grpc
 from google.protobuf import timestamp_pb2
 
 from chaperon._version import __version__
@@ -65,7 +64,9 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             try:
                 validate_load_test(lt)
             except InvalidArgument as exc:
-                raise InvalidArgument([(f"load_tests[{i}].{f}", d) for f, d in exc.violations])
+                raise InvalidArgument(
+                    [(f"load_tests[{i}].{f}", d) for f, d in exc.violations]
+                ) from None
         runs = [self._scheduler.submit(lt) for lt in request.load_tests]
         return master_pb2.SubmitLoadTestsResponse(runs=runs)
 
@@ -90,7 +91,9 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             try:
                 after = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
             except (ValueError, UnicodeDecodeError):
-                raise InvalidArgument([("page_token", "is not a token from a previous page")])
+                raise InvalidArgument(
+                    [("page_token", "is not a token from a previous page")]
+                ) from None
         for i, state in enumerate(request.states):
             if state not in results_pb2.RunState.values() or state == 0:
                 raise InvalidArgument([(f"states[{i}]", f"unknown run state {state}")])
@@ -114,9 +117,12 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
                 for key, count, errors, p50, p99 in metrics:
                     msg.metrics.append(
                         master_pb2.MetricProgress(
-                            key=key, count=count, errors=errors,
+                            key=key,
+                            count=count,
+                            errors=errors,
                             rate_per_s=count / elapsed if elapsed > 0 else 0.0,
-                            p50_us=p50, p99_us=p99,
+                            p50_us=p50,
+                            p99_us=p99,
                         )
                     )
             yield msg

@@ -97,7 +97,9 @@ class SqliteStore:
             if state is None:
                 return int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
             return int(
-                self._db.execute("SELECT COUNT(*) FROM runs WHERE state = ?", (state,)).fetchone()[0]
+                self._db.execute("SELECT COUNT(*) FROM runs WHERE state = ?", (state,)).fetchone()[
+                    0
+                ]
             )
 
     def add_delta(self, run_id: str, worker_id: str, sequence: int, report: bytes) -> None:

@@ -94,7 +94,9 @@ def _check_config(c: _Collector, path: str, cfg: dict[str, Any]) -> None:
                 c.duration(f"{path}.{key}", cfg[key])
 
 
-def _check_entry(c: _Collector, lt: loadtest_pb2.LoadTest, i: int, e: loadtest_pb2.ScenarioEntry) -> None:
+def _check_entry(
+    c: _Collector, lt: loadtest_pb2.LoadTest, i: int, e: loadtest_pb2.ScenarioEntry
+) -> None:
     p = f"scenarios[{i}]"
     spec = e.WhichOneof("spec")
     if spec is None:
@@ -161,7 +163,10 @@ def _check_http(c: _Collector, p: str, h: loadtest_pb2.HttpStep, base_url: Any) 
     if not h.method:
         c.bad(f"{p}.method", f"is required (one of {', '.join(HTTP_METHODS)})")
     elif method not in HTTP_METHODS:
-        c.bad(f"{p}.method", f"unknown HTTP method {h.method!r} (use one of {', '.join(HTTP_METHODS)})")
+        c.bad(
+            f"{p}.method",
+            f"unknown HTTP method {h.method!r} (use one of {', '.join(HTTP_METHODS)})",
+        )
     target = h.WhichOneof("target")
     if target is None:
         c.bad(f"{p}.path", "set 'path' (relative to config.base_url) or 'url'")

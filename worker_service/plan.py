@@ -86,7 +86,9 @@ class _Compiler:
         try:
             ip = resolve(target.host, target.port)
         except OSError as exc:
-            raise InvalidArgument([(field_path, f"cannot resolve host {target.host!r}: {exc}")])
+            raise InvalidArgument(
+                [(field_path, f"cannot resolve host {target.host!r}: {exc}")]
+            ) from None
         key = (ip, target.port)
         if key not in self._targets:
             self._targets[key] = len(self.plan.targets)

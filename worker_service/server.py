@@ -138,8 +138,11 @@ def start_worker(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
     reflection.enable_server_reflection(
-        (service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            service_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -154,7 +157,9 @@ def start_worker(
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if not advertise:
         if host in ("0.0.0.0", "::", ""):
-            raise ValueError("listening on all interfaces: give --advertise HOST:PORT for the master")
+            raise ValueError(
+                "listening on all interfaces: give --advertise HOST:PORT for the master"
+            )
         advertise = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     membership = Membership(master, advertise, state)
     membership.start()

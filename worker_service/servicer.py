@@ -82,7 +82,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     @grpc_errors
     def CancelAssignment(self, request, context):  # type: ignore[no-untyped-def]
         runner, _ = self._state.current()
-        if runner is None or (request.assignment_id and runner.assignment_id != request.assignment_id):
+        if runner is None or (
+            request.assignment_id and runner.assignment_id != request.assignment_id
+        ):
             return worker_pb2.CancelAssignmentResponse(cancelled=False)
         runner.cancel()
         return worker_pb2.CancelAssignmentResponse(cancelled=True)

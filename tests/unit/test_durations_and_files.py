@@ -34,8 +34,16 @@ MINIMAL = {
 
 @pytest.mark.parametrize(
     ("text", "ns"),
-    [("5s", 5 * 10**9), ("500ms", 5 * 10**8), ("1.5s", 15 * 10**8), ("2m", 120 * 10**9),
-     ("1m30s", 90 * 10**9), ("250us", 250_000), ("1h", 3600 * 10**9), ("0", 0)],
+    [
+        ("5s", 5 * 10**9),
+        ("500ms", 5 * 10**8),
+        ("1.5s", 15 * 10**8),
+        ("2m", 120 * 10**9),
+        ("1m30s", 90 * 10**9),
+        ("250us", 250_000),
+        ("1h", 3600 * 10**9),
+        ("0", 0),
+    ],
 )
 def test_durations_parse(text: str, ns: int) -> None:
     assert parse_duration_ns(text) == ns
@@ -56,7 +64,9 @@ def test_json_and_yaml_files_give_the_same_message(tmp_path: Path) -> None:
 
 
 def test_camel_case_and_request_wrapper_accepted(tmp_path: Path) -> None:
-    data = {"load_test": {**MINIMAL, "scenarios": [{**MINIMAL["scenarios"][0], "sessionName": "s"}]}}
+    data = {
+        "load_test": {**MINIMAL, "scenarios": [{**MINIMAL["scenarios"][0], "sessionName": "s"}]}
+    }
     (tmp_path / "b.json").write_text(json.dumps(data))
     assert load_file(str(tmp_path / "b.json")).scenarios[0].session_name == "s"
 
@@ -78,7 +88,9 @@ def test_python_file(tmp_path: Path) -> None:
         ("empty.py", "x = 1", "load_test"),
     ],
 )
-def test_bad_files_give_one_clear_line(tmp_path: Path, name: str, content: str | None, needle: str) -> None:
+def test_bad_files_give_one_clear_line(
+    tmp_path: Path, name: str, content: str | None, needle: str
+) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_text(content)
@@ -89,7 +101,10 @@ def test_bad_files_give_one_clear_line(tmp_path: Path, name: str, content: str |
 
 
 def test_deep_merge_and_effective_config() -> None:
-    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}, "d": 1}
+    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 3}}) == {
+        "a": {"b": 3, "c": 2},
+        "d": 1,
+    }
     lt = loadtest_pb2.LoadTest()
     lt.config.update({"base_url": "http://a:1", "h": {"x": "1"}})
     entry = lt.scenarios.add()
@@ -99,7 +114,12 @@ def test_deep_merge_and_effective_config() -> None:
 
 def test_targets_and_metric_keys() -> None:
     t = parse_target("http://127.0.0.1:8080/api/")
-    assert (t.host, t.port, t.base_path, t.host_header) == ("127.0.0.1", 8080, "/api", "127.0.0.1:8080")
+    assert (t.host, t.port, t.base_path, t.host_header) == (
+        "127.0.0.1",
+        8080,
+        "/api",
+        "127.0.0.1:8080",
+    )
     assert parse_target("http://[::1]/").host_header == "[::1]"
     step = loadtest_pb2.HttpStep(method="get", path="/users/1")
     assert metric_key(step) == "GET /users/1"
@@ -109,8 +129,14 @@ def test_targets_and_metric_keys() -> None:
 
 @pytest.mark.parametrize(
     ("total", "caps", "want"),
-    [(10, [1, 1], [5, 5]), (11, [2, 2, 2], [4, 4, 3]), (7, [1, 3], [2, 5]), (1, [4, 4], [1, 0]),
-     (0, [1], [0]), (5, [], [])],
+    [
+        (10, [1, 1], [5, 5]),
+        (11, [2, 2, 2], [4, 4, 3]),
+        (7, [1, 3], [2, 5]),
+        (1, [4, 4], [1, 0]),
+        (0, [1], [0]),
+        (5, [], []),
+    ],
 )
 def test_split_sessions(total: int, caps: list[int], want: list[int]) -> None:
     assert split_sessions(total, caps) == want

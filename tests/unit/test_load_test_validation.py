@@ -57,16 +57,26 @@ def test_minimal_load_test_of_the_api_is_valid() -> None:
         ({"scenarios__0__iterations": -1}, "scenarios[0].iterations"),
         ({"timeout": "soon"}, "timeout"),
         ({"scenarios__0__scenario__run": []}, "scenarios[0].scenario.run"),
-        ({"scenarios__0__scenario__run__0__http__method": "FETCH"},
-         "scenarios[0].scenario.run[0].http.method"),
-        ({"scenarios__0__scenario__run__0__http__method": ""},
-         "scenarios[0].scenario.run[0].http.method"),
-        ({"scenarios__0__scenario__run__0__http__path": "no-slash"},
-         "scenarios[0].scenario.run[0].http.path"),
-        ({"scenarios__0__scenario__run__0__http__headers": {"X-A": "a\r\nInjected: 1"}},
-         "scenarios[0].scenario.run[0].http.headers[X-A]"),
-        ({"scenarios__0__scenario__run__0__http__headers": {"Content-Length": "3"}},
-         "scenarios[0].scenario.run[0].http.headers[Content-Length]"),
+        (
+            {"scenarios__0__scenario__run__0__http__method": "FETCH"},
+            "scenarios[0].scenario.run[0].http.method",
+        ),
+        (
+            {"scenarios__0__scenario__run__0__http__method": ""},
+            "scenarios[0].scenario.run[0].http.method",
+        ),
+        (
+            {"scenarios__0__scenario__run__0__http__path": "no-slash"},
+            "scenarios[0].scenario.run[0].http.path",
+        ),
+        (
+            {"scenarios__0__scenario__run__0__http__headers": {"X-A": "a\r\nInjected: 1"}},
+            "scenarios[0].scenario.run[0].http.headers[X-A]",
+        ),
+        (
+            {"scenarios__0__scenario__run__0__http__headers": {"Content-Length": "3"}},
+            "scenarios[0].scenario.run[0].http.headers[Content-Length]",
+        ),
         ({"config": {}}, "config.base_url"),
     ],
 )
@@ -99,7 +109,12 @@ def test_entry_config_overrides_base_url() -> None:
 
 
 def test_absolute_url_step_needs_no_base_url() -> None:
-    lt = _lt(config={}, scenarios__0__scenario__run=[{"http": {"method": "get", "url": "http://127.0.0.1:9/x?a=1"}}])
+    lt = _lt(
+        config={},
+        scenarios__0__scenario__run=[
+            {"http": {"method": "get", "url": "http://127.0.0.1:9/x?a=1"}}
+        ],
+    )
     validate_load_test(lt)
 
 

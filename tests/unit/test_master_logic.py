@@ -26,13 +26,18 @@ LT: dict[str, Any] = {
     "name": "smoke",
     "config": {"base_url": "http://127.0.0.1:8080"},
     "scenarios": [
-        {"concurrency": 5, "duration": "1s",
-         "scenario": {"name": "root", "run": [{"http": {"method": "GET", "path": "/"}}]}}
+        {
+            "concurrency": 5,
+            "duration": "1s",
+            "scenario": {"name": "root", "run": [{"http": {"method": "GET", "path": "/"}}]},
+        }
     ],
 }
 
 
-def _report(seq: int, values: list[int], final: bool = False, errors: int = 0) -> worker_pb2.WorkerReport:
+def _report(
+    seq: int, values: list[int], final: bool = False, errors: int = 0
+) -> worker_pb2.WorkerReport:
     h = Histogram()
     for v in values:
         h.record(v)
@@ -42,8 +47,15 @@ def _report(seq: int, values: list[int], final: bool = False, errors: int = 0) -
         sessions_started=1,
         sessions_completed=1 if final else 0,
         elapsed_s=float(seq),
-        metrics=[worker_pb2.MetricDelta(key="GET /", hdr=h.encode(), count=len(values),
-                                        errors=errors, errors_by_kind={"http_5xx": errors} if errors else {})],
+        metrics=[
+            worker_pb2.MetricDelta(
+                key="GET /",
+                hdr=h.encode(),
+                count=len(values),
+                errors=errors,
+                errors_by_kind={"http_5xx": errors} if errors else {},
+            )
+        ],
     )
 
 
@@ -96,14 +108,15 @@ def test_registry_reuses_ids_and_marks_lost() -> None:
 
 
 class _FakeStream:
-    def __init__(self, reports: list[worker_pb2.WorkerReport], gate: threading.Event | None) -> None:
+    def __init__(
+        self, reports: list[worker_pb2.WorkerReport], gate: threading.Event | None
+    ) -> None:
         self._reports = reports
         self._gate = gate
         self.cancelled = threading.Event()
 
     def __iter__(self) -> Iterator[worker_pb2.WorkerReport]:
-        for r in self._reports[:-1]:
-            yield r
+        yield from self._reports[:-1]
         if self._gate is not None:
             while not self._gate.is_set() and not self.cancelled.is_set():
                 time.sleep(0.01)

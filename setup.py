@@ -68,6 +68,7 @@ def extensions() -> list:
         flags.append("-D_GNU_SOURCE")
     exts = [
         Extension("_fastpath.histogram", ["_fastpath/histogram.pyx"], extra_compile_args=flags),
+        Extension("_fastpath.http1", ["_fastpath/http1.pyx"], extra_compile_args=flags),
         Extension(
             "_fastpath.engine",
             ["_fastpath/engine.pyx"],

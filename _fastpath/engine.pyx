@@ -1,2 +1,897 @@
-# cython: language_level=3
-"""placeholder: the engine is being written."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The request engine: N closed-model sessions over non-blocking sockets, epoll, GIL released.
+
+Theory of operation
+-------------------
+The worker compiles a scenario into a *plan*: a flat array of ops, each either an HTTP request
+(pre-rendered bytes, a target and a metric index) or a delay. ``Engine`` copies the plan into
+C memory and runs ``sessions`` sessions on ``threads`` engine threads (Python threads that
+spend their whole life in ``thread_loop`` without the GIL). Every session runs the ops in
+order, over and over, until ``iterations`` are done or ``duration_ns`` has passed.
+
+One engine thread owns a slice of the sessions, one epoll set (level-triggered), one receive
+buffer shared by its sessions (responses are parsed as they arrive by the sans-IO parser of
+``http1.pxd``, whose small state lives in the session), a binary min-heap of parked sessions
+(delay ops) and two sets of per-metric accumulators (HDR histogram core, count, errors).
+
+Per request the hot path makes three syscalls: ``send`` (the whole request, usually), one
+share of ``epoll_wait`` and ``read``. Sockets stay registered for EPOLLIN for their whole life;
+EPOLLOUT is armed only while a connect or a partial write is pending, so a keep-alive request
+needs no ``epoll_ctl``. Nothing is allocated per request.
+
+Timeouts are not in the heap: every ``SCAN_NS`` the thread scans its sessions for an in-flight
+phase past its deadline (cheap, and keeps the per-request path free of heap operations).
+``epoll_wait`` sleeps until the next timer, capped at ``MAX_WAIT_MS`` so cancel and the end of
+the run are noticed promptly.
+
+Metrics are double-buffered ("swap, don't lock per request"): the engine thread holds its mutex
+while it processes one epoll batch and records into ``stats[cur]``; ``Engine.swap`` takes the
+mutex between two batches, flips ``cur`` and then merges the now idle buffer into fresh Python
+``Histogram`` objects and resets it, while the engine keeps recording into the other one.
+
+Errors inside the loop are counted (ERROR_KINDS), never raised; the rare fatal error of a
+thread (epoll failing) is kept as an errno and turned into an exception by ``wait``.
+EAGAIN == EWOULDBLOCK on Linux, the only platform (epoll).
+Memory comes from ``calloc`` and is freed in one place, ``Engine._free`` (``close`` and
+``__dealloc__``); threads keep the Engine alive while they run, so it cannot be freed under them.
+"""
+
+import ipaddress
+import socket as _pysocket
+import threading
+import time
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT64_MAX
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+from posix.unistd cimport read, close
+
+from _fastpath.includes.epoll cimport (
+    epoll_event, epoll_create1, epoll_ctl, epoll_wait,
+    EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CLOEXEC,
+)
+from _fastpath.includes.errno cimport (
+    errno, EINTR, EAGAIN, EINPROGRESS, ECONNRESET, ECONNABORTED, EPIPE, ETIMEDOUT,
+)
+from _fastpath.includes.pthread cimport (
+    pthread_mutex_t, pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
+    pthread_mutex_unlock,
+)
+from _fastpath.includes.socket cimport (
+    socklen_t, sockaddr, sockaddr_storage, sockaddr_in, sockaddr_in6, socket, connect, send,
+    setsockopt, getsockopt, htons, AF_INET, AF_INET6, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC,
+    SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL, IPPROTO_TCP, TCP_NODELAY,
+)
+from _fastpath.includes.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
+from _fastpath.histogram cimport (
+    Histogram, hdr_core, hdr_core_init, hdr_core_free, hdr_core_reset, hdr_core_add,
+    hdr_core_record,
+)
+from _fastpath.http1 cimport h1_parser, h1_init, h1_feed, h1_feed_eof, H1_DONE, H1_ERROR
+
+
+cdef extern from *:
+    """
+    static inline int chaperon_load_int(const int* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline void chaperon_store_int(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    int chaperon_load_int(const int* p) nogil
+    void chaperon_store_int(int* p, int v) nogil
+
+
+OP_HTTP = 1
+OP_DELAY = 2
+ERROR_KINDS = ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx")
+
+# ------------------------------------------------------------------------------ nogil core
+
+cdef inline int64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef void heap_push(thread_t* t, int64_t wake_ns, uint32_t index) noexcept nogil:
+    cdef int32_t i = t.heap_len
+    cdef int32_t parent
+    t.heap_len += 1
+    while i > 0:
+        parent = (i - 1) >> 1
+        if t.heap[parent].wake_ns <= wake_ns:
+            break
+        t.heap[i] = t.heap[parent]
+        i = parent
+    t.heap[i].wake_ns = wake_ns
+    t.heap[i].index = index
+
+
+cdef uint32_t heap_pop(thread_t* t) noexcept nogil:
+    cdef uint32_t top = t.heap[0].index
+    cdef heap_ent last
+    cdef int32_t i = 0
+    cdef int32_t child
+    t.heap_len -= 1
+    if t.heap_len == 0:
+        return top
+    last = t.heap[t.heap_len]
+    while True:
+        child = 2 * i + 1
+        if child >= t.heap_len:
+            break
+        if child + 1 < t.heap_len and t.heap[child + 1].wake_ns < t.heap[child].wake_ns:
+            child += 1
+        if last.wake_ns <= t.heap[child].wake_ns:
+            break
+        t.heap[i] = t.heap[child]
+        i = child
+    t.heap[i] = last
+    return top
+
+
+cdef inline int errno_kind(int e) noexcept nogil:
+    if e == ETIMEDOUT:
+        return K_TIMEOUT
+    return K_RESET
+
+
+cdef inline void close_conn(session_t* s) noexcept nogil:
+    if s.fd >= 0:
+        close(s.fd)         # also removes it from the epoll set
+        s.fd = -1
+    s.target = -1
+    s.epout = 0
+
+
+cdef inline void record_error(thread_t* t, int32_t metric, int kind) noexcept nogil:
+    cdef mstats_t* m = &t.rec[metric]
+    m.errors += 1
+    m.by_kind[kind] += 1
+    t.errors += 1
+
+
+cdef inline void finish(thread_t* t, session_t* s) noexcept nogil:
+    close_conn(s)
+    s.state = ST_DONE
+    t.active -= 1
+    t.sessions_completed += 1
+
+
+cdef inline int set_events(thread_t* t, session_t* s, bint want_out) noexcept nogil:
+    cdef epoll_event ev
+    ev.events = EPOLLIN | (EPOLLOUT if want_out else 0)
+    ev.data.u64 = ((<uint64_t>s.index) << 32) | <uint32_t>s.fd
+    s.epout = want_out
+    return epoll_ctl(t.epfd, EPOLL_CTL_MOD, s.fd, &ev)
+
+
+cdef int sess_connect(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
+    """0: connected, 1: in progress (EPOLLOUT armed), -1: failed."""
+    cdef target_t* tg = &t.cfg.targets[op.target]
+    cdef int one = 1
+    cdef int fd, rc
+    cdef epoll_event ev
+    fd = socket(tg.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        return -1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    rc = connect(fd, <sockaddr*>&tg.addr, tg.addrlen)
+    if rc != 0 and errno != EINPROGRESS and errno != EINTR:
+        close(fd)
+        return -1
+    ev.events = EPOLLIN | (EPOLLOUT if rc != 0 else 0)
+    ev.data.u64 = ((<uint64_t>s.index) << 32) | <uint32_t>fd
+    if epoll_ctl(t.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
+        close(fd)
+        return -1
+    s.fd = fd
+    s.target = op.target
+    s.epout = rc != 0
+    return 1 if rc != 0 else 0
+
+
+cdef int sess_write(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
+    """0: request fully sent (READING), 1: pending (WRITING, EPOLLOUT armed), <0: -1 - kind."""
+    cdef ssize_t n
+    while s.wpos < op.req_len:
+        n = send(s.fd, op.req + s.wpos, op.req_len - s.wpos, MSG_NOSIGNAL)
+        if n >= 0:
+            s.wpos += <size_t>n
+            continue
+        if errno == EINTR:
+            continue
+        if errno == EAGAIN:
+            s.state = ST_WRITING
+            if not s.epout and set_events(t, s, True) != 0:
+                return -1 - K_RESET
+            return 1
+        return -1 - errno_kind(errno)
+    s.state = ST_READING
+    if s.epout and set_events(t, s, False) != 0:
+        return -1 - K_RESET
+    return 0
+
+
+cdef inline int sess_send_request(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept nogil:
+    s.wpos = 0
+    s.deadline_ns = now + t.cfg.request_timeout_ns
+    t.requests_sent += 1
+    return sess_write(t, s, op)
+
+
+cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """Run the session from its current op until it waits for I/O or a timer, or ends."""
+    cdef config_t* cfg = t.cfg
+    cdef const op_t* op
+    cdef int steps = 0
+    cdef int rc
+    while True:
+        if s.op_index >= cfg.nops:
+            s.op_index = 0
+            s.iters += 1
+            t.iterations += 1
+            if cfg.iterations > 0 and s.iters >= cfg.iterations:
+                finish(t, s)
+                return
+        if now >= cfg.end_ns:
+            finish(t, s)
+            return
+        steps += 1
+        if steps > MAX_STEPS:
+            s.state = ST_YIELD
+            heap_push(t, now_ns() + 1, s.index)
+            return
+        op = &cfg.ops[s.op_index]
+        if op.kind == C_OP_DELAY:
+            s.state = ST_DELAY
+            heap_push(t, now + op.delay_ns, s.index)
+            return
+        s.op_start_ns = now
+        h1_init(&s.parser, op.no_body)
+        if s.fd >= 0 and s.target != op.target:
+            close_conn(s)
+        if s.fd < 0:
+            rc = sess_connect(t, s, op)
+            if rc > 0:
+                s.state = ST_CONNECTING
+                s.deadline_ns = now + cfg.connect_timeout_ns
+                return
+            if rc < 0:
+                record_error(t, op.metric, K_CONNECT)
+                s.op_index += 1
+                now = now_ns()
+                continue
+        rc = sess_send_request(t, s, op, now)
+        if rc >= 0:
+            return
+        record_error(t, op.metric, -1 - rc)
+        close_conn(s)
+        s.op_index += 1
+        now = now_ns()
+
+
+cdef void fail_op(thread_t* t, session_t* s, int kind, int64_t now) noexcept nogil:
+    """The in-flight op failed: count it, drop the connection, go on with the next op."""
+    record_error(t, t.cfg.ops[s.op_index].metric, kind)
+    close_conn(s)
+    s.state = ST_IDLE
+    s.op_index += 1
+    sess_run(t, s, now)
+
+
+cdef void complete(thread_t* t, session_t* s, int64_t now, bint reusable) noexcept nogil:
+    """A response was read completely: record its latency and go on."""
+    cdef const op_t* op = &t.cfg.ops[s.op_index]
+    cdef mstats_t* m = &t.rec[op.metric]
+    cdef int32_t status = s.parser.status
+    hdr_core_record(&m.hist, (now - s.op_start_ns) // 1000)
+    m.count += 1
+    t.responses += 1
+    if status >= 400:
+        m.errors += 1
+        m.by_kind[K_5XX if status >= 500 else K_4XX] += 1
+        t.errors += 1
+    if not reusable or not s.parser.keep_alive:
+        close_conn(s)
+    s.state = ST_IDLE
+    s.op_index += 1
+    sess_run(t, s, now)
+
+
+cdef void on_readable(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    cdef ssize_t n
+    cdef size_t consumed
+    cdef int rc
+    while True:
+        n = read(s.fd, t.rbuf, RBUF_SIZE)
+        if n > 0:
+            rc = h1_feed(&s.parser, t.rbuf, <size_t>n, &consumed)
+            if rc == H1_DONE:
+                # Extra bytes, or a response before the request was fully sent: the
+                # connection's state is unknown, so it is not reused.
+                complete(t, s, now_ns(), consumed == <size_t>n and s.state == ST_READING)
+                return
+            if rc == H1_ERROR:
+                fail_op(t, s, K_CLOSED, now)
+                return
+            if n < RBUF_SIZE:
+                return          # drained; level-triggered epoll reports the rest
+        elif n == 0:
+            if h1_feed_eof(&s.parser) == H1_DONE:
+                complete(t, s, now_ns(), False)
+            else:
+                fail_op(t, s, K_CLOSED, now)
+            return
+        elif errno == EINTR:
+            continue
+        elif errno == EAGAIN:
+            return
+        else:
+            fail_op(t, s, errno_kind(errno), now)
+            return
+
+
+cdef void on_idle_readable(thread_t* t, session_t* s) noexcept nogil:
+    """A connection kept for later became readable: EOF, an error or stray bytes; drop it."""
+    cdef ssize_t n = read(s.fd, t.rbuf, RBUF_SIZE)
+    if n < 0 and (errno == EAGAIN or errno == EINTR):
+        return
+    close_conn(s)
+
+
+cdef void on_connect_ready(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    cdef int err = 0
+    cdef socklen_t len_ = sizeof(err)
+    cdef int rc
+    if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len_) != 0:
+        err = errno
+    if err != 0:
+        fail_op(t, s, K_TIMEOUT if err == ETIMEDOUT else K_CONNECT, now)
+        return
+    rc = sess_send_request(t, s, &t.cfg.ops[s.op_index], now)
+    if rc < 0:
+        fail_op(t, s, -1 - rc, now)
+
+
+cdef void on_event(thread_t* t, epoll_event* ev, int64_t now) noexcept nogil:
+    cdef uint64_t u = ev.data.u64
+    cdef uint32_t idx = <uint32_t>(u >> 32)
+    cdef int fd = <int><uint32_t>u
+    cdef session_t* s = &t.sessions[idx]
+    cdef int32_t st
+    cdef int rc
+    if s.fd != fd:
+        return              # stale: that connection is gone
+    st = s.state
+    if st == ST_READING:
+        on_readable(t, s, now)
+    elif st == ST_CONNECTING:
+        on_connect_ready(t, s, now)
+    elif st == ST_WRITING:
+        if ev.events & (EPOLLIN | EPOLLHUP):
+            on_readable(t, s, now)
+            if s.fd != fd or s.state != ST_WRITING:
+                return
+        if ev.events & (EPOLLOUT | EPOLLERR):
+            rc = sess_write(t, s, &t.cfg.ops[s.op_index])
+            if rc < 0:
+                fail_op(t, s, -1 - rc, now)
+    else:
+        on_idle_readable(t, s)
+
+
+cdef void scan_timeouts(thread_t* t, int64_t now) noexcept nogil:
+    cdef int32_t i
+    cdef session_t* s
+    for i in range(t.nsessions):
+        s = &t.sessions[i]
+        if (s.state == ST_CONNECTING or s.state == ST_WRITING or s.state == ST_READING) \
+                and now >= s.deadline_ns:
+            fail_op(t, s, K_TIMEOUT, now)
+
+
+cdef void run_timers(thread_t* t, int64_t now) noexcept nogil:
+    # At most the entries present now: sessions parked again during this pass wait for the
+    # next one, so a plan of zero delays cannot keep the loop from epoll (and cancel).
+    cdef int32_t budget = t.heap_len
+    cdef session_t* s
+    while budget > 0 and t.heap_len > 0 and t.heap[0].wake_ns <= now:
+        budget -= 1
+        s = &t.sessions[heap_pop(t)]
+        if s.state == ST_DELAY:
+            s.op_index += 1
+        s.state = ST_IDLE
+        sess_run(t, s, now)
+
+
+cdef void end_parked(thread_t* t) noexcept nogil:
+    """The duration has passed: sessions waiting on a timer would only stop at their next op."""
+    while t.heap_len > 0:
+        finish(t, &t.sessions[heap_pop(t)])
+
+
+cdef int thread_loop(thread_t* t) noexcept nogil:
+    cdef config_t* cfg = t.cfg
+    cdef int32_t i
+    cdef int n, timeout_ms
+    cdef int64_t now, d
+    pthread_mutex_lock(&t.lock)
+    t.rec = t.stats[t.cur]
+    now = now_ns()
+    t.next_scan_ns = now + SCAN_NS
+    for i in range(t.nsessions):
+        t.sessions_started += 1
+        sess_run(t, &t.sessions[i], now)
+    pthread_mutex_unlock(&t.lock)
+
+    while t.active > 0 and not chaperon_load_int(&cfg.cancel):
+        now = now_ns()
+        d = t.next_scan_ns - now
+        if t.heap_len > 0 and t.heap[0].wake_ns - now < d:
+            d = t.heap[0].wake_ns - now
+        if cfg.end_ns - now < d:
+            d = cfg.end_ns - now
+        if d <= 0:
+            timeout_ms = 0
+        elif d >= MAX_WAIT_MS * 1000000:
+            timeout_ms = MAX_WAIT_MS
+        else:
+            timeout_ms = <int>((d + 999999) // 1000000)
+        n = epoll_wait(t.epfd, t.events, MAX_EVENTS, timeout_ms)
+        if n < 0:
+            if errno != EINTR:
+                t.fatal_errno = errno
+                break
+            n = 0
+        pthread_mutex_lock(&t.lock)
+        t.rec = t.stats[t.cur]
+        now = now_ns()
+        for i in range(n):
+            on_event(t, &t.events[i], now)
+        if t.heap_len > 0:
+            run_timers(t, now)
+        if now >= t.next_scan_ns:
+            scan_timeouts(t, now)
+            t.next_scan_ns = now + SCAN_NS
+        if now >= cfg.end_ns:
+            end_parked(t)
+        pthread_mutex_unlock(&t.lock)
+
+    for i in range(t.nsessions):
+        close_conn(&t.sessions[i])
+    chaperon_store_int(&t.done, 1)
+    return 0
+
+
+# ------------------------------------------------------------------------------ Python API
+
+def _check_int(name, value, int64_t minimum=0):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > INT64_MAX:
+        raise ValueError(f"{name} is too large: {value}")
+    return value
+
+
+cdef class Engine:
+    """Closed-model HTTP/1.1 load generator; see the module docstring.
+
+    Engine(targets, metric_keys, ops, sessions=1, threads=1, iterations=0, duration_ns=0,
+           connect_timeout_ns=5e9, request_timeout_ns=30e9)
+    """
+
+    def __cinit__(self):
+        memset(&self.cfg, 0, sizeof(config_t))
+        self.reqbuf = NULL
+        self.sessions = NULL
+        self.threads = NULL
+        self.nthreads = 0
+        self.py_threads = []
+
+    def __init__(self, targets, metric_keys, ops, sessions=1, threads=1, iterations=0,
+                 duration_ns=0, connect_timeout_ns=5_000_000_000,
+                 request_timeout_ns=30_000_000_000):
+        if self.initialized:
+            raise RuntimeError("Engine is already initialized")
+        sessions = _check_int("sessions", sessions, 1)
+        threads = _check_int("threads", threads, 1)
+        iterations = _check_int("iterations", iterations, 0)
+        duration_ns = _check_int("duration_ns", duration_ns, 0)
+        connect_timeout_ns = _check_int("connect_timeout_ns", connect_timeout_ns, 1)
+        request_timeout_ns = _check_int("request_timeout_ns", request_timeout_ns, 1)
+        if iterations == 0 and duration_ns == 0:
+            raise ValueError("iterations and duration_ns are both 0: the run would never end")
+        if sessions > 10_000_000:
+            raise ValueError(f"sessions={sessions} is unreasonably large")
+        threads = min(threads, sessions)
+        addrs = [_parse_target(i, t) for i, t in enumerate(_as_list("targets", targets))]
+        if not addrs:
+            raise ValueError("targets must not be empty")
+        keys = [str(k) if isinstance(k, str) else _bad_key(i, k)
+                for i, k in enumerate(_as_list("metric_keys", metric_keys))]
+        plan = [_parse_op(i, op, len(addrs), len(keys)) for i, op in enumerate(_as_list("ops", ops))]
+        if not plan:
+            raise ValueError("ops must not be empty")
+        self.keys = keys
+        self.duration_ns = duration_ns
+        self._allocate(addrs, plan, sessions, threads, iterations, connect_timeout_ns,
+                       request_timeout_ns)
+        self.initialized = True
+
+    cdef _allocate(self, list addrs, list plan, int32_t nsessions, int32_t nthreads,
+                   int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns):
+        cdef int32_t i, j, per, extra, first
+        cdef size_t total = 0
+        cdef size_t off = 0
+        cdef thread_t* t
+        cdef bytes req
+        cdef sockaddr_in* sin
+        cdef sockaddr_in6* sin6
+        cdef const unsigned char* packed
+        cdef config_t* cfg = &self.cfg
+        cfg.nops = len(plan)
+        cfg.nmetrics = len(self.keys)
+        cfg.iterations = iterations
+        cfg.connect_timeout_ns = connect_timeout_ns
+        cfg.request_timeout_ns = request_timeout_ns
+        cfg.end_ns = INT64_MAX
+
+        cfg.targets = <target_t*>calloc(len(addrs), sizeof(target_t))
+        cfg.ops = <op_t*>calloc(cfg.nops, sizeof(op_t))
+        for p in plan:
+            if p[0] == OP_HTTP:
+                total += len(p[3])
+        self.reqbuf = <char*>calloc(total + 1, 1)
+        self.sessions = <session_t*>calloc(nsessions, sizeof(session_t))
+        self.threads = <thread_t*>calloc(nthreads, sizeof(thread_t))
+        # fds must read -1 before anything can fail: _free closes what is >= 0
+        if self.sessions != NULL:
+            self.nsessions = nsessions
+            for i in range(nsessions):
+                self.sessions[i].fd = -1
+                self.sessions[i].target = -1
+        if self.threads != NULL:
+            self.nthreads = nthreads
+            for i in range(nthreads):
+                self.threads[i].epfd = -1
+        if (cfg.targets == NULL or cfg.ops == NULL or self.reqbuf == NULL
+                or self.sessions == NULL or self.threads == NULL):
+            raise MemoryError()
+
+        for i, (family, packed_addr, port, scope_id) in enumerate(addrs):
+            packed = packed_addr
+            if family == 4:
+                sin = <sockaddr_in*>&cfg.targets[i].addr
+                sin.sin_family = AF_INET
+                sin.sin_port = htons(port)
+                memcpy(&sin.sin_addr, packed, 4)
+                cfg.targets[i].addrlen = sizeof(sockaddr_in)
+                cfg.targets[i].family = AF_INET
+            else:
+                sin6 = <sockaddr_in6*>&cfg.targets[i].addr
+                sin6.sin6_family = AF_INET6
+                sin6.sin6_port = htons(port)
+                memcpy(&sin6.sin6_addr, packed, 16)
+                sin6.sin6_scope_id = scope_id
+                cfg.targets[i].addrlen = sizeof(sockaddr_in6)
+                cfg.targets[i].family = AF_INET6
+
+        for i, p in enumerate(plan):
+            if p[0] == OP_HTTP:
+                req = p[3]
+                cfg.ops[i].kind = C_OP_HTTP
+                cfg.ops[i].target = p[1]
+                cfg.ops[i].metric = p[2]
+                cfg.ops[i].no_body = p[4]
+                memcpy(self.reqbuf + off, PyBytes_AS_STRING(req), len(req))
+                cfg.ops[i].req = self.reqbuf + off
+                cfg.ops[i].req_len = len(req)
+                off += len(req)
+            else:
+                cfg.ops[i].kind = C_OP_DELAY
+                cfg.ops[i].delay_ns = p[1]
+
+        per = nsessions // nthreads
+        extra = nsessions % nthreads
+        first = 0
+        for i in range(nthreads):
+            t = &self.threads[i]
+            t.cfg = cfg
+            t.sessions = self.sessions + first
+            t.nsessions = per + (1 if i < extra else 0)
+            t.active = t.nsessions
+            for j in range(t.nsessions):
+                t.sessions[j].index = j
+            first += t.nsessions
+            if pthread_mutex_init(&t.lock, NULL) != 0:
+                raise MemoryError()
+            t.lock_ok = 1
+            t.heap = <heap_ent*>calloc(t.nsessions + 1, sizeof(heap_ent))
+            t.rbuf = <unsigned char*>calloc(RBUF_SIZE, 1)
+            t.events = <epoll_event*>calloc(MAX_EVENTS, sizeof(epoll_event))
+            t.stats[0] = <mstats_t*>calloc(cfg.nmetrics + 1, sizeof(mstats_t))
+            t.stats[1] = <mstats_t*>calloc(cfg.nmetrics + 1, sizeof(mstats_t))
+            if (t.heap == NULL or t.rbuf == NULL or t.events == NULL or t.stats[0] == NULL
+                    or t.stats[1] == NULL):
+                raise MemoryError()
+            for j in range(cfg.nmetrics):
+                if (hdr_core_init(&t.stats[0][j].hist, 1, HIST_HIGHEST, 3) != 0
+                        or hdr_core_init(&t.stats[1][j].hist, 1, HIST_HIGHEST, 3) != 0):
+                    raise MemoryError()
+
+    cdef void _free(self) noexcept:
+        """The one place engine memory is released (threads must have ended)."""
+        cdef int32_t i, j, b
+        cdef thread_t* t
+        if self.threads != NULL:
+            for i in range(self.nthreads):
+                t = &self.threads[i]
+                if t.epfd >= 0:
+                    close(t.epfd)
+                if t.lock_ok:
+                    pthread_mutex_destroy(&t.lock)
+                for b in range(2):
+                    if t.stats[b] != NULL:
+                        for j in range(self.cfg.nmetrics):
+                            hdr_core_free(&t.stats[b][j].hist)
+                        free(t.stats[b])
+                free(t.heap)
+                free(t.rbuf)
+                free(t.events)
+            free(self.threads)
+            self.threads = NULL
+        if self.sessions != NULL:
+            for i in range(self.nsessions):
+                close_conn(&self.sessions[i])
+            free(self.sessions)
+            self.sessions = NULL
+        free(self.cfg.ops)
+        self.cfg.ops = NULL
+        free(self.cfg.targets)
+        self.cfg.targets = NULL
+        free(self.reqbuf)
+        self.reqbuf = NULL
+
+    def __dealloc__(self):
+        self._free()
+
+    def start(self) -> None:
+        """Start the engine threads and return at once."""
+        cdef int32_t i
+        cdef int64_t now
+        self._check_open()
+        if self.started:
+            raise RuntimeError("Engine.start() called twice")
+        _raise_nofile_limit(self.nsessions + self.nthreads + 64)
+        for i in range(self.nthreads):
+            self.threads[i].epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.threads[i].epfd < 0:
+                raise OSError(errno, "epoll_create1 failed")
+        now = now_ns()
+        if self.duration_ns > 0:
+            self.cfg.end_ns = now + self.duration_ns if self.duration_ns < INT64_MAX - now else INT64_MAX
+        self.started = True
+        self.py_threads = [
+            threading.Thread(target=self._run_thread, args=(i,), name=f"chaperon-engine-{i}", daemon=True)
+            for i in range(self.nthreads)
+        ]
+        for th in self.py_threads:
+            th.start()
+
+    def _run_thread(self, int32_t i) -> None:
+        cdef thread_t* t = &self.threads[i]
+        with nogil:
+            thread_loop(t)
+
+    def cancel(self) -> None:
+        """Ask every thread to stop now (in-flight requests are abandoned); returns at once."""
+        if self.threads != NULL:
+            chaperon_store_int(&self.cfg.cancel, 1)
+
+    def wait(self, timeout_s=None) -> bool:
+        """Block (GIL released) until every thread has ended, or timeout_s; True if all ended."""
+        if not self.started:
+            raise RuntimeError("Engine.wait() before start()")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for th in self.py_threads:
+            if deadline is None:
+                th.join()
+            else:
+                th.join(max(0.0, deadline - time.monotonic()))
+        if not all(not th.is_alive() for th in self.py_threads):
+            return False
+        self._raise_fatal()
+        return True
+
+    cdef _raise_fatal(self):
+        cdef int32_t i
+        if self.threads == NULL:
+            return
+        for i in range(self.nthreads):
+            if self.threads[i].fatal_errno:
+                raise OSError(self.threads[i].fatal_errno, f"engine thread {i}: epoll_wait failed")
+
+    @property
+    def done(self) -> bool:
+        return self.started and all(not th.is_alive() for th in self.py_threads)
+
+    def stats(self) -> dict:
+        """Counters summed over threads (a racy but consistent-enough snapshot)."""
+        cdef int32_t i
+        cdef thread_t* t
+        if self.threads == NULL:
+            return dict(self.final_stats) if self.final_stats is not None else _zero_stats()
+        out = _zero_stats()
+        for i in range(self.nthreads):
+            t = &self.threads[i]
+            out["sessions_started"] += t.sessions_started
+            out["sessions_completed"] += t.sessions_completed
+            out["requests_sent"] += t.requests_sent
+            out["responses"] += t.responses
+            out["iterations"] += t.iterations
+            out["errors"] += t.errors
+        return out
+
+    def swap(self) -> list:
+        """The metrics since the previous swap, merged over threads:
+        [(key, Histogram, count, errors, {kind: n} for kinds with n > 0)], idle keys left out."""
+        cdef int32_t i, j, k, old
+        cdef thread_t* t
+        cdef mstats_t* m
+        cdef Histogram hist
+        cdef int64_t count, errors
+        cdef int64_t by_kind[NKINDS]
+        if self.threads == NULL:
+            return []
+        # Flip every thread's buffer; each waits at most for the batch it is processing.
+        for i in range(self.nthreads):
+            t = &self.threads[i]
+            pthread_mutex_lock(&t.lock)
+            t.cur ^= 1
+            pthread_mutex_unlock(&t.lock)
+        out = []
+        for j in range(self.cfg.nmetrics):
+            count = 0
+            errors = 0
+            memset(by_kind, 0, sizeof(by_kind))
+            hist = None
+            for i in range(self.nthreads):
+                t = &self.threads[i]
+                m = &t.stats[t.cur ^ 1][j]
+                if m.count == 0 and m.errors == 0:
+                    continue
+                if m.hist.total_count > 0:
+                    if hist is None:
+                        hist = Histogram()
+                    hdr_core_add(&hist.core, &m.hist)
+                    hdr_core_reset(&m.hist)
+                count += m.count
+                errors += m.errors
+                for k in range(NKINDS):
+                    by_kind[k] += m.by_kind[k]
+                m.count = 0
+                m.errors = 0
+                memset(m.by_kind, 0, sizeof(m.by_kind))
+            if count == 0 and errors == 0:
+                continue
+            if hist is None:
+                hist = Histogram()
+            out.append((self.keys[j], hist, count, errors,
+                        {ERROR_KINDS[k]: by_kind[k] for k in range(NKINDS) if by_kind[k]}))
+        return out
+
+    def close(self) -> None:
+        """Cancel and join the threads if running, then free everything. Idempotent."""
+        if self.closed:
+            return
+        if self.started:
+            self.cancel()
+            for th in self.py_threads:
+                th.join()
+        if self.threads != NULL:
+            self.final_stats = self.stats()
+        self._free()
+        self.closed = True
+
+    cdef _check_open(self):
+        if self.closed:
+            raise RuntimeError("Engine is closed")
+        if not self.initialized:
+            raise RuntimeError("Engine.__init__ was not called")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _zero_stats() -> dict:
+    return dict.fromkeys(
+        ("sessions_started", "sessions_completed", "requests_sent", "responses", "iterations", "errors"), 0
+    )
+
+
+def _as_list(name, value) -> list:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a list, not {type(value).__name__}")
+    return list(value)
+
+
+def _bad_key(i, k):
+    raise TypeError(f"metric_keys[{i}] must be a str, not {type(k).__name__}")
+
+
+def _parse_target(i, target):
+    """(host literal, port) -> (4 or 6, packed address, port, scope id)."""
+    if not isinstance(target, (tuple, list)) or len(target) != 2:
+        raise TypeError(f"targets[{i}] must be a (host, port) tuple, got {target!r}")
+    host, port = target
+    if not isinstance(host, str):
+        raise TypeError(f"targets[{i}]: host must be a str, not {type(host).__name__}")
+    port = _check_int(f"targets[{i}] port", port, 1)
+    if port > 65535:
+        raise ValueError(f"targets[{i}]: port {port} is out of range 1..65535")
+    literal = host[1:len(host) - 1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(literal)
+    except ValueError:
+        raise ValueError(
+            f"targets[{i}]: {host!r} is not an IPv4 or IPv6 literal (resolve host names first)"
+        ) from None
+    scope_id = 0
+    if ip.version == 6 and ip.scope_id:
+        scope_id = int(ip.scope_id) if ip.scope_id.isdigit() else _pysocket.if_nametoindex(ip.scope_id)
+    return (ip.version, ip.packed, port, scope_id)
+
+
+def _parse_op(i, op, int ntargets, int nmetrics):
+    if not isinstance(op, tuple) or not op:
+        raise TypeError(f"ops[{i}] must be a tuple, got {op!r}")
+    kind = op[0]
+    if kind == OP_HTTP and not isinstance(kind, bool):
+        if len(op) != 5:
+            raise ValueError(
+                f"ops[{i}]: an HTTP op is (OP_HTTP, target_index, metric_index, request_bytes, no_body)"
+            )
+        _, target, metric, request, no_body = op
+        target = _check_int(f"ops[{i}] target_index", target, 0)
+        if target >= ntargets:
+            raise ValueError(f"ops[{i}]: target_index {target} out of range (have {ntargets} targets)")
+        metric = _check_int(f"ops[{i}] metric_index", metric, 0)
+        if metric >= nmetrics:
+            raise ValueError(f"ops[{i}]: metric_index {metric} out of range (have {nmetrics} metric keys)")
+        if isinstance(request, (bytearray, memoryview)):
+            request = bytes(request)
+        if not isinstance(request, bytes):
+            raise TypeError(f"ops[{i}]: request_bytes must be bytes, not {type(request).__name__}")
+        if not request:
+            raise ValueError(f"ops[{i}]: request_bytes is empty")
+        return (OP_HTTP, target, metric, request, 1 if no_body else 0)
+    if kind == OP_DELAY and not isinstance(kind, bool):
+        if len(op) != 2:
+            raise ValueError(f"ops[{i}]: a delay op is (OP_DELAY, delay_ns)")
+        return (OP_DELAY, _check_int(f"ops[{i}] delay_ns", op[1], 0))
+    raise ValueError(f"ops[{i}]: unknown op kind {kind!r} (expected OP_HTTP or OP_DELAY)")
+
+
+def _raise_nofile_limit(int64_t needed):
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; fail clearly if still too low."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    elif hard == resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+            soft = needed
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise RuntimeError(
+            f"the sessions need about {needed} file descriptors but RLIMIT_NOFILE allows {soft}; "
+            f"raise the hard limit (ulimit -Hn) or run fewer sessions per worker"
+        )

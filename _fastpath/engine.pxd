@@ -1,0 +1,144 @@
+# cython: language_level=3
+"""Data layout of the request engine (``engine.pyx``): plan, sessions, threads, metrics.
+
+Everything here is plain C memory owned by ``Engine`` and freed in ``Engine._free``.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint32_t
+
+from _fastpath.histogram cimport hdr_core
+from _fastpath.http1 cimport h1_parser
+from _fastpath.includes.epoll cimport epoll_event
+from _fastpath.includes.pthread cimport pthread_mutex_t
+from _fastpath.includes.socket cimport sockaddr_storage, socklen_t
+
+
+cdef enum:
+    K_CONNECT = 0
+    K_TIMEOUT = 1
+    K_RESET = 2
+    K_CLOSED = 3        # EOF before the response was complete (or an unparsable response)
+    K_4XX = 4
+    K_5XX = 5
+    NKINDS = 6
+
+cdef enum:
+    ST_IDLE = 0
+    ST_CONNECTING = 1
+    ST_WRITING = 2
+    ST_READING = 3
+    ST_DELAY = 4        # parked in the heap by a delay op
+    ST_YIELD = 5        # parked in the heap to let the loop breathe (many ops failed at once)
+    ST_DONE = 6
+
+cdef enum:
+    C_OP_HTTP = 1
+    C_OP_DELAY = 2
+    MAX_EVENTS = 512
+    RBUF_SIZE = 65536
+    MAX_WAIT_MS = 50
+    MAX_STEPS = 32      # ops one session may run synchronously before it yields
+
+cdef extern from *:
+    """
+    #define CHAPERON_SCAN_NS 10000000LL
+    #define CHAPERON_HIST_HIGHEST 3600000000LL
+    """
+    const int64_t SCAN_NS "CHAPERON_SCAN_NS"
+    const int64_t HIST_HIGHEST "CHAPERON_HIST_HIGHEST"
+
+
+cdef struct op_t:
+    int32_t kind
+    int32_t target
+    int32_t metric
+    int32_t no_body
+    const char* req
+    size_t req_len
+    int64_t delay_ns
+
+cdef struct target_t:
+    sockaddr_storage addr
+    socklen_t addrlen
+    int family
+
+cdef struct mstats_t:
+    hdr_core hist
+    int64_t count
+    int64_t errors
+    int64_t by_kind[NKINDS]
+
+cdef struct config_t:
+    op_t* ops
+    int32_t nops
+    int32_t nmetrics
+    target_t* targets
+    int64_t iterations
+    int64_t end_ns
+    int64_t connect_timeout_ns
+    int64_t request_timeout_ns
+    int cancel
+
+cdef struct session_t:
+    int fd
+    int32_t state
+    int32_t op_index
+    int32_t target          # target of the open connection, -1 without one
+    int32_t epout           # EPOLLOUT is armed
+    uint32_t index          # within its thread
+    int64_t iters
+    int64_t op_start_ns
+    int64_t deadline_ns     # of the in-flight phase (connect or request)
+    size_t wpos
+    h1_parser parser
+
+cdef struct heap_ent:
+    int64_t wake_ns
+    uint32_t index
+
+cdef struct thread_t:
+    config_t* cfg
+    session_t* sessions
+    int32_t nsessions
+    int32_t active
+    int epfd
+    int32_t cur             # stats[cur] is recorded into; flipped by swap under ``lock``
+    mstats_t* stats[2]
+    mstats_t* rec
+    pthread_mutex_t lock
+    int lock_ok
+    heap_ent* heap
+    int32_t heap_len
+    unsigned char* rbuf
+    epoll_event* events
+    int64_t next_scan_ns
+    int64_t sessions_started
+    int64_t sessions_completed
+    int64_t requests_sent
+    int64_t responses
+    int64_t iterations
+    int64_t errors
+    int fatal_errno
+    int done
+
+
+cdef class Engine:
+    cdef config_t cfg
+    cdef char* reqbuf
+    cdef session_t* sessions
+    cdef int32_t nsessions
+    cdef thread_t* threads
+    cdef int32_t nthreads
+    cdef int64_t duration_ns
+    cdef bint initialized
+    cdef bint started
+    cdef bint closed
+    cdef list keys
+    cdef list py_threads
+    cdef dict final_stats
+
+    cdef _allocate(self, list addrs, list plan, int32_t nsessions, int32_t nthreads,
+                   int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns)
+    cdef void _free(self) noexcept
+    cdef _raise_fatal(self)
+    cdef _check_open(self)

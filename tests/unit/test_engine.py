@@ -1,0 +1,527 @@
+"""The request engine (``_fastpath.engine``) against small HTTP/1.1 servers on 127.0.0.1.
+
+Each test starts its own server (one selector thread, keep-alive, behaviour chosen per test)
+and stops it in a ``finally``; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+from _fastpath.engine import ERROR_KINDS, OP_DELAY, OP_HTTP, Engine
+from _fastpath.histogram import Histogram
+
+
+@dataclass
+class Reply:
+    data: bytes = b""
+    close: bool = False  # close after sending
+    reset: bool = False  # abort with RST instead of answering
+    silent: bool = False  # never answer
+
+
+def ok(body: bytes = b"ok\n", status: int = 200, extra: bytes = b"") -> Reply:
+    return Reply(
+        b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n" % (status, len(body), extra) + body
+    )
+
+
+Handler = Callable[[bytes, bytes, bytes], Reply]  # (method, path, body) -> Reply
+
+
+class Server:
+    """Keep-alive HTTP/1.1 server on one selector thread; counts requests and connections."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests = 0
+        self.connections = 0
+        self.body_sizes: list[int] = []
+        self._lock = threading.Lock()
+        self._stop = False
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(1024)
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="test-http-server")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            for key, _ in self._sel.select(0.02):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._readable(key.fileobj, key.data)  # type: ignore[arg-type]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            with self._lock:
+                self.connections += 1
+            self._sel.register(conn, selectors.EVENT_READ, bytearray())
+
+    def _drop(self, conn: socket.socket, reset: bool = False) -> None:
+        self._sel.unregister(conn)
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    def _readable(self, conn: socket.socket, buf: bytearray) -> None:
+        try:
+            data = conn.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).split(b"\r\n")
+            method, path, _ = head[0].split(b" ", 2)
+            length = 0
+            for line in head[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(buf) < end + 4 + length:
+                return
+            body = bytes(buf[end + 4 : end + 4 + length])
+            del buf[: end + 4 + length]
+            with self._lock:
+                self.requests += 1
+                self.body_sizes.append(len(body))
+            reply = self.handler(method, path, body)
+            if reply.silent:
+                continue
+            if reply.reset:
+                self._drop(conn, reset=True)
+                return
+            conn.setblocking(True)
+            conn.sendall(reply.data)
+            conn.setblocking(False)
+            if reply.close:
+                self._drop(conn)
+                return
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        for key in list(self._sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._sel.close()
+
+
+@contextmanager
+def server(handler: Handler = lambda m, p, b: ok()) -> Iterator[Server]:
+    srv = Server(handler)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def get(path: bytes = b"/", method: bytes = b"GET", body: bytes = b"") -> bytes:
+    head = b"%s %s HTTP/1.1\r\nHost: test\r\n" % (method, path)
+    if body or method == b"POST":
+        head += b"Content-Length: %d\r\n" % len(body)
+    return head + b"\r\n" + body
+
+
+def make(port: int, ops: list, keys: list[str] | None = None, **kw) -> Engine:
+    kw.setdefault("sessions", 2)
+    return Engine(targets=[("127.0.0.1", port)], metric_keys=keys or ["GET /"], ops=ops, **kw)
+
+
+def run(
+    engine: Engine, timeout_s: float = 10.0
+) -> dict[str, tuple[Histogram, int, int, dict[str, int]]]:
+    """Start, wait (bounded), take the final swap and close.
+
+    -> {key: (hist, count, errors, kinds)}"""
+    try:
+        engine.start()
+        assert engine.wait(timeout_s), "engine did not finish in time"
+        assert engine.done
+        return {k: (h, c, e, kinds) for k, h, c, e, kinds in engine.swap()}
+    finally:
+        engine.close()
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_exact_iterations_server_count_equals_engine_count() -> None:
+    with server() as srv:
+        eng = make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=10, iterations=20)
+        res = run(eng)
+        hist, count, errors, kinds = res["GET /"]
+        assert count == 200 and errors == 0 and kinds == {}
+        assert hist.total_count == 200
+        assert srv.requests == 200
+        assert srv.connections == 10  # keep-alive: one connection per session
+        st = eng.stats()
+        assert st == {
+            "sessions_started": 10,
+            "sessions_completed": 10,
+            "requests_sent": 200,
+            "responses": 200,
+            "iterations": 200,
+            "errors": 0,
+        }
+
+
+def test_duration_stops_the_run_and_counts_match() -> None:
+    with server() as srv:
+        eng = make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=4, duration_ns=300_000_000)
+        t0 = time.monotonic()
+        res = run(eng)
+        elapsed = time.monotonic() - t0
+        assert 0.25 < elapsed < 2.0
+        count = res["GET /"][1]
+        assert count > 50
+        assert srv.requests == count == eng.stats()["responses"]
+        assert eng.stats()["sessions_completed"] == 4
+
+
+def test_chunked_and_content_length_responses() -> None:
+    def handler(method: bytes, path: bytes, body: bytes) -> Reply:
+        if path == b"/chunked":
+            return Reply(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"4;ext=1\r\nabcd\r\n10\r\n" + b"x" * 16 + b"\r\n0\r\nTrailer: t\r\n\r\n"
+            )
+        return ok(b"y" * 5000)
+
+    with server(handler) as srv:
+        ops = [(OP_HTTP, 0, 0, get(b"/cl"), False), (OP_HTTP, 0, 1, get(b"/chunked"), False)]
+        res = run(make(srv.port, ops, ["GET /cl", "GET /chunked"], sessions=3, iterations=7))
+        assert res["GET /cl"][1:3] == (21, 0)
+        assert res["GET /chunked"][1:3] == (21, 0)
+        assert srv.requests == 42 and srv.connections == 3
+
+
+def test_head_request_has_no_body() -> None:
+    with server(lambda m, p, b: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")) as srv:
+        res = run(
+            make(srv.port, [(OP_HTTP, 0, 0, get(method=b"HEAD"), True)], sessions=2, iterations=5)
+        )
+        assert res["GET /"][1:3] == (10, 0)
+        assert srv.connections == 2
+
+
+def test_4xx_and_5xx_are_responses_and_errors() -> None:
+    def handler(method: bytes, path: bytes, body: bytes) -> Reply:
+        return ok(status=404) if path == b"/missing" else ok(status=500)
+
+    with server(handler) as srv:
+        ops = [(OP_HTTP, 0, 0, get(b"/missing"), False), (OP_HTTP, 0, 1, get(b"/boom"), False)]
+        res = run(make(srv.port, ops, ["a", "b"], sessions=2, iterations=3))
+        assert res["a"][1:] == (6, 6, {"http_4xx": 6})
+        assert res["b"][1:] == (6, 6, {"http_5xx": 6})
+        assert res["a"][0].total_count == 6
+
+
+def test_connect_refused_counts_connect_errors() -> None:
+    eng = make(free_port(), [(OP_HTTP, 0, 0, get(), False)], sessions=2, iterations=3)
+    res = run(eng)
+    hist, count, errors, kinds = res["GET /"]
+    assert (count, errors, kinds) == (0, 6, {"connect": 6})
+    assert eng.stats()["errors"] == 6
+
+
+def test_server_that_never_answers_times_out() -> None:
+    with server(lambda m, p, b: Reply(silent=True)) as srv:
+        eng = make(
+            srv.port,
+            [(OP_HTTP, 0, 0, get(), False)],
+            sessions=2,
+            iterations=2,
+            request_timeout_ns=150_000_000,
+        )
+        t0 = time.monotonic()
+        res = run(eng)
+        assert res["GET /"][1:] == (0, 4, {"timeout": 4})
+        assert 0.25 < time.monotonic() - t0 < 3.0
+        assert srv.connections == 4  # a timed-out connection is not reused
+
+
+def test_server_reset_counts_reset() -> None:
+    with server(lambda m, p, b: Reply(reset=True)) as srv:
+        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, iterations=3))
+        _, count, errors, kinds = res["GET /"]
+        assert count == 0 and errors == 6
+        assert kinds == {"reset": 6}
+
+
+def test_eof_before_complete_counts_closed() -> None:
+    def handler(method: bytes, path: bytes, body: bytes) -> Reply:
+        return Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", close=True)
+
+    with server(handler) as srv:
+        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=1, iterations=3))
+        assert res["GET /"][1:] == (0, 3, {"closed": 3})
+
+
+def test_connection_close_reconnects() -> None:
+    with server(lambda m, p, b: ok(extra=b"Connection: close\r\n")) as srv:
+        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, iterations=5))
+        assert res["GET /"][1:3] == (10, 0)
+        assert srv.requests == 10 and srv.connections == 10
+
+
+def test_http10_and_read_until_close() -> None:
+    def handler(method: bytes, path: bytes, body: bytes) -> Reply:
+        return Reply(b"HTTP/1.0 200 OK\r\n\r\nbody until close", close=True)
+
+    with server(handler) as srv:
+        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, iterations=4))
+        assert res["GET /"][1:3] == (8, 0)
+        assert srv.connections == 8
+
+
+def test_eof_on_idle_connection_reconnects_without_error() -> None:
+    # The server closes after each response without saying so; the engine notices the EOF
+    # while the session sleeps and reconnects for the next request.
+    with server(lambda m, p, b: Reply(ok().data, close=True)) as srv:
+        ops = [(OP_HTTP, 0, 0, get(), False), (OP_DELAY, 30_000_000)]
+        res = run(make(srv.port, ops, sessions=2, iterations=3))
+        assert res["GET /"][1:3] == (6, 0)
+        assert srv.connections == 6
+
+
+def test_delay_ops_timing() -> None:
+    with server() as srv:
+        ops = [(OP_HTTP, 0, 0, get(), False), (OP_DELAY, 100_000_000)]
+        eng = make(srv.port, ops, sessions=3, iterations=3)
+        t0 = time.monotonic()
+        res = run(eng)
+        elapsed = time.monotonic() - t0
+        assert 0.29 < elapsed < 1.5
+        assert res["GET /"][1] == 9
+
+
+def test_latency_includes_server_delay() -> None:
+    def handler(method: bytes, path: bytes, body: bytes) -> Reply:
+        time.sleep(0.02)
+        return ok()
+
+    with server(handler) as srv:
+        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=1, iterations=3))
+        hist = res["GET /"][0]
+        assert hist.total_count == 3
+        if hasattr(hist, "min"):  # the Histogram API is growing in parallel
+            assert hist.min >= 15_000
+
+
+def test_several_threads_add_up() -> None:
+    with server() as srv:
+        eng = make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=8, threads=3, iterations=25)
+        res = run(eng)
+        assert res["GET /"][1] == 200 == srv.requests
+        st = eng.stats()
+        assert st["sessions_completed"] == 8 and st["iterations"] == 200
+
+
+def test_more_threads_than_sessions() -> None:
+    with server() as srv:
+        res = run(
+            make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, threads=4, iterations=5)
+        )
+        assert res["GET /"][1] == 10
+
+
+def test_swap_deltas_add_up_to_totals() -> None:
+    with server() as srv:
+        eng = make(
+            srv.port,
+            [(OP_HTTP, 0, 0, get(), False), (OP_DELAY, 1_000_000)],
+            sessions=4,
+            threads=2,
+            duration_ns=500_000_000,
+        )
+        total = hist_total = errors = 0
+        nonempty = 0
+        try:
+            eng.start()
+            deadline = time.monotonic() + 10
+            while not eng.done and time.monotonic() < deadline:
+                time.sleep(0.05)
+                for key, hist, count, err, _ in eng.swap():
+                    assert key == "GET /"
+                    total += count
+                    hist_total += hist.total_count
+                    errors += err
+                    nonempty += 1
+            assert eng.wait(5)
+            for _, hist, count, err, _ in eng.swap():
+                errors += err
+                total += count
+                hist_total += hist.total_count
+            assert eng.swap() == []
+        finally:
+            eng.close()
+        assert nonempty >= 3
+        assert errors == 0
+        assert total == hist_total == srv.requests == eng.stats()["responses"]
+
+
+def test_cancel_stops_within_a_second() -> None:
+    with server(lambda m, p, b: Reply(silent=True)) as srv:
+        eng = make(
+            srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=5, duration_ns=60_000_000_000
+        )
+        try:
+            eng.start()
+            deadline = time.monotonic() + 5
+            while srv.requests < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not eng.wait(0.05)
+            t0 = time.monotonic()
+            eng.cancel()
+            assert eng.wait(1.0)
+            assert time.monotonic() - t0 < 1.0
+            assert eng.done
+        finally:
+            eng.close()
+
+
+def test_post_body_larger_than_socket_buffer() -> None:
+    body = b"p" * (16 << 20)
+
+    with server(lambda m, p, b: ok(b"%d" % len(b))) as srv:
+        ops = [
+            (OP_HTTP, 0, 0, get(b"/upload", b"POST", body), False),
+            (OP_HTTP, 0, 1, get(), False),
+        ]
+        res = run(make(srv.port, ops, ["POST /upload", "GET /"], sessions=2, iterations=2), 30)
+        assert res["POST /upload"][1:3] == (4, 0)
+        assert res["GET /"][1:3] == (4, 0)
+        assert srv.body_sizes.count(len(body)) == 4
+
+
+def test_two_targets_reconnect_on_switch() -> None:
+    with server() as a, server() as b:
+        eng = Engine(
+            targets=[("127.0.0.1", a.port), ("::ffff:127.0.0.1", b.port)],
+            metric_keys=["a", "b"],
+            ops=[(OP_HTTP, 0, 0, get(), False), (OP_HTTP, 1, 1, get(), False)],
+            sessions=1,
+            iterations=3,
+        )
+        res = run(eng)
+        assert res["a"][1] == res["b"][1] == 3
+        assert a.connections == b.connections == 3
+
+
+# ---------------------------------------------------------------- API
+
+
+def test_error_kinds_constant() -> None:
+    assert ERROR_KINDS == ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx")
+
+
+GOOD = dict(
+    targets=[("127.0.0.1", 80)],
+    metric_keys=["k"],
+    ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\n\r\n", False)],
+    sessions=1,
+    iterations=1,
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        ({"iterations": 0, "duration_ns": 0}, ValueError, "never end"),
+        ({"sessions": 0}, ValueError, "sessions"),
+        ({"sessions": 1.5}, TypeError, "sessions"),
+        ({"threads": 0}, ValueError, "threads"),
+        ({"iterations": -1}, ValueError, "iterations"),
+        ({"duration_ns": True}, TypeError, "duration_ns"),
+        ({"request_timeout_ns": 0}, ValueError, "request_timeout_ns"),
+        ({"targets": []}, ValueError, "targets"),
+        ({"targets": [("localhost", 80)]}, ValueError, "literal"),
+        ({"targets": [("127.0.0.1", 70000)]}, ValueError, "port"),
+        ({"targets": ["127.0.0.1:80"]}, TypeError, "targets"),
+        ({"metric_keys": [1]}, TypeError, "metric_keys"),
+        ({"ops": []}, ValueError, "ops"),
+        ({"ops": [(OP_HTTP, 1, 0, b"x", False)]}, ValueError, "target_index"),
+        ({"ops": [(OP_HTTP, 0, 3, b"x", False)]}, ValueError, "metric_index"),
+        ({"ops": [(OP_HTTP, 0, 0, "GET /", False)]}, TypeError, "request_bytes"),
+        ({"ops": [(OP_HTTP, 0, 0, b"", False)]}, ValueError, "empty"),
+        ({"ops": [(OP_HTTP, 0, 0, b"x")]}, ValueError, "HTTP op"),
+        ({"ops": [(OP_DELAY, -5)]}, ValueError, "delay_ns"),
+        ({"ops": [(OP_DELAY,)]}, ValueError, "delay op"),
+        ({"ops": [(99, 1)]}, ValueError, "unknown op"),
+        ({"ops": [[OP_DELAY, 1]]}, TypeError, "tuple"),
+    ],
+)
+def test_constructor_validation(change: dict, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        Engine(**{**GOOD, **change})
+
+
+def test_ipv6_literal_in_brackets_is_accepted() -> None:
+    Engine(**{**GOOD, "targets": [("[::1]", 8080)]}).close()
+
+
+def test_lifecycle() -> None:
+    eng = make(free_port(), [(OP_DELAY, 1_000_000)], sessions=1, iterations=2)
+    assert not eng.done
+    with pytest.raises(RuntimeError):
+        eng.wait(0)
+    eng.start()
+    with pytest.raises(RuntimeError):
+        eng.start()
+    assert eng.wait(5)
+    assert eng.swap() == []  # delays only: nothing measured
+    assert eng.stats()["iterations"] == 2
+    eng.close()
+    eng.close()
+    assert eng.stats()["iterations"] == 2  # kept after close
+    assert eng.swap() == []
+    with pytest.raises(RuntimeError):
+        eng.start()
+
+
+def test_close_while_running_cancels() -> None:
+    with server() as srv:
+        eng = make(
+            srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, duration_ns=30_000_000_000
+        )
+        eng.start()
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        eng.close()
+        assert time.monotonic() - t0 < 1.0
+        assert eng.done

@@ -146,10 +146,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             target.kill()
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM/SIGINT; installed before serving, so no signal is missed."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _wait(stop: threading.Event) -> None:
     while not stop.wait(3600):
         pass
 
@@ -157,6 +162,7 @@ def _wait_for_signal() -> None:
 def cmd_master(args: argparse.Namespace) -> int:
     from master_service.server import start_master
 
+    stop = _stop_on_signals()
     try:
         server = start_master(args.host, args.port, args.db, worker_wait_s=args.worker_wait)
     except OSError as exc:
@@ -166,7 +172,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    _wait_for_signal()
+    _wait(stop)
     server.stop()
     return 0
 
@@ -174,6 +180,7 @@ def cmd_master(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker_service.server import start_worker
 
+    stop = _stop_on_signals()
     try:
         server = start_worker(args.master, args.host, args.port, args.threads or 0, args.advertise)
     except (OSError, ValueError) as exc:
@@ -184,7 +191,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    _wait_for_signal()
+    _wait(stop)
     server.stop()
     return 0
 

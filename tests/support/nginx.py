@@ -1,0 +1,163 @@
+"""A throw-away nginx on loopback: the load target of the integration tests and the bench.
+
+Theory of operation: everything nginx writes (pid, error log, access log, the temp dirs of
+every module) lives in one directory, so it needs no root-owned path and leaves nothing
+behind. It runs in the foreground (``daemon off``) with one worker, so stopping the process
+we started stops all of it. The access log has one short line per request, written with a
+plain ``write`` at the end of each request (no ``buffer=``), so counting its lines gives the
+exact number of requests served, which the tests compare with the generator's count.
+
+Paths: ``/`` answers ``200 "ok\\n"``; ``/status/<code>`` answers that code for
+200, 204, 400, 404, 429, 500, 502 and 503.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .ports import LOOPBACK, free_port
+from .procs import ManagedProcess, running, wait_for_tcp
+
+NGINX_BIN = os.environ.get("CHAPERON_TEST_NGINX", "/usr/sbin/nginx")
+STATUS_CODES = (200, 204, 400, 404, 429, 500, 502, 503)
+_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def nginx_binary() -> str | None:
+    """The nginx executable, or None when it is not installed."""
+    if os.access(NGINX_BIN, os.X_OK):
+        return NGINX_BIN
+    return shutil.which("nginx")
+
+
+def render_config(directory: Path, port: int, *, access_log: bool = True) -> str:
+    """nginx.conf for a server on 127.0.0.1:``port`` keeping all its files in ``directory``."""
+    d = directory
+    # As root, nginx's workers would switch to "nobody", who cannot read a 0700 temp dir.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    log = f"access_log {d}/access.log short;" if access_log else "access_log off;"
+    statuses = "\n".join(
+        f'        location = /status/{code} {{ return {code} "{code}\\n"; }}'
+        if code not in (204,)
+        else f"        location = /status/{code} {{ return {code}; }}"
+        for code in STATUS_CODES
+    )
+    temp_paths = "\n".join(f"    {name}_temp_path {d}/{name};" for name in _TEMP_DIRS)
+    return f"""\
+{user}daemon off;
+master_process on;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+{temp_paths}
+    log_format short '$status $request_method $request_uri';
+    {log}
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    default_type text/plain;
+
+    server {{
+        listen {LOOPBACK}:{port};
+        location = / {{ return 200 "ok\\n"; }}
+{statuses}
+        location / {{ return 404 "not found\\n"; }}
+    }}
+}}
+"""
+
+
+class NginxServer:
+    """A running nginx; ``base_url`` to aim at, ``requests_served()`` to count hits."""
+
+    def __init__(self, directory: Path, port: int, process: ManagedProcess) -> None:
+        self.directory = directory
+        self.port = port
+        self.process = process
+        self.access_log = directory / "access.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def log_lines(self) -> list[str]:
+        try:
+            return self.access_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def requests_served(self, status: int | None = None) -> int:
+        """Requests logged so far (all, or those answered with ``status``)."""
+        lines = self.log_lines()
+        if status is None:
+            return len(lines)
+        prefix = f"{status} "
+        return sum(1 for line in lines if line.startswith(prefix))
+
+    def wait_for_served(self, expected: int, timeout_s: float = 3.0, settle_s: float = 0.1) -> int:
+        """Poll until at least ``expected`` requests are logged and the count holds still.
+
+        nginx logs a request right after sending its response, so a client can see the
+        response a moment before the line is written; and a request the client gave up on
+        is logged when nginx is done with it. Waiting for ``expected`` and then for the count
+        to stay put for ``settle_s`` lets an exact comparison see both. Returns the count
+        (whatever it is at the deadline).
+        """
+        deadline = time.monotonic() + timeout_s
+        served = self.requests_served()
+        stable_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if served >= expected and now - stable_since >= settle_s or now >= deadline:
+                return served
+            time.sleep(0.02)
+            latest = self.requests_served()
+            if latest != served:
+                served, stable_since = latest, time.monotonic()
+
+
+@contextmanager
+def nginx_server(
+    directory: Path,
+    *,
+    access_log: bool = True,
+    port: int | None = None,
+    cpu: int | None = None,
+    ready_timeout_s: float = 15.0,
+) -> Iterator[NginxServer]:
+    """Run nginx with its config and files in ``directory`` (created); stop it on exit.
+
+    ``cpu`` pins it (master and worker) to that CPU with ``taskset``.
+    """
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError(f"nginx not found at {NGINX_BIN} nor on PATH")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in _TEMP_DIRS:
+        (directory / name).mkdir(exist_ok=True)
+    port = free_port() if port is None else port
+    conf = directory / "nginx.conf"
+    conf.write_text(render_config(directory, port, access_log=access_log))
+    argv = [binary, "-p", f"{directory}/", "-c", str(conf), "-e", str(directory / "error.log")]
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    process = ManagedProcess("nginx", argv, directory, extra_logs=[directory / "error.log"])
+
+    def ready(proc: ManagedProcess) -> None:
+        wait_for_tcp(LOOPBACK, port, ready_timeout_s, process=proc)
+        # Connected, but to whom? If nginx failed to bind, it exits; make sure it is alive.
+        proc.check_running()
+
+    with running(process, ready) as proc:
+        yield NginxServer(directory, port, proc)

@@ -1,0 +1,100 @@
+"""The plan compiler: steps -> pre-rendered request bytes, metric keys, engine arguments."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from chaperon.loadtest import load_test_from_dict
+from chaperon.status import InvalidArgument, Unimplemented
+from chaperon.v1 import worker_pb2
+from worker_service.plan import OP_DELAY, OP_HTTP, compile_assignment
+
+
+def _assignment(run: list[dict[str, Any]], **entry: Any) -> worker_pb2.Assignment:
+    lt = load_test_from_dict(
+        {
+            "name": "t",
+            "config": {"base_url": "http://127.0.0.1:8080/api", "request_timeout": "2s"},
+            "scenarios": [{"concurrency": 3, "scenario": {"name": "s", "run": run}, **entry}],
+        }
+    )
+    return worker_pb2.Assignment(
+        assignment_id="a", load_test=lt, shares=[worker_pb2.EntryShare(entry_index=0, sessions=3)]
+    )
+
+
+def test_get_is_rendered_once_with_host_and_no_body() -> None:
+    (plan,) = compile_assignment(_assignment([{"http": {"method": "get", "path": "/users/1"}}]))
+    ((op, target, key, request, no_body),) = plan.ops
+    assert op == OP_HTTP and not no_body
+    assert plan.targets[target] == ("127.0.0.1", 8080)
+    assert plan.metric_keys[key] == "GET /users/1"
+    head = request.decode()
+    assert head.startswith("GET /api/users/1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n")
+    assert head.endswith("\r\n\r\n") and "Content-Length" not in head
+    assert plan.iterations == 1 and plan.duration_ns == 0  # neither given: once per session
+    assert plan.sessions == 3 and plan.request_timeout_ns == 2_000_000_000
+
+
+def test_json_form_query_headers_and_delay() -> None:
+    (plan,) = compile_assignment(
+        _assignment(
+            [
+                {
+                    "http": {
+                        "method": "POST",
+                        "path": "/login",
+                        "json": {"user": "u", "n": 1},
+                        "headers": {"X-Trace": "1"},
+                        "query": {"b": "2", "a": "1"},
+                    }
+                },
+                {"delay": {"duration": "150ms"}},
+                {"http": {"method": "PUT", "path": "/f", "form": {"fields": {"k": "v w"}}}},
+                {"http": {"method": "HEAD", "path": "/"}},
+            ],
+            duration="2s",
+        )
+    )
+    post, delay, put, head = plan.ops
+    head_bytes, body = post[3].split(b"\r\n\r\n", 1)
+    assert head_bytes.startswith(b"POST /api/login?a=1&b=2 HTTP/1.1")
+    assert b"Content-Type: application/json" in head_bytes and b"X-Trace: 1" in head_bytes
+    assert json.loads(body) == {"user": "u", "n": 1}
+    assert f"Content-Length: {len(body)}".encode() in head_bytes
+    assert delay == (OP_DELAY, 150_000_000)
+    assert put[3].endswith(b"\r\n\r\nk=v+w")
+    assert head[4] is True
+    assert plan.metric_keys == ["POST /login", "PUT /f", "HEAD /"]
+    assert plan.duration_ns == 2_000_000_000 and plan.iterations == 0
+
+
+def test_same_key_and_target_share_an_index() -> None:
+    step = {"http": {"method": "GET", "path": "/"}}
+    other = {"http": {"method": "GET", "url": "http://localhost:9/x"}}
+    (plan,) = compile_assignment(_assignment([step, step, other]))
+    assert [op[2] for op in plan.ops] == [0, 0, 1]
+    assert [op[1] for op in plan.ops] == [0, 0, 1]
+    assert plan.targets[1][1] == 9
+
+
+def test_engine_kwargs_cap_threads_by_sessions() -> None:
+    (plan,) = compile_assignment(_assignment([{"http": {"method": "GET", "path": "/"}}]))
+    assert plan.engine_kwargs(8)["threads"] == 3
+    assert plan.engine_kwargs(0)["threads"] == 1
+
+
+def test_https_and_bad_shares_are_refused() -> None:
+    a = _assignment([{"http": {"method": "GET", "url": "https://127.0.0.1:1/"}}])
+    with pytest.raises(Unimplemented, match="https"):
+        compile_assignment(a)
+    a = _assignment([{"http": {"method": "GET", "path": "/"}}])
+    a.shares[0].entry_index = 5
+    with pytest.raises(InvalidArgument):
+        compile_assignment(a)
+    del a.shares[:]
+    with pytest.raises(InvalidArgument):
+        compile_assignment(a)

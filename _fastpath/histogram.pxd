@@ -38,6 +38,9 @@ cdef struct hdr_core:
 
 
 # Defined in histogram.pyx (exported through the module's C API).
+# hdr_core_init: h must not own counts yet (it is zeroed first); -1 on invalid bounds
+# (lowest >= 1, highest >= 2 * lowest, sig_figs 1..5) or out of memory, with h.counts NULL.
+# min_value/max_value hold raw recorded values; Histogram.min/max report their slot bounds.
 cdef int hdr_core_init(hdr_core* h, int64_t lowest, int64_t highest, int sig_figs) noexcept nogil
 cdef void hdr_core_free(hdr_core* h) noexcept nogil
 cdef void hdr_core_reset(hdr_core* h) noexcept nogil

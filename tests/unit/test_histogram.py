@@ -1,0 +1,408 @@
+"""_fastpath.histogram against hdrh (the PyPI reference) and against tests/unit/_ref_hdr.py."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import zlib
+from array import array
+
+import numpy as np
+import pytest
+from _ref_hdr import RefHistogram  # pytest puts tests/unit on sys.path (no __init__.py)
+from hdrh.histogram import HdrHistogram
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _fastpath.histogram import Histogram
+
+HIGHEST = 3_600_000_000
+PERCENTILES = [10, 20, 30, 40, 50, 60, 75, 80, 85, 90, 95, 99, 99.9, 99.99, 99.999, 100]
+
+# hdrh is pure Python and walks all 23,552 slots per query, so its comparisons get few examples.
+SLOW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MEDIUM = settings(max_examples=80, deadline=None)
+FAST = settings(max_examples=300, deadline=None)
+
+# Latency-like mixtures: zeros, the unit-resolution range, log-uniform, and the top end.
+_value = st.one_of(
+    st.just(0),
+    st.integers(0, 2_100),
+    st.integers(0, 40).flatmap(lambda k: st.integers(0, min(2**k, HIGHEST))),
+    st.integers(HIGHEST - 10_000_000, HIGHEST),
+    st.integers(0, HIGHEST),
+)
+values_lists = st.lists(_value, min_size=0, max_size=400)
+nonempty_values = st.lists(_value, min_size=1, max_size=400)
+
+
+def _ours(values: list[int]) -> Histogram:
+    h = Histogram(1, HIGHEST, 3)
+    h.record_many(np.asarray(values, dtype=np.int64))
+    return h
+
+
+def _theirs(values: list[int]) -> HdrHistogram:
+    h = HdrHistogram(1, HIGHEST, 3)
+    for v in values:
+        h.record_value(v)
+    return h
+
+
+def _assert_same_as_hdrh(ours: Histogram, theirs: HdrHistogram) -> None:
+    assert ours.total_count == theirs.get_total_count()
+    assert ours.min == theirs.get_min_value()
+    assert ours.max == theirs.get_max_value()
+    expected = theirs.get_percentile_to_value_dict(PERCENTILES)
+    assert ours.percentiles(PERCENTILES) == [expected[p] for p in PERCENTILES]
+    assert ours.mean == pytest.approx(theirs.get_mean_value(), rel=1e-9, abs=0)
+    assert ours.stddev == pytest.approx(theirs.get_stddev(), rel=1e-9, abs=1e-9)
+
+
+# --- against hdrh ------------------------------------------------------------------------------
+
+
+@SLOW
+@given(nonempty_values)
+def test_statistics_match_hdrh(values: list[int]) -> None:
+    _assert_same_as_hdrh(_ours(values), _theirs(values))
+
+
+def test_value_at_percentile_matches_hdrh_one_by_one() -> None:
+    rng = np.random.default_rng(7)
+    values = rng.lognormal(9, 2.5, 3_000).astype(np.int64).clip(0, HIGHEST)
+    ours, theirs = _ours(values.tolist()), _theirs(values.tolist())
+    for p in [0, 0.1, *PERCENTILES, 33.333]:
+        assert ours.value_at_percentile(p) == theirs.get_value_at_percentile(p), p
+
+
+def test_record_with_count_matches_hdrh() -> None:
+    ours, theirs = Histogram(), HdrHistogram(1, HIGHEST, 3)
+    for value, count in [(0, 3), (1, 1), (999, 10), (123_456, 7), (HIGHEST, 2)]:
+        ours.record(value, count)
+        theirs.record_value(value, count)
+    _assert_same_as_hdrh(ours, theirs)
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+@SLOW
+@given(values_lists)
+def test_our_encoding_is_hdrh_encoding(values: list[int]) -> None:
+    ours, theirs = _ours(values), _theirs(values)
+    encoded = ours.encode()
+    # Same bytes as the reference (same zero-run rule, same zlib defaults)...
+    assert encoded == base64.b64decode(theirs.encode())
+    # ...and hdrh reads them.
+    decoded = HdrHistogram.decode(base64.b64encode(encoded))
+    assert decoded.get_total_count() == ours.total_count
+    assert decoded.get_max_value() == ours.max
+    assert list(decoded.counts)[: decoded.counts_len] == list(ours._counts())
+
+
+@SLOW
+@given(values_lists, st.sampled_from([(1, HIGHEST, 3), (1, 10**6, 2), (1000, 10**12, 3)]))
+def test_decode_hdrh_encoding(values: list[int], layout: tuple[int, int, int]) -> None:
+    theirs = HdrHistogram(*layout)
+    lowest, highest, sig = layout
+    for v in values:
+        theirs.record_value(min(v, highest))
+    ours = Histogram.decode(theirs.encode())  # base64 bytes
+    assert (ours.lowest, ours.highest, ours.significant_figures) == layout
+    assert list(ours._counts()) == list(theirs.counts)[: theirs.counts_len]
+    assert Histogram.decode(theirs.encode().decode("ascii"))._counts() == ours._counts()
+    # min/max as hdrh reports them after its own decode: slot bounds, which is all the
+    # encoding keeps (a recorded 0 in a 512-wide slot 0 decodes to max 511 in both).
+    decoded = HdrHistogram.decode(theirs.encode())
+    assert (ours.total_count, ours.min, ours.max) == (
+        decoded.get_total_count(),
+        decoded.get_min_value(),
+        decoded.get_max_value(),
+    )
+    expected = theirs.get_percentile_to_value_dict(PERCENTILES)
+    assert ours.percentiles(PERCENTILES) == [expected.get(p, 0) for p in PERCENTILES]
+
+
+@MEDIUM
+@given(values_lists)
+def test_round_trip(values: list[int]) -> None:
+    ours = _ours(values)
+    for data in (ours.encode(), base64.b64encode(ours.encode())):
+        back = Histogram.decode(data)
+        assert back._counts() == ours._counts()
+        assert (back.total_count, back.min, back.max) == (ours.total_count, ours.min, ours.max)
+        assert back.percentiles(PERCENTILES) == ours.percentiles(PERCENTILES)
+
+
+def test_encoding_layout() -> None:
+    h = Histogram()
+    h.record(5)
+    h.record(1_000_000, 3)
+    data = h.encode()
+    cookie, length = struct.unpack_from(">II", data)
+    assert (cookie, length) == (0x1C849314, len(data) - 8)
+    payload = zlib.decompress(data[8:])
+    header = struct.unpack_from(">IIIIQQd", payload)
+    assert header == (0x1C849313, len(payload) - 40, 0, 3, 1, HIGHEST, 1.0)
+
+
+def test_large_counts_use_nine_byte_varints() -> None:
+    h = Histogram()
+    h.record(42, 2**62 - 1)
+    back = Histogram.decode(h.encode())
+    assert back._counts() == h._counts() and back.total_count == 2**62 - 1
+    assert RefHistogram.decode(h.encode()).counts == list(h._counts())
+
+
+# --- merge -------------------------------------------------------------------------------------
+
+
+@MEDIUM
+@given(values_lists, values_lists)
+def test_add_equals_recording_both(a: list[int], b: list[int]) -> None:
+    merged = _ours(a)
+    merged.add(_ours(b))
+    both = _ours(a + b)
+    assert merged._counts() == both._counts()
+    assert (merged.total_count, merged.min, merged.max) == (both.total_count, both.min, both.max)
+    assert merged.percentiles(PERCENTILES) == both.percentiles(PERCENTILES)
+
+
+def test_add_into_and_from_empty() -> None:
+    data = Histogram()
+    data.record(700)
+    data.record(90_000)
+    empty = Histogram()
+    empty.add(data)  # a new histogram takes min and max from the other
+    assert (empty.total_count, empty.min, empty.max) == (2, 700, data.max)
+    data.add(Histogram())  # adding nothing changes nothing
+    assert (data.total_count, data.min, data.max) == (2, 700, empty.max)
+    both_empty = Histogram()
+    both_empty.add(Histogram())
+    assert (both_empty.total_count, both_empty.min, both_empty.max) == (0, 0, 0)
+
+
+def test_add_mismatched_layout_raises() -> None:
+    h = Histogram(1, HIGHEST, 3)
+    for other in (Histogram(1, HIGHEST, 2), Histogram(1, 10**6, 3), Histogram(1024, HIGHEST, 3)):
+        with pytest.raises(ValueError, match="different layouts"):
+            h.add(other)
+    with pytest.raises(TypeError):
+        h.add(None)
+
+
+# --- against the pure-Python reference ---------------------------------------------------------
+
+
+@MEDIUM
+@given(
+    st.lists(st.tuples(st.integers(-5, HIGHEST + 10**9), st.integers(1, 1000)), max_size=100),
+    st.sampled_from([(1, HIGHEST, 3), (1, 10**5, 1), (3, 10**9, 2), (1000, 10**8, 4)]),
+)
+def test_matches_reference(records: list[tuple[int, int]], layout: tuple[int, int, int]) -> None:
+    ours, ref = Histogram(*layout), RefHistogram(*layout)
+    for value, count in records:
+        ours.record(value, count)
+        ref.record(value, count)
+    assert list(ours._counts()) == ref.counts
+    assert (ours.total_count, ours.min, ours.max) == (ref.total_count, ref.min, ref.max)
+    assert ours.percentiles([0, *PERCENTILES]) == ref.percentiles([0, *PERCENTILES])
+    assert ours.value_at_percentile(50) == ref.value_at_percentile(50)
+    assert ours.mean == pytest.approx(ref.mean, rel=1e-12)
+    assert ours.stddev == pytest.approx(ref.stddev, rel=1e-9, abs=1e-9)
+    assert ours.encode() == ref.encode()
+    assert RefHistogram.decode(ours.encode()).counts == ref.counts
+
+
+# --- hostile input -----------------------------------------------------------------------------
+
+
+def _payload(header: tuple, body: bytes = b"") -> bytes:
+    compressed = zlib.compress(struct.pack(">IIIIQQd", *header) + body)
+    return struct.pack(">II", 0x1C849314, len(compressed)) + compressed
+
+
+_GOOD = _ours([0, 1, 5, 5, 999, 2048, 123_456, 10**9, HIGHEST]).encode()
+_GOOD_PAYLOAD = zlib.decompress(_GOOD[8:])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "truncated"),
+        (b"\x1c\x84\x93\x14\x00", "truncated"),
+        (b"not base64 !!", "bad cookie"),
+        ("HISTFAAAA\u00e9", "ASCII"),
+        (_GOOD[:-1], "announces"),
+        (_GOOD[:8] + b"x" * (len(_GOOD) - 8), "zlib"),
+        (struct.pack(">II", 0x1C849301, 0), "cookie"),
+        (_payload((0x1C849313, 0, 0, 0, 1, HIGHEST, 1.0)), "significant figures"),
+        (_payload((0x1C849313, 0, 0, 6, 1, HIGHEST, 1.0)), "significant figures"),
+        (_payload((0x1C849313, 0, 0, 3, 0, HIGHEST, 1.0)), "bounds"),
+        (_payload((0x1C849313, 0, 0, 3, 10, 19, 1.0)), "bounds"),
+        (_payload((0x1C849313, 0, 0, 3, 1, 2**64 - 1, 1.0)), "bounds"),
+        (_payload((0x1C849313, 0, 0, 5, 1, 2**63 - 1, 1.0)), "too large"),
+        (_payload((0x1C849313, 0, 0, 3, 2**61, 2**63 - 1, 1.0)), "too large"),
+        (_payload((0x1C849313, 0, 7, 3, 1, HIGHEST, 1.0)), "normalizing"),
+        (_payload((0x1C849312, 0, 0, 3, 1, HIGHEST, 1.0)), "payload cookie"),
+        (_payload((0x1C849313, 2**31, 0, 3, 1, HIGHEST, 1.0)), "too large"),
+        (_payload((0x1C849313, 5, 0, 3, 1, HIGHEST, 1.0), b"\x02"), "length"),
+        (_payload((0x1C849313, 1, 0, 3, 1, HIGHEST, 1.0), b"\x02\x02"), "length"),
+        (_payload((0x1C849313, 1, 0, 3, 1, HIGHEST, 1.0), b"\x82"), "truncated varint"),
+        (_payload((0x1C849313, 4, 0, 3, 1, 1000, 1.0), b"\xff\xff\x03\x02"), "more than"),
+        (_payload((0x1C849313, 2, 0, 3, 1, 1000, 1.0), b"\x02" * 2), None),  # fine
+        (
+            _payload((0x1C849313, 10, 0, 3, 1, HIGHEST, 1.0), b"\xfe" + b"\xff" * 7 + b"\xff" * 2),
+            "truncated varint",
+        ),
+        (
+            _payload((0x1C849313, 18, 0, 3, 1, HIGHEST, 1.0), (b"\xfe" + b"\xff" * 8) * 2),
+            "overflows",
+        ),
+        (_GOOD[: 8 + 10], "announces"),
+        (struct.pack(">II", 0x1C849314, len(_GOOD) - 10) + _GOOD[8:-2], "truncated zlib"),
+        (
+            struct.pack(">II", 0x1C849314, len(_GOOD) - 8 + 3) + _GOOD[8:] + b"abc",
+            "trailing",
+        ),
+        (_GOOD_PAYLOAD, "uncompressed"),
+    ],
+)
+def test_decode_rejects_malformed(data: bytes | str, message: str | None) -> None:
+    if message is None:
+        assert Histogram.decode(data).total_count == 2
+        return
+    with pytest.raises(ValueError, match=message):
+        Histogram.decode(data)
+
+
+@pytest.mark.parametrize("data", [10**12, None, 3.5, [1, 2]])
+def test_decode_rejects_non_bytes(data: object) -> None:
+    # bytes(10**12) would allocate a terabyte: only buffers and str are accepted.
+    with pytest.raises(ValueError, match="cannot decode"):
+        Histogram.decode(data)
+
+
+def _decode_or_value_error(data: bytes) -> None:
+    try:
+        h = Histogram.decode(data)
+    except ValueError:
+        return
+    assert h.total_count >= 0 and h.max >= h.min  # what decoded is a usable histogram
+
+
+@FAST
+@given(st.binary(max_size=200))
+def test_decode_garbage_raises_value_error_only(data: bytes) -> None:
+    _decode_or_value_error(data)
+    _decode_or_value_error(b"\x1c\x84\x93\x14" + data)
+    _decode_or_value_error(base64.b64encode(data))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_decode_mutated_encoding_raises_value_error_only(data: st.DataObject) -> None:
+    # Mutate the outer bytes (mostly caught by zlib) and, re-compressed, the payload itself so
+    # the header checks and the varint decoder see the damage.
+    for blob, wrap in ((_GOOD, lambda b: b), (_GOOD_PAYLOAD, _recompress)):
+        mutated = bytearray(blob)
+        kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
+        at = data.draw(st.integers(0, len(mutated) - 1))
+        if kind == "flip":
+            mutated[at] ^= data.draw(st.integers(1, 255))
+        elif kind == "truncate":
+            del mutated[at:]
+        elif kind == "insert":
+            mutated[at:at] = data.draw(st.binary(min_size=1, max_size=9))
+        else:
+            del mutated[at : at + data.draw(st.integers(1, 9))]
+        _decode_or_value_error(wrap(bytes(mutated)))
+
+
+def _recompress(payload: bytes) -> bytes:
+    compressed = zlib.compress(payload)
+    return struct.pack(">II", 0x1C849314, len(compressed)) + compressed
+
+
+# --- basics ------------------------------------------------------------------------------------
+
+
+def test_empty_histogram() -> None:
+    h = Histogram()
+    assert (h.total_count, h.min, h.max, h.mean, h.stddev) == (0, 0, 0, 0.0, 0.0)
+    assert h.value_at_percentile(0) == h.value_at_percentile(50) == h.value_at_percentile(100) == 0
+    assert h.percentiles([50, 99.9]) == [0, 0]
+    assert h.percentiles([]) == []
+    assert Histogram.decode(h.encode()).total_count == 0
+
+
+def test_reset_and_copy() -> None:
+    h = _ours([1, 10, 100, 10_000, 10**9])
+    dup = h.copy()
+    h.reset()
+    assert (h.total_count, h.min, h.max) == (0, 0, 0)
+    assert not any(h._counts())
+    assert (dup.total_count, dup.min, dup.max) == (5, 1, _ours([10**9]).max)
+    dup.record(3)  # the copy owns its counts
+    assert h.total_count == 0 and dup.total_count == 6
+    h.record(7)
+    assert (h.min, h.max) == (7, 7)
+
+
+def test_clamping_and_arguments() -> None:
+    h = Histogram()
+    h.record(-5)
+    h.record(HIGHEST * 10)
+    h.record_many(np.array([-1, HIGHEST + 1], dtype=np.int64))
+    assert h.percentiles([0, 50, 100]) == [0, 0, _ours([HIGHEST]).max]
+    assert h.total_count == 4
+    h.record(12, 0)  # a zero count records nothing
+    assert h.total_count == 4 and h.max == _ours([HIGHEST]).max
+    with pytest.raises(ValueError):
+        h.record(1, -1)
+    for p in (-0.1, 100.1, math.nan):
+        with pytest.raises(ValueError):
+            h.value_at_percentile(p)
+        with pytest.raises(ValueError):
+            h.percentiles([50, p])
+    with pytest.raises(ValueError):
+        Histogram(0, 100, 3)
+    with pytest.raises(ValueError):
+        Histogram(1, 100, 6)
+    with pytest.raises(ValueError):  # 2 * lowest would overflow int64
+        Histogram(2**62, 2**63 - 1, 3)
+    with pytest.raises(ValueError):
+        h.record_many(np.array([1.0]))
+
+
+def test_record_many_accepts_int64_buffers() -> None:
+    expected = _ours([3, 5, 7, 9])
+    for buf in (
+        array("q", [3, 5, 7, 9]),
+        np.array([3, 99, 5, 99, 7, 99, 9], dtype=np.int64)[::2],  # strided
+        np.array([3, 5, 7, 9], dtype=np.int64).view(np.int64).copy(),
+    ):
+        h = Histogram()
+        h.record_many(buf)
+        assert h._counts() == expected._counts() and h.total_count == 4
+    readonly = np.array([3, 5, 7, 9], dtype=np.int64)
+    readonly.flags.writeable = False
+    h = Histogram()
+    h.record_many(readonly)
+    assert h._counts() == expected._counts()
+
+
+def test_percentiles_order_and_duplicates() -> None:
+    h = _ours(list(range(1, 10_001)))
+    ps = [99, 50, 0, 100, 50, 25.5]
+    assert h.percentiles(ps) == [h.value_at_percentile(p) for p in ps]
+
+
+def test_c_api_is_exported_for_the_engine() -> None:
+    import _fastpath.histogram as module
+
+    capi = module.__pyx_capi__
+    for name in ("hdr_core_init", "hdr_core_free", "hdr_core_reset", "hdr_core_add"):
+        assert name in capi

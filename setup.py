@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
+import subprocess
 import sys
+import sysconfig
 
 from setuptools import Command, setup
 from setuptools.command.build_py import build_py
@@ -60,6 +63,48 @@ class BuildPy(build_py):
         super().run()
 
 
+OPENSSL_LIBS = ["ssl", "crypto"]
+
+
+def _uses_openssl(ext: Extension) -> bool:
+    """Whether the extension's Cython sources (or its .pxd) use the OpenSSL headers."""
+    for source in ext.sources:
+        for path in (source, os.path.splitext(source)[0] + ".pxd"):
+            try:
+                with open(os.path.join(HERE, path), encoding="utf-8") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                continue
+            if "includes.openssl" in text or "_fastpath.tls " in text:
+                return True
+    return False
+
+
+def require_openssl_headers() -> None:
+    """Fail early and clearly when the compiler cannot see <openssl/ssl.h>."""
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    cflags = shlex.split(os.environ.get("CPPFLAGS", "")) + shlex.split(os.environ.get("CFLAGS", ""))
+    probe = "#include <openssl/ssl.h>\n#include <openssl/x509v3.h>\n"
+    try:
+        result = subprocess.run(
+            [*cc, *cflags, "-E", "-x", "c", "-", "-o", os.devnull],
+            input=probe.encode(),
+            capture_output=True,
+        )
+        found = result.returncode == 0
+        detail = result.stderr.decode(errors="replace").strip().splitlines()[:1]
+    except OSError as exc:
+        found, detail = False, [str(exc)]
+    if not found:
+        raise SystemExit(
+            "setup.py: the OpenSSL development headers (openssl/ssl.h) were not found by "
+            f"{' '.join(cc)}; _fastpath's TLS layer needs them. Install libssl-dev "
+            "(Debian/Ubuntu: apt-get install libssl-dev) or openssl-devel (Fedora/RHEL: "
+            "dnf install openssl-devel), or point CFLAGS/LDFLAGS at another OpenSSL 1.1.1+."
+            + (f" (compiler said: {detail[0]})" if detail else "")
+        )
+
+
 def extensions() -> list:
     from Cython.Build import cythonize
 
@@ -75,11 +120,21 @@ def extensions() -> list:
             extra_compile_args=flags,
             libraries=["pthread"],
         ),
+        Extension(
+            "_fastpath.tls",
+            ["_fastpath/tls.pyx"],
+            extra_compile_args=flags,
+            libraries=OPENSSL_LIBS,
+        ),
     ]
     # Developers may rebuild one module alone: CHAPERON_EXT=histogram python setup.py build_ext -i
     only = os.environ.get("CHAPERON_EXT")
     if only:
         exts = [e for e in exts if e.name.split(".")[-1] in only.split(",")]
+    # Only the TLS layer links libssl/libcrypto (modules that cimport it call it through
+    # Cython's C-API table), but every module that cimports it includes the headers.
+    if any(_uses_openssl(e) for e in exts):
+        require_openssl_headers()
     return cythonize(
         exts,
         compiler_directives={"language_level": "3", "embedsignature": True},

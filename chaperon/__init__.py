@@ -5,6 +5,7 @@ What users import is listed in ``__all__``; the generated messages live in ``cha
 
 from chaperon._version import __version__
 from chaperon.client import Client
+from chaperon.exporters import default_path, export, to_csv, to_json
 from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
 from chaperon.report import format_report
 
@@ -12,7 +13,11 @@ __all__ = [
     "Client",
     "LoadTestFileError",
     "__version__",
+    "default_path",
+    "export",
     "format_report",
     "load_file",
     "load_test_from_dict",
+    "to_csv",
+    "to_json",
 ]

@@ -24,6 +24,7 @@ import grpc
 from google.protobuf import json_format
 
 from chaperon._version import __version__
+from chaperon.channels import TlsConfigError
 from chaperon.client import Client
 from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
 from chaperon.report import format_report
@@ -82,11 +83,29 @@ def _print_run(run: results_pb2.LoadTestRun, as_json: bool) -> int:
     return 0 if run.state == results_pb2.SUCCEEDED else EXIT_FAILED_RUN
 
 
+def _export(
+    run: results_pb2.LoadTestRun, fmt: str, path: str | None, overwrite: bool = False
+) -> None:
+    """Write the run with an exporter; a refusal is a CliError (one line)."""
+    from chaperon.exporters import export
+
+    try:
+        written = export(run, fmt, path, overwrite=overwrite)
+    except FileExistsError as exc:
+        raise CliError(f"{exc.filename} exists; pass --force to overwrite it") from None
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    for item in written:
+        print(f"wrote {item}", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         load_test = load_file(args.file)
     except LoadTestFileError as exc:
         return _fail(str(exc))
+    if args.format not in (None, "csv", "json"):
+        return _fail(f"--format {args.format}: not supported yet (use csv or json)")
     if args.threads is not None and args.threads < 1:
         return _fail("--threads must be >= 1")
     with embedded_cluster(args.threads or 0, args.db) as address, Client(address) as client:
@@ -94,6 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             run = client.run(load_test)
         except grpc.RpcError as exc:
             return _fail(f"{args.file}: {_rpc_message(exc)}")
+    if args.output or args.format:
+        _export(run, args.format or "csv", args.output)
     return _print_run(run, args.json)
 
 
@@ -164,11 +185,27 @@ def cmd_master(args: argparse.Namespace) -> int:
 
     stop = _stop_on_signals()
     try:
-        server = start_master(args.host, args.port, args.db, worker_wait_s=args.worker_wait)
-    except OSError as exc:
+        server = start_master(
+            args.host,
+            args.port,
+            args.db,
+            worker_wait_s=args.worker_wait,
+            token=args.token or None,
+            cluster_token=args.cluster_token or None,
+            allow_targets=args.allow_target,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+        )
+    except (OSError, ValueError) as exc:
         return _fail(str(exc))
+    details = [f"db: {args.db}", "targets: " + ", ".join(server.scheduler.allowed_targets)]
+    if args.token:
+        details.append("token required")
+    if args.tls_cert:
+        details.append("TLS")
     print(
-        f"chaperon master {__version__} listening on {server.address} (db: {args.db})",
+        f"chaperon master {__version__} listening on {server.address} ({'; '.join(details)})",
         file=sys.stderr,
         flush=True,
     )
@@ -182,7 +219,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     stop = _stop_on_signals()
     try:
-        server = start_worker(args.master, args.host, args.port, args.threads or 0, args.advertise)
+        server = start_worker(
+            args.master,
+            args.host,
+            args.port,
+            args.threads or 0,
+            args.advertise,
+            token=args.token or None,
+            allow_targets=args.allow_target,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+        )
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
     print(
@@ -201,7 +249,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         load_test = load_file(args.file)
     except LoadTestFileError as exc:
         return _fail(str(exc))
-    with Client(args.master, args.token) as client:
+    with Client(args.master, args.token, args.tls_ca) as client:
         if args.wait:
             return _print_run(client.run(load_test), args.json)
         run = client.submit(load_test)
@@ -213,7 +261,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Client(args.master, args.token) as client:
+    with Client(args.master, args.token, args.tls_ca) as client:
         if args.id:
             return _print_run(client.get(args.id), args.json)
         for run in client.runs():
@@ -224,7 +272,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_workers(args: argparse.Namespace) -> int:
     from chaperon.v1 import worker_pb2
 
-    with Client(args.master, args.token) as client:
+    with Client(args.master, args.token, args.tls_ca) as client:
         for w in client.workers():
             state = worker_pb2.WorkerState.Name(w.state).removeprefix("WORKER_")
             flag = " (ignored)" if w.ignored else ""
@@ -232,11 +280,51 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from chaperon.watch import watch
+
+    with Client(args.master, args.token, args.tls_ca) as client:
+        run = watch(client.watch(args.id), Console())
+    if run is None:
+        return _fail(f"the progress stream of {args.id} ended without the final run")
+    return 0 if run.state == results_pb2.SUCCEEDED else EXIT_FAILED_RUN
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    with Client(args.master, args.token, args.tls_ca) as client:
+        run = client.get(args.id)
+    _export(run, args.format, args.output, args.force)
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with Client(args.master, args.token) as client:
+    with Client(args.master, args.token, args.tls_ca) as client:
         run = client.cancel(args.id)
     print(f"{run.id} {results_pb2.RunState.Name(run.state)}")
     return 0
+
+
+def _token_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--token", default=os.environ.get("CHAPERON_TOKEN", ""), help=help_text)
+
+
+def _allow_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-target",
+        action="append",
+        metavar="HOST_OR_CIDR",
+        help="a host, IP or CIDR load may be sent to (repeatable; replaces the default, "
+        "loopback only)",
+    )
+
+
+def _tls_args(p: argparse.ArgumentParser, serve: bool, ca_help: str) -> None:
+    if serve:
+        p.add_argument("--tls-cert", help="PEM certificate: serve TLS")
+        p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-ca", help=f"PEM file: {ca_help}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the run as proto3 JSON only")
     p.add_argument("--threads", type=int, help="engine threads (default: number of cores)")
     p.add_argument("--db", help="SQLite file for the embedded master (default: temporary)")
+    p.add_argument("--output", help="also write the result here (default path with --format)")
+    p.add_argument(
+        "--format",
+        help="exporter: csv or json (default csv when --output is given); the default path "
+        "is results/<date>/<load test>/<tag>-<timestamp>.<ext>",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run a built-in load test against a local target")
@@ -271,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds a run waits for a worker before it fails",
     )
+    _token_arg(p, "bearer token required from clients (or CHAPERON_TOKEN)")
+    p.add_argument(
+        "--cluster-token",
+        default=os.environ.get("CHAPERON_CLUSTER_TOKEN", ""),
+        help="token workers join with (or CHAPERON_CLUSTER_TOKEN; default: --token)",
+    )
+    _allow_arg(p)
+    _tls_args(p, serve=True, ca_help="CA that signed the workers' certificates")
     p.set_defaults(func=cmd_master)
 
     p = sub.add_parser("worker", help="start a worker that joins a master")
@@ -279,12 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--threads", type=int, help="engine threads (default: number of cores)")
     p.add_argument("--advertise", default="", help="HOST:PORT the master should dial")
+    _token_arg(p, "cluster token: sent to the master, required from it (or CHAPERON_TOKEN)")
+    _allow_arg(p)
+    _tls_args(p, serve=True, ca_help="CA that signed the master's certificate")
     p.set_defaults(func=cmd_worker)
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_text)
         q.add_argument("--master", default=os.environ.get("CHAPERON_MASTER", "127.0.0.1:50051"))
         q.add_argument("--token", default=None, help="bearer token (or CHAPERON_TOKEN)")
+        _tls_args(q, serve=False, ca_help="CA that signed the master's certificate (turns TLS on)")
         return q
 
     p = client_cmd("submit", "queue a load test on a master")
@@ -301,6 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("workers", "list the workers")
     p.set_defaults(func=cmd_workers)
 
+    p = client_cmd("watch", "show a run's live progress until it ends")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_watch)
+
+    p = client_cmd("report", "write a finished run's result with an exporter")
+    p.add_argument("id")
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument(
+        "--output", help="file to write (default: results/<date>/<load test>/<tag>-<ts>.<ext>)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=cmd_report)
+
     p = client_cmd("cancel", "cancel a running or scheduled run")
     p.add_argument("id")
     p.set_defaults(func=cmd_cancel)
@@ -315,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except CliError as exc:
+    except (CliError, TlsConfigError) as exc:
         return _fail(str(exc))
     except grpc.RpcError as exc:
         return _fail(_rpc_message(exc))

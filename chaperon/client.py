@@ -18,6 +18,8 @@ from types import TracebackType
 
 import grpc
 
+from chaperon.auth import bearer_metadata
+from chaperon.channels import make_channel, read_ca
 from chaperon.v1 import (
     loadtest_pb2,
     master_pb2,
@@ -32,11 +34,12 @@ _OPTIONS = [
 
 
 class Client:
-    def __init__(self, address: str, token: str | None = None) -> None:
+    def __init__(self, address: str, token: str | None = None, tls_ca: str | None = None) -> None:
+        """``token`` defaults to $CHAPERON_TOKEN; ``tls_ca`` (a PEM file) turns TLS on."""
         self.address = address
         token = token if token is not None else os.environ.get("CHAPERON_TOKEN")
-        self._metadata = [("authorization", f"Bearer {token}")] if token else []
-        self._channel = grpc.insecure_channel(address, _OPTIONS)
+        self._metadata = bearer_metadata(token)
+        self._channel = make_channel(address, tls_ca is not None, read_ca(tls_ca), _OPTIONS)
         self._stub = master_pb2_grpc.MasterStub(self._channel)
 
     def __enter__(self) -> Client:

@@ -104,6 +104,60 @@ def metric_key(step: loadtest_pb2.HttpStep) -> str:
     return f"{method} {step.path}"
 
 
+def target_hosts(load_test: loadtest_pb2.LoadTest) -> list[tuple[str, str]]:
+    """Every (field path, host) a load test sends requests to; unparseable URLs are skipped
+    (validation reports them)."""
+    out: list[tuple[str, str]] = []
+    for i, entry in enumerate(load_test.scenarios):
+        base = effective_config(load_test, entry).get("base_url")
+        if isinstance(base, str) and base:
+            where = (
+                f"scenarios[{i}].config.base_url" if entry.HasField("config") else "config.base_url"
+            )
+            try:
+                out.append((where, parse_target(base).host))
+            except ValueError:
+                pass
+        scenarios = (
+            [entry.scenario] if entry.HasField("scenario") else list(entry.sequence.scenarios)
+        )
+        for s_index, scenario in enumerate(scenarios):
+            prefix = (
+                f"scenarios[{i}].scenario"
+                if entry.HasField("scenario")
+                else (f"scenarios[{i}].sequence.scenarios[{s_index}]")
+            )
+            for part in ("init", "run", "teardown"):
+                for j, step in enumerate(getattr(scenario, part)):
+                    if (
+                        step.WhichOneof("action") == "http"
+                        and step.http.WhichOneof("target") == "url"
+                    ):
+                        host = urlsplit(step.http.url).hostname
+                        if host:
+                            out.append((f"{prefix}.{part}[{j}].http.url", host))
+    return out
+
+
+# Default cap on an open-model entry's concurrent sessions: this many seconds of the peak rate.
+DEFAULT_MAX_SESSIONS_SECONDS = 2.0
+DEFAULT_MAX_SESSIONS_MIN = 100
+DEFAULT_MAX_SESSIONS_MAX = 20_000
+
+
+def peak_rate_per_s(rate: loadtest_pb2.ArrivalRate) -> float:
+    """The highest arrival rate an ArrivalRate reaches (its start or a stage's target)."""
+    return max([rate.per_second, *(stage.target for stage in rate.stages)])
+
+
+def max_sessions(rate: loadtest_pb2.ArrivalRate) -> int:
+    """The entry's cap on concurrent sessions: the given one, or twice the peak rate."""
+    if rate.max_sessions > 0:
+        return int(rate.max_sessions)
+    guess = int(peak_rate_per_s(rate) * DEFAULT_MAX_SESSIONS_SECONDS + 0.999)
+    return max(DEFAULT_MAX_SESSIONS_MIN, min(DEFAULT_MAX_SESSIONS_MAX, guess))
+
+
 def load_test_from_dict(data: Any, source: str = "load test") -> loadtest_pb2.LoadTest:
     """Build a LoadTest from its proto3-JSON form (snake_case or lowerCamelCase)."""
     if not isinstance(data, dict):

@@ -15,11 +15,20 @@ def format_latency_us(us: float) -> str:
     return f"{us:.0f}us"
 
 
-def _percentile(metric: results_pb2.Metric, p: float) -> float:
+def _percentile(metric: results_pb2.Metric | results_pb2.LatencyStats, p: float) -> float:
     for item in metric.percentiles:
         if abs(item.percentile - p) < 1e-9:
             return item.value_us
     return 0.0
+
+
+def _latencies(m: results_pb2.Metric | results_pb2.LatencyStats) -> tuple[str, ...]:
+    return (
+        format_latency_us(m.min_us),
+        format_latency_us(m.mean_us),
+        *(format_latency_us(_percentile(m, p)) for p in (50, 90, 99, 99.9)),
+        format_latency_us(m.max_us),
+    )
 
 
 def format_report(run: results_pb2.LoadTestRun) -> str:
@@ -29,23 +38,13 @@ def format_report(run: results_pb2.LoadTestRun) -> str:
     lines = [f"{title}  [{run.id}]  {state}  in {res.duration_s:.2f}s"]
     if run.error:
         lines.append(f"  note: {run.error}")
-    rows = [("metric", *_COLUMNS)]
+    rows: list[tuple[str, ...]] = [("metric", *_COLUMNS)]
     for m in res.metrics:
-        rows.append(
-            (
-                m.key,
-                str(m.count),
-                str(m.errors),
-                f"{m.rate_per_s:.0f}",
-                format_latency_us(m.min_us),
-                format_latency_us(m.mean_us),
-                format_latency_us(_percentile(m, 50)),
-                format_latency_us(_percentile(m, 90)),
-                format_latency_us(_percentile(m, 99)),
-                format_latency_us(_percentile(m, 99.9)),
-                format_latency_us(m.max_us),
+        rows.append((m.key, str(m.count), str(m.errors), f"{m.rate_per_s:.0f}", *_latencies(m)))
+        if m.service_time.count:
+            rows.append(
+                ("  service time", str(m.service_time.count), "", "", *_latencies(m.service_time))
             )
-        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         cells = [row[0].ljust(widths[0])] + [
@@ -58,8 +57,18 @@ def format_report(run: results_pb2.LoadTestRun) -> str:
         if m.errors_by_kind:
             kinds = ", ".join(f"{k}={v}" for k, v in sorted(m.errors_by_kind.items()))
             lines.append(f"  errors of {m.key}: {kinds}")
+    if any(m.service_time.count for m in res.metrics):
+        lines.append(
+            "  open model: latencies are corrected (from each session's intended start); "
+            "'service time' is measured from the actual send"
+        )
     lines.append(
         f"  sessions: {res.sessions_completed} completed of {res.sessions_started} started"
+        + (
+            f", {res.sessions_dropped} dropped (max_sessions reached)"
+            if res.sessions_dropped
+            else ""
+        )
         + (f", workers: {len(res.workers)}" if res.workers else "")
         + (f", lost workers: {', '.join(res.lost_workers)}" if res.lost_workers else "")
     )

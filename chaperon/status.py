@@ -38,11 +38,11 @@ class InvalidArgument(ChaperonError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
 
-    def __init__(self, violations: list[tuple[str, str]]) -> None:
+    def __init__(self, violations: list[tuple[str, str]], what: str = "request") -> None:
         self.violations = violations
         shown = "; ".join(f"{f}: {d}" for f, d in violations[:5])
         more = f" (and {len(violations) - 5} more)" if len(violations) > 5 else ""
-        super().__init__(f"invalid load test: {shown}{more}" if violations else "invalid input")
+        super().__init__(f"invalid {what}: {shown}{more}" if violations else f"invalid {what}")
 
 
 class NotFound(ChaperonError):
@@ -59,6 +59,10 @@ class ResourceExhausted(ChaperonError):
 
 class Unimplemented(ChaperonError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class PermissionDenied(ChaperonError):
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Unavailable(ChaperonError):
@@ -115,6 +119,64 @@ def grpc_stream_errors(fn: F) -> F:
             _abort(context, exc)
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Undecodable:
+    """Stands for request bytes that did not parse as the method's message type."""
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.message = f"the request is not a valid {type_name} message ({error})"
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    owner = getattr(deserialize, "__self__", None)
+    type_name = getattr(owner, "__name__", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or anything a parser raises
+            return _Undecodable(type_name, type(exc).__name__)
+
+    return parse
+
+
+class DecodeErrorInterceptor(grpc.ServerInterceptor):
+    """Answers INVALID_ARGUMENT (not grpcio's INTERNAL) when request bytes do not parse.
+
+    grpcio fails a call whose deserializer raises with INTERNAL "Exception deserializing
+    request!" before any servicer code runs; a garbled or wrong-type message is bad input,
+    so this wraps each unary-request handler's deserializer and behaviour.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        behaviour = handler.unary_stream or handler.unary_unary
+        if behaviour is None:
+            return handler
+        streaming = handler.unary_stream is not None
+
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return behaviour(request, context)
+
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        return make(
+            checked,
+            request_deserializer=_safe_deserializer(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
 
 
 def field_violations(err: grpc.RpcError) -> list[tuple[str, str]]:

@@ -1,10 +1,17 @@
 """Merging the workers' per-interval deltas into a run's result.
 
 Each worker streams, every report interval, the HDR histogram of what it recorded in that
-interval for each metric key (encoded), plus counters. The aggregator decodes and adds them
-into one histogram per key, so percentiles are computed from the merged distribution (never
+interval for each metric key (encoded), plus counters. The aggregator adds them into one
+histogram per key, so percentiles are computed from the merged distribution (never
 averaged). The final ``Result`` is computed from these merged histograms only, so it is the
 same whoever asks and however the sessions were spread.
+
+Merging is the master's hot path (a report per worker per second, two histograms per key), so
+no delta is decoded into a Histogram of its own: ``add_report`` first inflates and checks
+every encoded delta of the report (``InflatedHistogram``: zlib and the varint checks, without
+the GIL, so the per-stream threads do it in parallel and outside the lock), and only then,
+under the lock, walks each one's varints into its key's aggregate (``add_inflated``). A report
+with a malformed histogram therefore raises before anything of it is merged.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from _fastpath.histogram import Histogram
+from _fastpath.histogram import Histogram, InflatedHistogram
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 
 # Chaperon's percentile list.
@@ -22,6 +29,7 @@ PERCENTILES = (10, 20, 30, 40, 50, 60, 75, 80, 85, 90, 95, 99, 99.9, 99.99, 99.9
 @dataclass
 class _KeyAggregate:
     hist: Histogram = field(default_factory=Histogram)
+    service: Histogram = field(default_factory=Histogram)
     count: int = 0
     errors: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
@@ -31,6 +39,7 @@ class _KeyAggregate:
 class _WorkerTotals:
     sessions_started: int = 0
     sessions_completed: int = 0
+    sessions_dropped: int = 0
     elapsed_s: float = 0.0
     final: bool = False
 
@@ -44,15 +53,25 @@ class Aggregator:
         self._workers: dict[str, _WorkerTotals] = {}
 
     def add_report(self, worker_id: str, report: worker_pb2.WorkerReport) -> None:
-        """Merge one report; raises ValueError if a histogram does not decode."""
-        decoded = [(m, Histogram.decode(m.hdr) if m.hdr else None) for m in report.metrics]
+        """Merge one report; raises ValueError if a histogram does not decode (and then
+        merges nothing of the report)."""
+        inflated = [
+            (
+                m,
+                InflatedHistogram(hdr) if (hdr := m.hdr) else None,
+                InflatedHistogram(service_hdr) if (service_hdr := m.service_hdr) else None,
+            )
+            for m in report.metrics
+        ]
         with self._lock:
-            for m, hist in decoded:
+            for m, hist, service in inflated:
                 agg = self._keys.get(m.key)
                 if agg is None:
                     agg = self._keys[m.key] = _KeyAggregate()
                 if hist is not None:
-                    agg.hist.add(hist)
+                    agg.hist.add_inflated(hist)
+                if service is not None:
+                    agg.service.add_inflated(service)
                 agg.count += m.count
                 agg.errors += m.errors
                 for kind, n in m.errors_by_kind.items():
@@ -60,8 +79,13 @@ class Aggregator:
             totals = self._workers.setdefault(worker_id, _WorkerTotals())
             totals.sessions_started = max(totals.sessions_started, report.sessions_started)
             totals.sessions_completed = max(totals.sessions_completed, report.sessions_completed)
+            totals.sessions_dropped = max(totals.sessions_dropped, report.sessions_dropped)
             totals.elapsed_s = max(totals.elapsed_s, report.elapsed_s)
             totals.final = totals.final or report.final
+
+    def completed_by_worker(self) -> dict[str, int]:
+        with self._lock:
+            return {wid: w.sessions_completed for wid, w in self._workers.items()}
 
     def elapsed_s(self) -> float:
         with self._lock:
@@ -83,6 +107,7 @@ class Aggregator:
             res = results_pb2.Result(
                 sessions_started=sum(w.sessions_started for w in self._workers.values()),
                 sessions_completed=sum(w.sessions_completed for w in self._workers.values()),
+                sessions_dropped=sum(w.sessions_dropped for w in self._workers.values()),
                 duration_s=elapsed,
                 workers=sorted(self._workers),
                 lost_workers=lost_workers or [],
@@ -112,6 +137,19 @@ def _metric(key: str, agg: _KeyAggregate, elapsed_s: float) -> results_pb2.Metri
             for p, v in zip(PERCENTILES, values, strict=True)
         )
     m.hdr = hist.encode()
+    service = agg.service
+    if service.total_count:
+        stats = m.service_time
+        stats.count = service.total_count
+        stats.min_us = float(service.min)
+        stats.max_us = float(service.max)
+        stats.mean_us = float(service.mean)
+        values = service.percentiles(list(PERCENTILES))
+        stats.percentiles.extend(
+            results_pb2.Percentile(percentile=p, value_us=float(v))
+            for p, v in zip(PERCENTILES, values, strict=True)
+        )
+        stats.hdr = service.encode()
     return m
 
 

@@ -2,7 +2,8 @@
 
 Workers register with an address and a capacity (engine threads) and heartbeat every
 ``heartbeat_interval_s``; one silent for ``lost_after_intervals`` intervals is LOST and takes
-no new load (it comes back with its next heartbeat or registration). Registering again from
+no new load (it comes back with its next heartbeat or registration), and one silent for
+``forget_after_s`` is removed from the list. Registering again from
 the same address reuses the worker's id, so a worker that re-registers after a master restart
 or a network blip never shows up twice. The clock is injectable for tests.
 """
@@ -31,6 +32,7 @@ class WorkerEntry:
     last_heartbeat_wall: float = 0.0
     state: int = worker_pb2.WORKER_IDLE
     current_run_id: str = ""
+    tls: bool = False
 
 
 class WorkerRegistry:
@@ -39,9 +41,11 @@ class WorkerRegistry:
         heartbeat_interval_s: float = 1.0,
         lost_after_intervals: int = 3,
         clock: Callable[[], float] = time.monotonic,
+        forget_after_s: float = 600.0,
     ) -> None:
         self.heartbeat_interval_s = heartbeat_interval_s
         self._lost_after_s = heartbeat_interval_s * lost_after_intervals
+        self._forget_after_s = forget_after_s
         self._clock = clock
         self._lock = threading.Lock()
         self._workers: dict[str, WorkerEntry] = {}
@@ -53,6 +57,7 @@ class WorkerRegistry:
         labels: dict[str, str] | None = None,
         version: str = "",
         worker_id: str = "",
+        tls: bool = False,
     ) -> str:
         now = self._clock()
         with self._lock:
@@ -64,6 +69,7 @@ class WorkerRegistry:
                 existing.capacity = capacity
                 existing.labels = dict(labels or {})
                 existing.version = version
+                existing.tls = tls
                 existing.last_heartbeat = now
                 existing.last_heartbeat_wall = time.time()
                 existing.state = worker_pb2.WORKER_IDLE
@@ -75,6 +81,7 @@ class WorkerRegistry:
                 capacity=capacity,
                 labels=dict(labels or {}),
                 version=version,
+                tls=tls,
                 last_heartbeat=now,
                 last_heartbeat_wall=time.time(),
             )
@@ -110,6 +117,14 @@ class WorkerRegistry:
         """Copies of every worker, with LOST marked from the heartbeat age."""
         now = self._clock()
         with self._lock:
+            # A worker silent for long (scaled down, host gone) is forgotten; it registers
+            # again as new if it ever comes back.
+            for worker_id in [
+                w.worker_id
+                for w in self._workers.values()
+                if now - w.last_heartbeat > self._forget_after_s
+            ]:
+                del self._workers[worker_id]
             out = []
             for w in self._workers.values():
                 copy = replace(w)

@@ -22,13 +22,15 @@ from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
+from chaperon.allowlist import AllowList
 from chaperon.durations import parse_duration_ns
+from chaperon.loadtest import max_sessions
 from chaperon.status import FailedPrecondition, NotFound
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.aggregator import Aggregator, evaluate_thresholds
 from master_service.registry import WorkerEntry, WorkerRegistry, split_sessions
 from master_service.store import SqliteStore
-from master_service.validation import validate_load_test
+from master_service.validation import check_targets, validate_load_test
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,10 @@ class _ActiveRun:
     aggregator: Aggregator
     started_monotonic: float
     assignments: dict[str, tuple[WorkerEntry, str]] = field(default_factory=dict)
-    streams: list[AssignmentStream] = field(default_factory=list)
+    # Closed-model sessions given to each worker (for sessions_lost).
+    assigned_sessions: dict[str, int] = field(default_factory=dict)
+    streams: dict[str, AssignmentStream] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     cancelled: bool = False
@@ -83,7 +88,9 @@ class Scheduler:
         report_interval_s: float = 1.0,
         worker_wait_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        allow: AllowList | None = None,
     ) -> None:
+        self._allow = allow or AllowList()
         self._store = store
         self._registry = registry
         self._transport = transport
@@ -131,8 +138,17 @@ class Scheduler:
 
     # -- queries and commands (called from RPC threads) -------------------------------------
 
-    def submit(self, load_test: loadtest_pb2.LoadTest) -> results_pb2.LoadTestRun:
+    @property
+    def allowed_targets(self) -> list[str]:
+        return list(self._allow.entries)
+
+    def check(self, load_test: loadtest_pb2.LoadTest) -> None:
+        """Validate fully and check the targets against the allow-list (raises)."""
         validate_load_test(load_test)
+        check_targets(load_test, self._allow)
+
+    def submit(self, load_test: loadtest_pb2.LoadTest) -> results_pb2.LoadTestRun:
+        self.check(load_test)
         run = results_pb2.LoadTestRun(
             id=f"run-{uuid.uuid4().hex[:12]}",
             state=results_pb2.SCHEDULED,
@@ -263,6 +279,9 @@ class Scheduler:
                 report_interval_s=self._report_interval_s,
             )
             active.assignments[worker.worker_id] = (worker, assignment.assignment_id)
+            active.assigned_sessions[worker.worker_id] = sum(
+                s.sessions for s in shares if not s.rate_fraction
+            )
             self._registry.set_run(worker.worker_id, run.id)
             t = threading.Thread(
                 target=self._consume,
@@ -285,6 +304,7 @@ class Scheduler:
                         f"the run passed its timeout ({limit_s:g}s) and was stopped"
                     )
                     self._cancel_active(active)
+                self._drop_silent_workers(active)
         for worker, _ in plan:
             self._registry.set_run(worker.worker_id, "")
         self._finish(active, timed_out)
@@ -295,10 +315,41 @@ class Scheduler:
         per_worker: list[list[worker_pb2.EntryShare]] = [[] for _ in workers]
         capacities = [w.capacity for w in workers]
         for index, entry in enumerate(lt.scenarios):
+            if entry.HasField("arrival_rate"):
+                # Open model: session slots split by capacity, and each worker's part of the
+                # arrival rate follows its slots so no worker gets arrivals it cannot seat.
+                slots = max_sessions(entry.arrival_rate)
+                for i, n in enumerate(split_sessions(slots, capacities)):
+                    if n > 0:
+                        per_worker[i].append(
+                            worker_pb2.EntryShare(
+                                entry_index=index, sessions=n, rate_fraction=n / slots
+                            )
+                        )
+                continue
             for i, n in enumerate(split_sessions(entry.concurrency, capacities)):
                 if n > 0:
                     per_worker[i].append(worker_pb2.EntryShare(entry_index=index, sessions=n))
         return [(w, shares) for w, shares in zip(workers, per_worker, strict=True) if shares]
+
+    def _drop_silent_workers(self, active: _ActiveRun) -> None:
+        """A worker whose heartbeats stopped (crash, network cut) is lost for this run: its
+        stream is cancelled at once instead of waiting for TCP to notice."""
+        lost_now = {
+            w.worker_id for w in self._registry.snapshot() if w.state == worker_pb2.WORKER_LOST
+        }
+        with self._cond:
+            silent = [
+                wid
+                for wid in active.assignments
+                if wid in lost_now and wid not in active.finished and wid not in active.lost
+            ]
+            for wid in silent:
+                active.lost.append(wid)
+                active.errors.append(f"worker {wid} stopped sending heartbeats")
+                stream = active.streams.get(wid)
+                if stream is not None:
+                    stream.cancel()
 
     def _consume(
         self, active: _ActiveRun, worker: WorkerEntry, assignment: worker_pb2.Assignment
@@ -307,7 +358,7 @@ class Scheduler:
         try:
             stream = self._transport.run_assignment(worker.address, assignment)
             with self._cond:
-                active.streams.append(stream)
+                active.streams[worker.worker_id] = stream
                 if active.cancelled:
                     stream.cancel()
             for report in stream:
@@ -321,7 +372,7 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - a failed worker is reported, not fatal
             detail = getattr(exc, "details", lambda: None)() or str(exc)
             code = getattr(exc, "code", lambda: None)()
-            if not active.cancelled:
+            if not active.cancelled and worker.worker_id not in active.lost:
                 if code is not None and code.name in (
                     "INVALID_ARGUMENT",
                     "UNIMPLEMENTED",
@@ -333,14 +384,15 @@ class Scheduler:
                     )
                 else:
                     active.errors.append(f"worker {worker.worker_id} ({worker.address}): {detail}")
-        if not final and not active.cancelled:
-            with self._cond:
+        with self._cond:
+            active.finished.add(worker.worker_id)
+            if not final and not active.cancelled and worker.worker_id not in active.lost:
                 active.lost.append(worker.worker_id)
 
     def _cancel_active(self, active: _ActiveRun) -> None:
         with self._cond:
             active.cancelled = True
-            streams = list(active.streams)
+            streams = list(active.streams.values())
         for worker, assignment_id in list(active.assignments.values()):
             try:
                 self._transport.cancel_assignment(worker.address, assignment_id)
@@ -353,6 +405,15 @@ class Scheduler:
     def _finish(self, active: _ActiveRun, timed_out: bool) -> None:
         run = active.run
         result = active.aggregator.result(lost_workers=sorted(set(active.lost)))
+        completed = active.aggregator.completed_by_worker()
+        result.sessions_lost = sum(
+            max(0, active.assigned_sessions.get(wid, 0) - completed.get(wid, 0))
+            for wid in set(active.lost)
+        )
+        if timed_out:
+            result.sessions_timed_out = max(
+                0, result.sessions_started - result.sessions_completed - result.sessions_lost
+            )
         run.result.CopyFrom(result)
         passed = evaluate_thresholds(run.result, list(run.load_test.thresholds))
         if active.cancelled and not timed_out:
@@ -382,10 +443,19 @@ class Scheduler:
         return active.aggregator.elapsed_s(), active.aggregator.progress()
 
 
+def _entry_duration_s(entry: loadtest_pb2.ScenarioEntry) -> float | None:
+    """How long the entry runs by its own settings, or None (bounded by iterations only)."""
+    if entry.duration:
+        return parse_duration_ns(entry.duration) / 1e9
+    if entry.HasField("arrival_rate") and entry.arrival_rate.stages:
+        return sum(parse_duration_ns(s.duration) for s in entry.arrival_rate.stages) / 1e9
+    return None
+
+
 def _timeout_s(lt: loadtest_pb2.LoadTest) -> float:
     if lt.timeout:
         return parse_duration_ns(lt.timeout) / 1e9
-    durations = [parse_duration_ns(e.duration) / 1e9 for e in lt.scenarios if e.duration]
-    if durations and all(e.duration for e in lt.scenarios):
-        return max(durations) + DEFAULT_TIMEOUT_GRACE_S
+    durations = [_entry_duration_s(e) for e in lt.scenarios]
+    if durations and all(d is not None for d in durations):
+        return max(d for d in durations if d is not None) + DEFAULT_TIMEOUT_GRACE_S
     return DEFAULT_TIMEOUT_NO_DURATION_S

@@ -10,6 +10,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chaperon.allowlist import AllowList
+from chaperon.auth import TokenAuthInterceptor
+from chaperon.channels import add_port, read_ca, server_credentials
+from chaperon.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc
 from master_service.registry import WorkerRegistry
 from master_service.scheduler import Scheduler
@@ -51,21 +55,37 @@ def start_master(
     report_interval_s: float = 1.0,
     worker_wait_s: float = 30.0,
     max_workers: int = 64,
+    token: str | None = None,
+    cluster_token: str | None = None,
+    allow_targets: list[str] | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
 ) -> MasterServer:
-    """Start serving at once; raises OSError when the port cannot be bound."""
+    """Start serving at once.
+
+    Raises OSError when the port cannot be bound, TlsConfigError for bad TLS files and
+    ValueError for a bad allow-list entry. ``token`` guards the control RPCs and
+    ``cluster_token`` (default: ``token``) the workers' RPCs and the master's calls to them.
+    """
+    allow = AllowList(allow_targets)
+    creds = server_credentials(tls_cert, tls_key)
+    transport = GrpcWorkerTransport(cluster_token or token, read_ca(tls_ca))
     store = SqliteStore(db_path)
     registry = WorkerRegistry()
-    transport = GrpcWorkerTransport()
-    scheduler = Scheduler(store, registry, transport, report_interval_s, worker_wait_s)
+    scheduler = Scheduler(store, registry, transport, report_interval_s, worker_wait_s, allow=allow)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="master-rpc"),
+        interceptors=[DecodeErrorInterceptor(), TokenAuthInterceptor(token, cluster_token)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ],
     )
-    master_pb2_grpc.add_MasterServicer_to_server(MasterServicer(scheduler, registry), server)
+    master_pb2_grpc.add_MasterServicer_to_server(
+        MasterServicer(scheduler, registry, transport), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = master_pb2.DESCRIPTOR.services_by_name["Master"].full_name
@@ -77,14 +97,11 @@ def start_master(
         ),
         server,
     )
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(target)
-    except RuntimeError:
-        bound = 0
-    if bound == 0:
+        bound = add_port(server, host, port, creds)
+    except OSError:
         store.close()
-        raise OSError(f"cannot listen on {target} (port in use or address not available)")
+        raise
     server.start()
     scheduler.start()
     for name in ("", service_name):

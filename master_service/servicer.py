@@ -13,16 +13,21 @@ from chaperon.status import InvalidArgument, grpc_errors, grpc_stream_errors
 from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2, worker_pb2
 from master_service.registry import WorkerEntry, WorkerRegistry
 from master_service.scheduler import TERMINAL, Scheduler
+from master_service.worker_client import GrpcWorkerTransport
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
 
+MAX_ID_LEN = 200
+MAX_LABELS = 64
+
+
 def _require_id(value: str, field: str = "id") -> str:
     if not value:
         raise InvalidArgument([(field, "is required")])
-    if len(value) > 200:
-        raise InvalidArgument([(field, "is too long")])
+    if len(value) > MAX_ID_LEN:
+        raise InvalidArgument([(field, f"is longer than {MAX_ID_LEN} characters")])
     return value
 
 
@@ -39,13 +44,17 @@ def _worker_info(w: WorkerEntry) -> master_pb2.WorkerInfo:
         last_heartbeat=ts,
         current_run_id=w.current_run_id,
         version=w.version,
+        tls=w.tls,
     )
 
 
 class MasterServicer(master_pb2_grpc.MasterServicer):
-    def __init__(self, scheduler: Scheduler, registry: WorkerRegistry) -> None:
+    def __init__(
+        self, scheduler: Scheduler, registry: WorkerRegistry, transport: GrpcWorkerTransport
+    ) -> None:
         self._scheduler = scheduler
         self._registry = registry
+        self._transport = transport
         self._started = time.monotonic()
 
     @grpc_errors
@@ -58,14 +67,12 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
     def SubmitLoadTests(self, request, context):  # type: ignore[no-untyped-def]
         if not request.load_tests:
             raise InvalidArgument([("load_tests", "needs at least one load test")])
-        from master_service.validation import validate_load_test
-
         for i, lt in enumerate(request.load_tests):
             try:
-                validate_load_test(lt)
+                self._scheduler.check(lt)
             except InvalidArgument as exc:
                 raise InvalidArgument(
-                    [(f"load_tests[{i}].{f}", d) for f, d in exc.violations]
+                    [(f"load_tests[{i}].{f}", d) for f, d in exc.violations], "load test"
                 ) from None
         runs = [self._scheduler.submit(lt) for lt in request.load_tests]
         return master_pb2.SubmitLoadTestsResponse(runs=runs)
@@ -90,6 +97,8 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         if request.page_token:
             try:
                 after = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
+                if not 0 <= after < 2**63:
+                    raise ValueError("out of range")
             except (ValueError, UnicodeDecodeError):
                 raise InvalidArgument(
                     [("page_token", "is not a token from a previous page")]
@@ -155,14 +164,28 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             violations.append(("address", "must be host:port where the master reaches the worker"))
         if request.capacity < 0 or request.capacity > 1024:
             violations.append(("capacity", "must be between 0 and 1024 engine threads"))
+        if len(request.address) > MAX_ID_LEN:
+            violations.append(("address", f"is longer than {MAX_ID_LEN} characters"))
+        if len(request.worker_id) > MAX_ID_LEN:
+            violations.append(("worker_id", f"is longer than {MAX_ID_LEN} characters"))
+        if len(request.version) > MAX_ID_LEN:
+            violations.append(("version", f"is longer than {MAX_ID_LEN} characters"))
+        if len(request.labels) > MAX_LABELS or any(
+            len(k) > MAX_ID_LEN or len(v) > MAX_ID_LEN for k, v in request.labels.items()
+        ):
+            violations.append(
+                ("labels", f"at most {MAX_LABELS} labels of at most {MAX_ID_LEN} characters")
+            )
         if violations:
             raise InvalidArgument(violations)
+        self._transport.set_tls(request.address, request.tls)
         worker_id = self._registry.register(
             request.address,
             request.capacity or 1,
             dict(request.labels),
             request.version,
             request.worker_id,
+            request.tls,
         )
         return master_pb2.RegisterWorkerResponse(
             worker_id=worker_id, heartbeat_interval_s=self._registry.heartbeat_interval_s

@@ -72,7 +72,7 @@ class SqliteStore:
     def list_runs(
         self, states: Iterable[int] = (), after_seq: int = 0, limit: int = 100
     ) -> list[tuple[int, results_pb2.LoadTestRun]]:
-        wanted = [int(s) for s in states]
+        wanted = sorted({int(s) for s in states})
         sql = "SELECT seq, run FROM runs WHERE seq > ?"
         args: list[object] = [after_seq]
         if wanted:

@@ -9,11 +9,19 @@ engine does not run yet answer ``UNIMPLEMENTED`` naming the field.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
+from chaperon.allowlist import AllowList
 from chaperon.durations import DurationError, parse_duration_ns
-from chaperon.loadtest import HTTP_METHODS, effective_config, parse_target
+from chaperon.loadtest import (
+    HTTP_METHODS,
+    effective_config,
+    parse_target,
+    struct_to_dict,
+    target_hosts,
+)
 from chaperon.status import InvalidArgument, ResourceExhausted, Unimplemented
 from chaperon.v1 import loadtest_pb2
 
@@ -21,6 +29,8 @@ MAX_SESSIONS_PER_ENTRY = 1_000_000
 MAX_ENTRIES = 100
 MAX_STEPS = 10_000
 MAX_ITERATIONS = 1_000_000_000
+MAX_RATE_PER_S = 10_000_000.0
+MAX_STAGES = 1_000
 MAX_NAME_LEN = 200
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONFIG_DURATIONS = ("connect_timeout", "request_timeout")
@@ -54,7 +64,9 @@ def validate_load_test(lt: loadtest_pb2.LoadTest) -> None:
         c.bad("name", f"is longer than {MAX_NAME_LEN} characters")
     if lt.timeout:
         c.duration("timeout", lt.timeout)
-    _check_config(c, "config", _config_dict(lt.config) if lt.HasField("config") else {})
+    _check_config(
+        c, "config", _config_dict(c, "config", lt.config) if lt.HasField("config") else {}
+    )
     if not lt.scenarios:
         c.bad("scenarios", "needs at least one scenario entry")
     if len(lt.scenarios) > MAX_ENTRIES:
@@ -64,17 +76,28 @@ def validate_load_test(lt: loadtest_pb2.LoadTest) -> None:
     for i, th in enumerate(lt.thresholds):
         _check_threshold(c, f"thresholds[{i}]", th)
     if c.violations:
-        raise InvalidArgument(c.violations)
+        raise InvalidArgument(c.violations, "load test")
     if c.too_big:
         raise ResourceExhausted("load test too large: " + "; ".join(c.too_big))
     if c.unimplemented:
         raise Unimplemented("not supported yet: " + "; ".join(c.unimplemented))
 
 
-def _config_dict(struct: Any) -> dict[str, Any]:
-    from chaperon.loadtest import struct_to_dict
+def check_targets(lt: loadtest_pb2.LoadTest, allow: AllowList) -> None:
+    """Raise PermissionDenied naming the first target host outside the allow-list."""
+    seen: set[str] = set()
+    for where, host in target_hosts(lt):
+        if host not in seen:
+            seen.add(host)
+            allow.check_host(host, where)
 
-    return struct_to_dict(struct)
+
+def _config_dict(c: _Collector, path: str, struct: Any) -> dict[str, Any]:
+    try:
+        return struct_to_dict(struct)
+    except ValueError:  # protobuf refuses NaN and infinity in a Struct's JSON form
+        c.bad(path, "must not contain NaN or infinite numbers")
+        return {}
 
 
 def _check_config(c: _Collector, path: str, cfg: dict[str, Any]) -> None:
@@ -104,15 +127,19 @@ def _check_entry(
     elif spec == "sequence":
         c.unimplemented.append(f"{p}.sequence (scenario sequences)")
     if e.HasField("config"):
-        _check_config(c, f"{p}.config", _config_dict(e.config))
+        _check_config(c, f"{p}.config", _config_dict(c, f"{p}.config", e.config))
     open_model = e.HasField("arrival_rate")
     if open_model:
-        c.unimplemented.append(f"{p}.arrival_rate (the open model)")
+        _check_arrival_rate(c, p, e)
     elif e.concurrency <= 0:
         c.bad(f"{p}.concurrency", f"must be > 0 (got {e.concurrency})")
     elif e.concurrency > MAX_SESSIONS_PER_ENTRY:
         c.too_big.append(f"{p}.concurrency: more than {MAX_SESSIONS_PER_ENTRY} sessions")
-    duration_ns = c.duration(f"{p}.duration", e.duration)
+    duration_ns = c.duration(
+        f"{p}.duration",
+        e.duration,
+        required=open_model and not e.arrival_rate.stages,
+    )
     if duration_ns == 0:
         c.bad(f"{p}.duration", "must be > 0 when given")
     if e.iterations < 0:
@@ -127,8 +154,41 @@ def _check_entry(
     if len(e.session_name) > MAX_NAME_LEN:
         c.bad(f"{p}.session_name", f"is longer than {MAX_NAME_LEN} characters")
     if spec == "scenario":
-        cfg = effective_config(lt, e) if isinstance(lt, loadtest_pb2.LoadTest) else {}
+        try:
+            cfg = effective_config(lt, e)
+        except ValueError:  # NaN/infinity, reported above
+            cfg = {}
         _check_scenario(c, f"{p}.scenario", e.scenario, cfg)
+
+
+def _check_arrival_rate(c: _Collector, p: str, e: loadtest_pb2.ScenarioEntry) -> None:
+    ar = e.arrival_rate
+    q = f"{p}.arrival_rate"
+    if e.concurrency != 0:
+        c.bad(f"{p}.concurrency", "is for the closed model; with arrival_rate use max_sessions")
+    if e.iterations != 0:
+        c.bad(f"{p}.iterations", "is for the closed model; each arriving session runs once")
+    if not math.isfinite(ar.per_second) or ar.per_second < 0:
+        c.bad(f"{q}.per_second", f"must be >= 0 (got {ar.per_second})")
+    elif ar.per_second == 0 and not ar.stages:
+        c.bad(f"{q}.per_second", "must be > 0 (or give stages)")
+    if ar.stages and e.duration:
+        c.bad(f"{p}.duration", "give either duration or arrival_rate.stages, not both")
+    for k, stage in enumerate(ar.stages):
+        ns = c.duration(f"{q}.stages[{k}].duration", stage.duration, required=True)
+        if ns == 0:
+            c.bad(f"{q}.stages[{k}].duration", "must be > 0")
+        if not math.isfinite(stage.target) or stage.target < 0:
+            c.bad(f"{q}.stages[{k}].target", f"must be >= 0 (got {stage.target})")
+    if len(ar.stages) > MAX_STAGES:
+        c.too_big.append(f"{q}.stages: more than {MAX_STAGES}")
+    peak = max([ar.per_second, *(s.target for s in ar.stages)])
+    if math.isfinite(peak) and peak > MAX_RATE_PER_S:
+        c.too_big.append(f"{q}: more than {MAX_RATE_PER_S:g} sessions/s")
+    if ar.max_sessions < 0:
+        c.bad(f"{q}.max_sessions", f"must be >= 0 (got {ar.max_sessions})")
+    elif ar.max_sessions > MAX_SESSIONS_PER_ENTRY:
+        c.too_big.append(f"{q}.max_sessions: more than {MAX_SESSIONS_PER_ENTRY}")
 
 
 def _check_scenario(c: _Collector, p: str, s: loadtest_pb2.Scenario, cfg: dict[str, Any]) -> None:
@@ -192,6 +252,11 @@ def _check_http(c: _Collector, p: str, h: loadtest_pb2.HttpStep, base_url: Any) 
     for name, value in h.query.items():
         if any(ch in name + value for ch in "\r\n\0"):
             c.bad(f"{p}.query[{name}]", "must not contain CR, LF or NUL")
+    if h.WhichOneof("payload") == "json":
+        try:
+            struct_to_dict(h.json)
+        except ValueError:
+            c.bad(f"{p}.json", "must not contain NaN or infinite numbers (JSON has none)")
     if h.WhichOneof("payload") == "form":
         for name, value in h.form.fields.items():
             if any(ch in name + value for ch in "\0"):

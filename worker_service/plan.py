@@ -19,6 +19,7 @@ from google.protobuf import json_format
 
 from _fastpath.engine import OP_DELAY, OP_HTTP
 from chaperon._version import __version__
+from chaperon.allowlist import AllowList
 from chaperon.durations import parse_duration_ns
 from chaperon.loadtest import (
     METHODS_WITHOUT_BODY,
@@ -48,9 +49,21 @@ class EnginePlan:
     duration_ns: int = 0
     connect_timeout_ns: int = DEFAULT_CONNECT_TIMEOUT_NS
     request_timeout_ns: int = DEFAULT_REQUEST_TIMEOUT_NS
+    # Open model: sessions per second (this worker's share) and the ramp stages
+    # [(duration_ns, target_per_s)]; ``sessions`` is then the number of session slots.
+    arrival_rate_per_s: float = 0.0
+    rate_stages: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def open_model(self) -> bool:
+        return self.arrival_rate_per_s > 0 or bool(self.rate_stages)
 
     def engine_kwargs(self, threads: int) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.open_model:
+            extra = {"arrival_rate_per_s": self.arrival_rate_per_s, "rate_stages": self.rate_stages}
         return {
+            **extra,
             "targets": self.targets,
             "metric_keys": self.metric_keys,
             "ops": self.ops,
@@ -71,7 +84,8 @@ def resolve(host: str, port: int) -> str:
 
 
 class _Compiler:
-    def __init__(self, entry_index: int, config: dict[str, Any]) -> None:
+    def __init__(self, entry_index: int, config: dict[str, Any], allow: AllowList) -> None:
+        self.allow = allow
         self.plan = EnginePlan(entry_index=entry_index)
         self.path = f"scenarios[{entry_index}]"
         self.config = config
@@ -83,6 +97,7 @@ class _Compiler:
     def target_index(self, target: Target, field_path: str) -> int:
         if target.scheme != "http":
             raise Unimplemented(f"{field_path}: https targets are not supported yet")
+        self.allow.check_host(target.host, field_path)
         try:
             ip = resolve(target.host, target.port)
         except OSError as exc:
@@ -165,8 +180,12 @@ def _config_duration(config: dict[str, Any], name: str, default_ns: int) -> int:
     return parse_duration_ns(value) if isinstance(value, str) and value else default_ns
 
 
-def compile_assignment(assignment: worker_pb2.Assignment) -> list[EnginePlan]:
-    """One EnginePlan per share; raises InvalidArgument/Unimplemented naming the field."""
+def compile_assignment(
+    assignment: worker_pb2.Assignment, allow: AllowList | None = None
+) -> list[EnginePlan]:
+    """One EnginePlan per share; raises InvalidArgument/Unimplemented naming the field, and
+    PermissionDenied for a target outside ``allow`` (default: loopback only)."""
+    allow = allow or AllowList()
     lt = assignment.load_test
     plans = []
     if not assignment.shares:
@@ -179,14 +198,29 @@ def compile_assignment(assignment: worker_pb2.Assignment) -> list[EnginePlan]:
         entry = lt.scenarios[share.entry_index]
         if entry.WhichOneof("spec") != "scenario":
             raise Unimplemented(f"scenarios[{share.entry_index}]: only inline scenarios run yet")
-        c = _Compiler(share.entry_index, effective_config(lt, entry))
+        c = _Compiler(share.entry_index, effective_config(lt, entry), allow)
         for j, step in enumerate(entry.scenario.run):
             c.step(step, f"scenarios[{share.entry_index}].scenario.run[{j}]")
         plan = c.plan
         plan.sessions = int(share.sessions)
         plan.duration_ns = parse_duration_ns(entry.duration) if entry.duration else 0
         plan.iterations = int(entry.iterations)
-        if plan.iterations == 0 and plan.duration_ns == 0:
+        if entry.HasField("arrival_rate"):
+            fraction = share.rate_fraction
+            if not 0 < fraction <= 1:
+                raise InvalidArgument(
+                    [(f"shares[{i}].rate_fraction", "must be in (0, 1] for an open-model entry")]
+                )
+            rate = entry.arrival_rate
+            plan.arrival_rate_per_s = rate.per_second * fraction
+            plan.rate_stages = [
+                (parse_duration_ns(stage.duration), stage.target * fraction)
+                for stage in rate.stages
+            ]
+            if plan.rate_stages:
+                plan.duration_ns = sum(ns for ns, _ in plan.rate_stages)
+            plan.iterations = 0
+        elif plan.iterations == 0 and plan.duration_ns == 0:
             plan.iterations = 1  # run the scenario once per session
         plan.connect_timeout_ns = _config_duration(
             c.config, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_NS

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from _fastpath.engine import Engine
 from _fastpath.histogram import Histogram
@@ -33,6 +34,8 @@ class AssignmentRunner:
         self.assignment_id = assignment_id
         self._interval_s = report_interval_s if report_interval_s > 0 else 1.0
         self._engines = [Engine(**plan.engine_kwargs(threads)) for plan in plans]
+        # The raw service time is sent only where it differs from the latency (open model).
+        self._open_model = any(plan.open_model for plan in plans)
         self._cancelled = threading.Event()
         self._sequence = 0
 
@@ -67,22 +70,25 @@ class AssignmentRunner:
                 engine.close()
 
     def _report(self, started: float, final: bool) -> worker_pb2.WorkerReport:
-        merged: dict[str, tuple[Histogram, int, int, dict[str, int]]] = {}
+        merged: dict[str, _Delta] = {}
         for engine in self._engines:
-            for key, hist, count, errors, by_kind in engine.swap():
-                if key in merged:
-                    h, c, e, k = merged[key]
-                    h.add(hist)
-                    for kind, n in by_kind.items():
-                        k[kind] = k.get(kind, 0) + n
-                    merged[key] = (h, c + count, e + errors, k)
-                else:
-                    merged[key] = (hist, count, errors, dict(by_kind))
-        started_n = completed_n = 0
+            for key, hist, count, errors, by_kind, service in engine.swap():
+                delta = merged.get(key)
+                if delta is None:
+                    merged[key] = _Delta(hist, service, count, errors, dict(by_kind))
+                    continue
+                delta.hist.add(hist)
+                delta.service.add(service)
+                delta.count += count
+                delta.errors += errors
+                for kind, n in by_kind.items():
+                    delta.by_kind[kind] = delta.by_kind.get(kind, 0) + n
+        started_n = completed_n = dropped_n = 0
         for engine in self._engines:
             stats = engine.stats()
             started_n += int(stats.get("sessions_started", 0))
             completed_n += int(stats.get("sessions_completed", 0))
+            dropped_n += int(stats.get("sessions_dropped", 0))
         self._sequence += 1
         report = worker_pb2.WorkerReport(
             assignment_id=self.assignment_id,
@@ -90,17 +96,28 @@ class AssignmentRunner:
             final=final,
             sessions_started=started_n,
             sessions_completed=completed_n,
+            sessions_dropped=dropped_n,
             elapsed_s=time.monotonic() - started,
             cancelled=self.cancelled,
         )
-        for key, (hist, count, errors, by_kind) in merged.items():
+        for key, d in merged.items():
             report.metrics.append(
                 worker_pb2.MetricDelta(
                     key=key,
-                    hdr=hist.encode(),
-                    count=count,
-                    errors=errors,
-                    errors_by_kind={k: v for k, v in by_kind.items() if v},
+                    hdr=d.hist.encode(),
+                    service_hdr=d.service.encode() if self._open_model else b"",
+                    count=d.count,
+                    errors=d.errors,
+                    errors_by_kind={k: v for k, v in d.by_kind.items() if v},
                 )
             )
         return report
+
+
+@dataclass
+class _Delta:
+    hist: Histogram
+    service: Histogram
+    count: int
+    errors: int
+    by_kind: dict[str, int]

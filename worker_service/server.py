@@ -18,6 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chaperon._version import __version__
+from chaperon.allowlist import AllowList
+from chaperon.auth import TokenAuthInterceptor, bearer_metadata
+from chaperon.channels import add_port, make_channel, read_ca, server_credentials
+from chaperon.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc, worker_pb2, worker_pb2_grpc
 from worker_service.plan import default_threads
 from worker_service.servicer import WorkerServicer, WorkerState
@@ -28,12 +32,22 @@ log = logging.getLogger(__name__)
 class Membership:
     """Register with the master and heartbeat, in a daemon thread."""
 
-    def __init__(self, master: str, advertise: str, state: WorkerState) -> None:
+    def __init__(
+        self,
+        master: str,
+        advertise: str,
+        state: WorkerState,
+        token: str | None = None,
+        tls: bool = False,
+        master_ca: bytes | None = None,
+    ) -> None:
         self._master = master
         self._advertise = advertise
         self._state = state
+        self._tls = tls
+        self._metadata = bearer_metadata(token)
         self._stop = threading.Event()
-        self._channel = grpc.insecure_channel(master)
+        self._channel = make_channel(master, master_ca is not None, master_ca)
         self._stub = master_pb2_grpc.MasterStub(self._channel)
         self._thread = threading.Thread(target=self._loop, name="worker-membership", daemon=True)
         self.registered = threading.Event()
@@ -56,11 +70,18 @@ class Membership:
                         address=self._advertise,
                         capacity=self._state.threads,
                         version=__version__,
+                        tls=self._tls,
                     ),
                     timeout=5,
+                    metadata=self._metadata,
                 )
             except grpc.RpcError as exc:
-                log.info("cannot register with %s yet: %s", self._master, exc.code())
+                code = exc.code()  # type: ignore[attr-defined]
+                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    # Retrying cannot help, but the operator may fix the master: say it loudly.
+                    log.error("the master %s refused this worker: %s", self._master, exc.details())  # type: ignore[attr-defined]
+                else:
+                    log.info("cannot register with %s yet: %s", self._master, code)
                 self._stop.wait(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -84,6 +105,7 @@ class Membership:
                         assignment_id=runner.assignment_id if runner else "",
                     ),
                     timeout=max(1.0, interval),
+                    metadata=self._metadata,
                 )
                 failures = 0
                 if not resp.known:
@@ -126,14 +148,28 @@ def start_worker(
     port: int = 0,
     threads: int = 0,
     advertise: str = "",
+    token: str | None = None,
+    allow_targets: list[str] | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
 ) -> WorkerServer:
-    """Serve the Worker service and start registering with ``master`` (host:port)."""
+    """Serve the Worker service and start registering with ``master`` (host:port).
+
+    ``token`` is the cluster token: sent to the master and required from it. ``tls_ca``
+    verifies the master's certificate; ``tls_cert``/``tls_key`` make this worker serve TLS.
+    Targets outside ``allow_targets`` (default: loopback) are refused before any connect.
+    """
+    allow = AllowList(allow_targets)
+    creds = server_credentials(tls_cert, tls_key)
+    master_ca = read_ca(tls_ca)
     state = WorkerState(threads or default_threads(), master)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="worker-rpc"),
+        interceptors=[DecodeErrorInterceptor(), TokenAuthInterceptor(token)],
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.so_reuseport", 0)],
     )
-    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(state), server)
+    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(state, allow), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
@@ -145,13 +181,7 @@ def start_worker(
         ),
         server,
     )
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_insecure_port(target)
-    except RuntimeError:
-        bound = 0
-    if bound == 0:
-        raise OSError(f"cannot listen on {target} (port in use or address not available)")
+    bound = add_port(server, host, port, creds)
     server.start()
     for name in ("", service_name):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -161,6 +191,6 @@ def start_worker(
                 "listening on all interfaces: give --advertise HOST:PORT for the master"
             )
         advertise = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
-    membership = Membership(master, advertise, state)
+    membership = Membership(master, advertise, state, token, creds is not None, master_ca)
     membership.start()
     return WorkerServer(server, bound, host, state, membership, health_servicer)

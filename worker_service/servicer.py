@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 
 from chaperon._version import __version__
+from chaperon.allowlist import AllowList
 from chaperon.status import FailedPrecondition, InvalidArgument, grpc_errors, grpc_stream_errors
 from chaperon.v1 import worker_pb2, worker_pb2_grpc
 from worker_service.plan import compile_assignment
@@ -47,8 +48,9 @@ class WorkerState:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, state: WorkerState) -> None:
+    def __init__(self, state: WorkerState, allow: AllowList | None = None) -> None:
         self._state = state
+        self._allow = allow or AllowList()
 
     @grpc_stream_errors
     def RunAssignment(self, request, context) -> Iterator[worker_pb2.WorkerReport]:  # type: ignore[no-untyped-def]
@@ -63,7 +65,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             violations.append(("report_interval_s", "must be between 0 and 60"))
         if violations:
             raise InvalidArgument(violations)
-        plans = compile_assignment(request)
+        plans = compile_assignment(request, self._allow)
         runner = AssignmentRunner(
             request.assignment_id,
             plans,

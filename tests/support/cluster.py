@@ -9,7 +9,7 @@ shows them: tests never submit before the cluster is complete.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,13 +70,15 @@ def worker_argv(master_address: str, port: int, threads: int) -> list[str]:
 
 
 @contextmanager
-def run_master(directory: Path, *, name: str = "master") -> Iterator[Service]:
+def run_master(
+    directory: Path, *, name: str = "master", extra_args: Sequence[str] = ()
+) -> Iterator[Service]:
     """A ``chaperon master`` with its database in ``directory``; stopped on exit."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = ManagedProcess(
         name,
-        master_argv(port, directory / "master.db"),
+        [*master_argv(port, directory / "master.db"), *extra_args],
         directory,
         env=python_env(),
         cwd=directory,
@@ -91,14 +93,19 @@ def run_master(directory: Path, *, name: str = "master") -> Iterator[Service]:
 
 @contextmanager
 def run_worker(
-    directory: Path, master_address: str, *, name: str = "worker", threads: int = 1
+    directory: Path,
+    master_address: str,
+    *,
+    name: str = "worker",
+    threads: int = 1,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[Service]:
     """A ``chaperon worker`` registered with ``master_address``; stopped on exit."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = ManagedProcess(
         name,
-        worker_argv(master_address, port, threads),
+        [*worker_argv(master_address, port, threads), *extra_args],
         directory,
         env=python_env(),
         cwd=directory,

@@ -124,9 +124,51 @@ def test_limits_answer_resource_exhausted() -> None:
 
 
 def test_parts_not_implemented_yet_say_so() -> None:
-    lt = _lt(scenarios__0__arrival_rate={"per_second": 10})
-    with pytest.raises(Unimplemented, match="arrival_rate"):
+    lt = _lt(scenarios__0__scenario__init=[{"delay": {"duration": "1s"}}])
+    with pytest.raises(Unimplemented, match="init"):
         validate_load_test(lt)
+
+
+def _open(**arrival: Any) -> Any:
+    return _lt(scenarios__0__concurrency=0, scenarios__0__arrival_rate=arrival)
+
+
+def test_open_model_is_valid() -> None:
+    validate_load_test(_open(per_second=1000))
+    stages = [{"duration": "2s", "target": 100}, {"duration": "1s", "target": 0}]
+    lt = _lt(scenarios__0__concurrency=0, scenarios__0__arrival_rate={"stages": stages})
+    lt.scenarios[0].duration = ""
+    validate_load_test(lt)
+
+
+@pytest.mark.parametrize(
+    ("arrival", "field"),
+    [
+        ({"per_second": -1}, "scenarios[0].arrival_rate.per_second"),
+        ({"per_second": 0}, "scenarios[0].arrival_rate.per_second"),
+        ({"per_second": 1, "max_sessions": -1}, "scenarios[0].arrival_rate.max_sessions"),
+        ({"per_second": 1, "stages": [{"duration": "x", "target": 1}]},
+         "scenarios[0].arrival_rate.stages[0].duration"),
+        ({"per_second": 1, "stages": [{"duration": "1s", "target": -5}]},
+         "scenarios[0].arrival_rate.stages[0].target"),
+    ],
+)
+def test_bad_open_model_names_the_field(arrival: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(_open(**arrival))
+    assert field in _fields(info.value), info.value.violations
+
+
+def test_open_model_rejects_closed_model_fields_and_needs_a_duration() -> None:
+    lt = _lt(scenarios__0__arrival_rate={"per_second": 5})  # concurrency 50 still set
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(lt)
+    assert "scenarios[0].concurrency" in _fields(info.value)
+    lt = _open(per_second=5)
+    lt.scenarios[0].duration = ""
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(lt)
+    assert "scenarios[0].duration" in _fields(info.value)
 
 
 def test_thresholds_are_checked() -> None:

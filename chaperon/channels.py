@@ -1,0 +1,73 @@
+"""gRPC channels and server ports, plaintext or TLS, with readable errors for bad files.
+
+Every process of the cluster opens its channels and ports here, so the TLS rules are the same
+everywhere: a server given ``--tls-cert``/``--tls-key`` serves TLS only; a client given
+``--tls-ca`` verifies the server's certificate against that CA (the certificate must name the
+host it is dialled by, e.g. an IP SAN of 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+
+class TlsConfigError(ValueError):
+    """A TLS file that is missing, unreadable or given without its pair."""
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read the {what} {path!r}: {exc.strerror}") from None
+    if b"-----BEGIN" not in data:
+        raise TlsConfigError(f"the {what} {path!r} is not a PEM file")
+    return data
+
+
+def read_ca(path: str | None) -> bytes | None:
+    return _read(path, "CA certificate (--tls-ca)") if path else None
+
+
+def server_credentials(cert: str | None, key: str | None) -> grpc.ServerCredentials | None:
+    """TLS credentials for a server, or None for plaintext; both files or neither."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise TlsConfigError("--tls-cert and --tls-key go together")
+    return grpc.ssl_server_credentials(
+        [(_read(key, "private key (--tls-key)"), _read(cert, "certificate (--tls-cert)"))]
+    )
+
+
+def make_channel(
+    address: str,
+    tls: bool = False,
+    ca: bytes | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A TLS channel when ``tls`` or a CA is given (no CA: the system roots), else plaintext."""
+    if tls or ca is not None:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca), list(options))
+    return grpc.insecure_channel(address, list(options))
+
+
+def add_port(
+    server: grpc.Server, host: str, port: int, creds: grpc.ServerCredentials | None
+) -> int:
+    """Bind host:port (plaintext or TLS); the bound port, or OSError with the reason."""
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        if creds is not None:
+            bound = server.add_secure_port(target, creds)
+        else:
+            bound = server.add_insecure_port(target)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen on {target} (port in use or address not available)")
+    return bound

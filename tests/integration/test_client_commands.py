@@ -1,0 +1,151 @@
+"""The client commands against a running master: submit, watch, status, report, workers, cancel.
+
+A master and a worker run as real processes with a token; the commands run as real
+``chaperon`` processes with ``--master`` and the token from ``CHAPERON_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from support.cluster import Service, run_master, run_worker
+from support.loadtests import minimal_load_test
+from support.procs import chaperon_command, python_env
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "cli-token"
+
+
+def chaperon(*args: str, cwd: Path, token: str | None = TOKEN, timeout_s: float = 60):
+    env = python_env({"CHAPERON_TOKEN": token} if token else None)
+    if token is None:
+        env.pop("CHAPERON_TOKEN", None)
+    return subprocess.run(
+        [*chaperon_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=cwd,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("cli-cluster")
+    with run_master(root / "m", extra_args=["--token", TOKEN]) as master:
+        with run_worker(root / "w", master.address, extra_args=["--token", TOKEN]) as worker:
+            _wait_listed(master)
+            yield master, worker
+
+
+def _wait_listed(master: Service) -> None:
+    import grpc
+
+    from chaperon.v1 import master_pb2, master_pb2_grpc
+
+    with grpc.insecure_channel(master.address) as channel:
+        stub = master_pb2_grpc.MasterStub(channel)
+        deadline = time.monotonic() + 30
+        while not stub.ListWorkers(
+            master_pb2.ListWorkersRequest(),
+            timeout=5,
+            metadata=[("authorization", f"Bearer {TOKEN}")],
+        ).workers:
+            assert time.monotonic() < deadline, "the worker did not join"
+            time.sleep(0.1)
+
+
+def test_submit_watch_status_report(cluster, nginx, tmp_path: Path) -> None:
+    master, _ = cluster
+    spec = tmp_path / "lt.json"
+    spec.write_text(json.dumps(minimal_load_test(nginx.base_url, concurrency=2, duration="2s")))
+
+    submitted = chaperon("submit", str(spec), "--master", master.address, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id, state = submitted.stdout.split()
+    assert state in ("SCHEDULED", "RUNNING")
+
+    watched = chaperon("watch", run_id, "--master", master.address, cwd=tmp_path)
+    assert watched.returncode == 0, watched.stderr
+    assert "SUCCEEDED" in watched.stdout and "GET /" in watched.stdout
+
+    status = chaperon("status", run_id, "--json", "--master", master.address, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    run = json.loads(status.stdout)
+    assert run["state"] == "SUCCEEDED"
+    count = int(run["result"]["metrics"][0]["count"])
+    assert count == nginx.wait_for_served(count)
+
+    listing = chaperon("status", "--master", master.address, cwd=tmp_path)
+    assert run_id in listing.stdout
+
+    out = tmp_path / "out.csv"
+    report = chaperon(
+        "report",
+        run_id,
+        "--format",
+        "csv",
+        "--output",
+        str(out),
+        "--master",
+        master.address,
+        cwd=tmp_path,
+    )
+    assert report.returncode == 0, report.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert rows[0]["key"] == "GET /" and int(rows[0]["count"]) == count
+    assert (tmp_path / "out.load_test.json").exists()
+
+    default = chaperon(
+        "report", run_id, "--format", "json", "--master", master.address, cwd=tmp_path
+    )
+    assert default.returncode == 0, default.stderr
+    written = sorted((tmp_path / "results").rglob("*.json"))
+    assert any(p.name.endswith(".load_test.json") for p in written)
+    data = [p for p in written if not p.name.endswith(".load_test.json")]
+    assert json.loads(data[0].read_text())["id"] == run_id
+    assert data[0].relative_to(tmp_path / "results").parts[1] == "smoke"
+
+    again = chaperon(
+        "report",
+        run_id,
+        "--format",
+        "csv",
+        "--output",
+        str(out),
+        "--master",
+        master.address,
+        cwd=tmp_path,
+    )
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_workers_cancel_and_missing_token(cluster, nginx, tmp_path: Path) -> None:
+    master, worker = cluster
+    workers = chaperon("workers", "--master", master.address, cwd=tmp_path)
+    assert workers.returncode == 0 and worker.address in workers.stdout
+
+    spec = tmp_path / "long.json"
+    spec.write_text(json.dumps(minimal_load_test(nginx.base_url, concurrency=1, duration="30s")))
+    submitted = chaperon("submit", str(spec), "--master", master.address, cwd=tmp_path)
+    run_id = submitted.stdout.split()[0]
+    started = time.monotonic()
+    cancelled = chaperon("cancel", run_id, "--master", master.address, cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.split() == [run_id, "CANCELLED"]
+    assert time.monotonic() - started < 15
+
+    denied = chaperon("workers", "--master", master.address, cwd=tmp_path, token=None)
+    assert denied.returncode == 2
+    assert "UNAUTHENTICATED" in denied.stderr and "Traceback" not in denied.stderr
+    wrong = chaperon("status", "--master", master.address, "--token", "nope", cwd=tmp_path)
+    assert wrong.returncode == 2 and "PERMISSION_DENIED" in wrong.stderr

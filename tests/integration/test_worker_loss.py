@@ -1,0 +1,75 @@
+"""A worker killed mid-run: the run still ends by itself, keeps what it received, says so.
+
+Two real workers share a closed-model run; one gets SIGKILL a couple of seconds in. The
+master keeps every delta it already had, stops waiting for the dead worker, reports it in
+``lost_workers`` with its unfinished sessions in ``sessions_lost``, and the survivor finishes
+its share on time.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+import pytest
+from support.cluster import run_master, run_worker, wait_for_workers
+from support.loadtests import metric, minimal_load_test, to_proto
+
+pytestmark = pytest.mark.integration
+
+DURATION_S = 6
+KILL_AFTER_S = 2.0
+
+
+def test_run_survives_a_killed_worker(tmp_path: Path, nginx) -> None:
+    from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2
+
+    with ExitStack() as stack:
+        master = stack.enter_context(run_master(tmp_path / "m"))
+        workers = [
+            stack.enter_context(run_worker(tmp_path / f"w{i}", master.address, name=f"w{i}"))
+            for i in range(2)
+        ]
+        listed = wait_for_workers(master, workers)
+        channel = stack.enter_context(grpc.insecure_channel(master.address))
+        stub = master_pb2_grpc.MasterStub(channel)
+        load_test = minimal_load_test(nginx.base_url, concurrency=10, duration=f"{DURATION_S}s")
+        run = stub.SubmitLoadTest(
+            master_pb2.SubmitLoadTestRequest(load_test=to_proto(load_test)), timeout=10
+        )
+        deadline = time.monotonic() + 20
+        while (
+            stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5).state
+            != results_pb2.RUNNING
+        ):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        started = time.monotonic()
+        time.sleep(KILL_AFTER_S)
+        victim = workers[0]
+        victim_id = next(w.worker_id for w in listed if w.address == victim.address)
+        victim.process.signal(signal.SIGKILL)
+
+        while True:
+            final = stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5)
+            if final.state not in (results_pb2.SCHEDULED, results_pb2.RUNNING):
+                break
+            assert time.monotonic() - started < 45, "the run did not end by itself"
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        assert elapsed < DURATION_S + 10
+
+        assert final.state == results_pb2.SUCCEEDED, final.error
+        result = final.result
+        assert list(result.lost_workers) == [victim_id]
+        assert result.sessions_lost == 5  # the victim's half of 10 sessions never completed
+        assert result.sessions_completed == 5
+        assert victim_id in final.error
+        got = metric(final, "GET /").count
+        served = nginx.wait_for_served(got)
+        # The survivor ran its whole share; the victim ran for about a third of the run.
+        assert got >= 0.5 * served, (got, served)
+        assert got <= served

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Data layout of the request engine (``engine.pyx``): plan, sessions, threads, metrics.
+"""Data layout of the request engine (``engine.pyx``): plan, schedule, sessions, threads, metrics.
 
 Everything here is plain C memory owned by ``Engine`` and freed in ``Engine._free``.
 """
@@ -30,6 +30,7 @@ cdef enum:
     ST_DELAY = 4        # parked in the heap by a delay op
     ST_YIELD = 5        # parked in the heap to let the loop breathe (many ops failed at once)
     ST_DONE = 6
+    ST_FREE = 7         # open model: an unused slot (it may keep a keep-alive connection)
 
 cdef enum:
     C_OP_HTTP = 1
@@ -38,14 +39,21 @@ cdef enum:
     RBUF_SIZE = 65536
     MAX_WAIT_MS = 50
     MAX_STEPS = 32      # ops one session may run synchronously before it yields
+    ARRIVAL_BATCH = 4096  # arrivals one wake may start before I/O gets its turn again
 
 cdef extern from *:
     """
     #define CHAPERON_SCAN_NS 10000000LL
     #define CHAPERON_HIST_HIGHEST 3600000000LL
+    #define CHAPERON_SPIN_NS 10000LL
+    #define CHAPERON_TIMER_SLACK_NS 1000L
     """
     const int64_t SCAN_NS "CHAPERON_SCAN_NS"
     const int64_t HIST_HIGHEST "CHAPERON_HIST_HIGHEST"
+    # a timer due sooner than this is treated as due (a sleep that short costs more than it saves)
+    const int64_t SPIN_NS "CHAPERON_SPIN_NS"
+    # timer slack of an open-model engine thread (the kernel's default is 50 us)
+    const long TIMER_SLACK_NS "CHAPERON_TIMER_SLACK_NS"
 
 
 cdef struct op_t:
@@ -63,10 +71,21 @@ cdef struct target_t:
     int family
 
 cdef struct mstats_t:
-    hdr_core hist
+    hdr_core hist           # latency: completion - intended start (== service in the closed model)
+    hdr_core service        # open model only: completion - actual start (counts NULL otherwise)
     int64_t count
     int64_t errors
     int64_t by_kind[NKINDS]
+
+# One stage of the arrival schedule: the rate goes linearly from r0 to r1 (per ns) over dur_ns;
+# n0 arrivals are due before it starts, n1 before it ends (the integral of the rate).
+cdef struct stage_t:
+    int64_t start_ns        # offset from the engine start
+    int64_t dur_ns
+    double r0
+    double r1
+    double n0
+    double n1
 
 cdef struct config_t:
     op_t* ops
@@ -74,9 +93,15 @@ cdef struct config_t:
     int32_t nmetrics
     target_t* targets
     int64_t iterations
+    int64_t start_ns
     int64_t end_ns
     int64_t connect_timeout_ns
     int64_t request_timeout_ns
+    int32_t open_model
+    int32_t nthreads        # arrival k goes to thread k % nthreads
+    stage_t* stages
+    int32_t nstages
+    int64_t total_ns        # open model: length of the schedule
     int cancel
 
 cdef struct session_t:
@@ -86,8 +111,10 @@ cdef struct session_t:
     int32_t target          # target of the open connection, -1 without one
     int32_t epout           # EPOLLOUT is armed
     uint32_t index          # within its thread
+    int32_t fresh           # open model: arrived, first op not started (exempt from end_ns)
     int64_t iters
-    int64_t op_start_ns
+    int64_t op_start_ns     # actual start of the current op (connect or send)
+    int64_t intended_ns     # intended start of the current op (arrival, or previous completion + delays)
     int64_t deadline_ns     # of the in-flight phase (connect or request)
     size_t wpos
     h1_parser parser
@@ -111,7 +138,14 @@ cdef struct thread_t:
     int32_t heap_len
     unsigned char* rbuf
     epoll_event* events
+    int use_pwait2          # epoll_pwait2 (ns timeout) works; cleared on ENOSYS
     int64_t next_scan_ns
+    uint32_t* free_slots    # open model: stack of free session indices
+    int32_t nfree
+    int32_t stage           # stage of the next arrival
+    int64_t next_k          # global index of this thread's next arrival
+    int64_t next_due_ns     # its due time (absolute), INT64_MAX when the schedule is over
+    int64_t sessions_dropped
     int64_t sessions_started
     int64_t sessions_completed
     int64_t requests_sent
@@ -138,7 +172,8 @@ cdef class Engine:
     cdef dict final_stats
 
     cdef _allocate(self, list addrs, list plan, int32_t nsessions, int32_t nthreads,
-                   int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns)
+                   int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
+                   list stages)
     cdef void _free(self) noexcept
     cdef _raise_fatal(self)
     cdef _check_open(self)

@@ -1,39 +1,80 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The request engine: N closed-model sessions over non-blocking sockets, epoll, GIL released.
+"""The request engine: HTTP/1.1 sessions over non-blocking sockets and epoll, GIL released.
 
 Theory of operation
 -------------------
 The worker compiles a scenario into a *plan*: a flat array of ops, each either an HTTP request
 (pre-rendered bytes, a target and a metric index) or a delay. ``Engine`` copies the plan into
-C memory and runs ``sessions`` sessions on ``threads`` engine threads (Python threads that
-spend their whole life in ``thread_loop`` without the GIL). Every session runs the ops in
-order, over and over, until ``iterations`` are done or ``duration_ns`` has passed.
+C memory and runs sessions on ``threads`` engine threads (Python threads that spend their whole
+life in ``thread_loop`` without the GIL). A session runs the ops in order. Two load models:
+
+* **Closed** (default): ``sessions`` sessions start at once and run the ops over and over,
+  until ``iterations`` are done or ``duration_ns`` has passed.
+* **Open** (``arrival_rate_per_s > 0`` or ``rate_stages``): sessions *arrive* on a schedule
+  counted from the start, whatever the target's speed. Arrival k is due when the cumulative
+  count (the integral of the rate) reaches k: ``start + k / rate`` at a constant rate; with
+  ``rate_stages`` [(duration_ns, target_rate_per_s)] the rate moves linearly from the previous
+  rate (``arrival_rate_per_s`` first, which may be 0) to each target, like k6's
+  ramping-arrival-rate, and the run lasts the sum of the stages. Arrival k goes to thread
+  ``k % threads``, so the threads' union is the schedule. Each arriving session takes a free
+  slot, runs the ops once and frees it. ``sessions`` is the number of slots (the cap on
+  concurrent sessions), split over the threads; an arrival that finds its thread's slots all
+  busy is dropped and counted in ``stats()["sessions_dropped"]``. A slot keeps its keep-alive
+  connection for the next session that takes it. At each wake the thread starts every
+  arrival already due (batched, ``ARRIVAL_BATCH`` at most); it sleeps with ``epoll_pwait2``
+  (nanosecond timeout, Linux >= 5.11; ``epoll_wait`` in ms, rounded up, where it is missing)
+  and a 1 us timer slack, so pacing is precise at low rates too.
+
+The end (``duration_ns``, or the stages' sum): no new arrivals; a session stops between two
+ops (an op in flight completes or times out), so the run ends within the request timeout. An
+open-model arrival due before the end always gets its first op, however late it is started.
 
 One engine thread owns a slice of the sessions, one epoll set (level-triggered), one receive
 buffer shared by its sessions (responses are parsed as they arrive by the sans-IO parser of
 ``http1.pxd``, whose small state lives in the session), a binary min-heap of parked sessions
-(delay ops) and two sets of per-metric accumulators (HDR histogram core, count, errors).
+(delay ops), the stack of its free slots (open model) and two sets of per-metric accumulators.
+
+Latency. Every HTTP op records, per metric key, the *latency* = completion - intended start
+and (open model) the *service time* = completion - actual start (the connect, or the send on a
+kept connection). The intended start of a session's first op is its arrival's due time; of a
+later op, the previous op's completion plus the delays in between. So the loop's lateness in
+starting a session is charged to its first op (coordinated omission corrected), and a delay
+op is timed from the intended start (a late wake-up does not shift the ops after it). In the
+closed model intended == actual: one histogram is recorded and ``swap`` returns a copy as the
+service time (cheaper than recording twice, and the hot path stays as it was).
 
 Per request the hot path makes three syscalls: ``send`` (the whole request, usually), one
 share of ``epoll_wait`` and ``read``. Sockets stay registered for EPOLLIN for their whole life;
 EPOLLOUT is armed only while a connect or a partial write is pending, so a keep-alive request
-needs no ``epoll_ctl``. Nothing is allocated per request.
+needs no ``epoll_ctl``. Nothing is allocated per request or per arrival.
 
-Timeouts are not in the heap: every ``SCAN_NS`` the thread scans its sessions for an in-flight
-phase past its deadline (cheap, and keeps the per-request path free of heap operations).
-``epoll_wait`` sleeps until the next timer, capped at ``MAX_WAIT_MS`` so cancel and the end of
-the run are noticed promptly.
+Timeouts (defaults: connect 5 s, request 30 s, from the send to the end of the response) are
+not in the heap: every ``SCAN_NS`` the thread scans its sessions for an in-flight phase past
+its deadline (cheap, and keeps the per-request path free of heap operations); a connect that
+times out counts as ``timeout``, a refused one as ``connect``. ``epoll`` sleeps until the next
+timer or arrival, capped at ``MAX_WAIT_MS`` so cancel and the end of the run are noticed.
+
+Failures are counted per metric key and kind (ERROR_KINDS), never raised: ``connect``
+(refused/unreachable), ``timeout``, ``reset`` (RST, EPIPE), ``closed`` (EOF before the response
+was complete, or an unparsable response), ``http_4xx``/``http_5xx`` (responses, also timed).
+The connection is dropped after a failure, after ``Connection: close`` / HTTP/1.0 / a
+read-until-close body, and when a kept connection reports EOF while idle (no error: the next
+op reconnects). The race: if the server closes an idle connection just as the next request is
+sent (before the engine saw the FIN), that op fails as ``reset`` or ``closed``; it is not
+retried (the request may have reached the server).
 
 Metrics are double-buffered ("swap, don't lock per request"): the engine thread holds its mutex
 while it processes one epoll batch and records into ``stats[cur]``; ``Engine.swap`` takes the
-mutex between two batches, flips ``cur`` and then merges the now idle buffer into fresh Python
-``Histogram`` objects and resets it, while the engine keeps recording into the other one.
+mutex (GIL released, the first batch may be thousands of connects) between two batches, flips
+``cur`` and then merges the now idle buffer into fresh Python ``Histogram`` objects and resets
+it, while the engine keeps recording into the other one.
 
-Errors inside the loop are counted (ERROR_KINDS), never raised; the rare fatal error of a
-thread (epoll failing) is kept as an errno and turned into an exception by ``wait``.
-EAGAIN == EWOULDBLOCK on Linux, the only platform (epoll).
+The rare fatal error of a thread (epoll failing) is kept as an errno and turned into an
+exception by ``wait``. EAGAIN == EWOULDBLOCK on Linux, the only platform (epoll).
 Memory comes from ``calloc`` and is freed in one place, ``Engine._free`` (``close`` and
 ``__dealloc__``); threads keep the Engine alive while they run, so it cannot be freed under them.
+File descriptors: one per session plus one per thread; ``start`` raises RLIMIT_NOFILE's soft
+limit to the hard one and fails with a clear error when that is still too low.
 """
 
 import ipaddress
@@ -43,17 +84,19 @@ import time
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t, INT64_MAX
+from libc.math cimport sqrt, isfinite
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from posix.unistd cimport read, close
 
 from _fastpath.includes.epoll cimport (
-    epoll_event, epoll_create1, epoll_ctl, epoll_wait,
+    epoll_event, epoll_create1, epoll_ctl, epoll_wait, epoll_pwait2,
     EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CLOEXEC,
 )
 from _fastpath.includes.errno cimport (
-    errno, EINTR, EAGAIN, EINPROGRESS, ECONNRESET, ECONNABORTED, EPIPE, ETIMEDOUT,
+    errno, EINTR, EAGAIN, EINPROGRESS, ECONNRESET, ECONNABORTED, EPIPE, ETIMEDOUT, ENOSYS, EPERM,
 )
+from _fastpath.includes.prctl cimport prctl, PR_SET_TIMERSLACK
 from _fastpath.includes.pthread cimport (
     pthread_mutex_t, pthread_mutex_init, pthread_mutex_destroy, pthread_mutex_lock,
     pthread_mutex_unlock,
@@ -150,11 +193,18 @@ cdef inline void record_error(thread_t* t, int32_t metric, int kind) noexcept no
     t.errors += 1
 
 
-cdef inline void finish(thread_t* t, session_t* s) noexcept nogil:
-    close_conn(s)
-    s.state = ST_DONE
+cdef inline void end_session(thread_t* t, session_t* s) noexcept nogil:
+    """The session is over (its iterations ran, or the run's end came between two ops)."""
     t.active -= 1
     t.sessions_completed += 1
+    if t.cfg.open_model:
+        # The slot, with its keep-alive connection, waits for the next arrival.
+        s.state = ST_FREE
+        t.free_slots[t.nfree] = s.index
+        t.nfree += 1
+    else:
+        close_conn(s)
+        s.state = ST_DONE
 
 
 cdef inline int set_events(thread_t* t, session_t* s, bint want_out) noexcept nogil:
@@ -230,11 +280,11 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
             s.op_index = 0
             s.iters += 1
             t.iterations += 1
-            if cfg.iterations > 0 and s.iters >= cfg.iterations:
-                finish(t, s)
+            if cfg.open_model or (cfg.iterations > 0 and s.iters >= cfg.iterations):
+                end_session(t, s)
                 return
-        if now >= cfg.end_ns:
-            finish(t, s)
+        if now >= cfg.end_ns and not s.fresh:
+            end_session(t, s)
             return
         steps += 1
         if steps > MAX_STEPS:
@@ -242,9 +292,12 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
             heap_push(t, now_ns() + 1, s.index)
             return
         op = &cfg.ops[s.op_index]
+        s.fresh = 0
         if op.kind == C_OP_DELAY:
+            # Timed from the intended start, so a late wake-up does not push later ops back.
             s.state = ST_DELAY
-            heap_push(t, now + op.delay_ns, s.index)
+            s.intended_ns += op.delay_ns
+            heap_push(t, s.intended_ns, s.index)
             return
         s.op_start_ns = now
         h1_init(&s.parser, op.no_body)
@@ -260,6 +313,7 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
                 record_error(t, op.metric, K_CONNECT)
                 s.op_index += 1
                 now = now_ns()
+                s.intended_ns = now
                 continue
         rc = sess_send_request(t, s, op, now)
         if rc >= 0:
@@ -268,6 +322,7 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         close_conn(s)
         s.op_index += 1
         now = now_ns()
+        s.intended_ns = now
 
 
 cdef void fail_op(thread_t* t, session_t* s, int kind, int64_t now) noexcept nogil:
@@ -276,15 +331,20 @@ cdef void fail_op(thread_t* t, session_t* s, int kind, int64_t now) noexcept nog
     close_conn(s)
     s.state = ST_IDLE
     s.op_index += 1
+    s.intended_ns = now
     sess_run(t, s, now)
 
 
 cdef void complete(thread_t* t, session_t* s, int64_t now, bint reusable) noexcept nogil:
-    """A response was read completely: record its latency and go on."""
+    """A response was read completely: record its latency (and service time) and go on."""
     cdef const op_t* op = &t.cfg.ops[s.op_index]
     cdef mstats_t* m = &t.rec[op.metric]
     cdef int32_t status = s.parser.status
-    hdr_core_record(&m.hist, (now - s.op_start_ns) // 1000)
+    if t.cfg.open_model:
+        hdr_core_record(&m.hist, (now - s.intended_ns) // 1000)
+        hdr_core_record(&m.service, (now - s.op_start_ns) // 1000)
+    else:
+        hdr_core_record(&m.hist, (now - s.op_start_ns) // 1000)
     m.count += 1
     t.responses += 1
     if status >= 400:
@@ -295,6 +355,7 @@ cdef void complete(thread_t* t, session_t* s, int64_t now, bint reusable) noexce
         close_conn(s)
     s.state = ST_IDLE
     s.op_index += 1
+    s.intended_ns = now
     sess_run(t, s, now)
 
 
@@ -407,37 +468,130 @@ cdef void run_timers(thread_t* t, int64_t now) noexcept nogil:
 cdef void end_parked(thread_t* t) noexcept nogil:
     """The duration has passed: sessions waiting on a timer would only stop at their next op."""
     while t.heap_len > 0:
-        finish(t, &t.sessions[heap_pop(t)])
+        end_session(t, &t.sessions[heap_pop(t)])
+
+
+# ------------------------------------------------------------------------------ open model
+
+cdef int64_t arrival_offset_ns(const config_t* cfg, int64_t k, int32_t* stage) noexcept nogil:
+    """When arrival ``k`` is due, in ns from the start; -1 past the schedule's end.
+
+    Inverts the cumulative count N(t) (the integral of the piecewise-linear rate): within a
+    stage N = n0 + r0*tau + a*tau**2 with a = (r1 - r0) / (2 * dur), so
+    tau = 2n / (r0 + sqrt(r0**2 + 4an)), a form without cancellation for ramps up and down.
+    ``stage`` is the caller's cursor: k only grows, so stages are only ever skipped forward.
+    """
+    cdef double kd = <double>k
+    cdef double n, a, disc, tau
+    cdef const stage_t* st
+    cdef int64_t off
+    cdef int32_t i = stage[0]
+    while i < cfg.nstages and kd >= cfg.stages[i].n1:
+        i += 1
+    stage[0] = i
+    if i >= cfg.nstages:
+        return -1
+    st = &cfg.stages[i]
+    n = kd - st.n0
+    if n <= 0.0:
+        tau = 0.0
+    elif st.r1 == st.r0:
+        tau = n / st.r0
+    else:
+        a = (st.r1 - st.r0) / (2.0 * <double>st.dur_ns)
+        disc = st.r0 * st.r0 + 4.0 * a * n
+        if disc < 0.0:
+            disc = 0.0
+        tau = 2.0 * n / (st.r0 + sqrt(disc))
+    off = st.start_ns + <int64_t>(tau + 0.5)
+    if off >= cfg.total_ns:
+        return -1           # due at the very end (rounding at the boundary): not in the run
+    return off
+
+
+cdef inline void next_arrival(thread_t* t) noexcept nogil:
+    cdef int64_t off = arrival_offset_ns(t.cfg, t.next_k, &t.stage)
+    t.next_due_ns = INT64_MAX if off < 0 else t.cfg.start_ns + off
+
+
+cdef void start_arrivals(thread_t* t) noexcept nogil:
+    """Start every arrival already due (at most ARRIVAL_BATCH), each in a free slot or dropped.
+
+    The session's first op is intended to start at the arrival's due time, whenever it
+    really starts: the lateness of the loop is charged to that op's latency."""
+    cdef int32_t budget = ARRIVAL_BATCH
+    cdef int64_t now = now_ns()
+    cdef int64_t due
+    cdef session_t* s
+    while t.next_due_ns <= now and budget > 0:
+        budget -= 1
+        due = t.next_due_ns
+        t.next_k += t.cfg.nthreads
+        next_arrival(t)
+        if t.nfree == 0:
+            t.sessions_dropped += 1
+            continue
+        t.nfree -= 1
+        s = &t.sessions[t.free_slots[t.nfree]]
+        s.state = ST_IDLE
+        s.op_index = 0
+        s.fresh = 1
+        s.intended_ns = due
+        t.active += 1
+        t.sessions_started += 1
+        sess_run(t, s, now)
+        now = now_ns()
+
+
+cdef int wait_events(thread_t* t, int64_t d, bint precise) noexcept nogil:
+    """epoll for at most ``d`` ns. A wait shorter than SPIN_NS is a poll. When the wake-up is
+    for an arrival or a delay (``precise``): epoll_pwait2 (ns timeout) where the kernel has
+    it; otherwise (and as the fallback) epoll_wait, whose ms timeout is rounded up (never
+    early) and which is a little cheaper per call for the busy closed loop."""
+    cdef timespec ts
+    cdef int n
+    if d < SPIN_NS:
+        d = 0
+    elif d > <int64_t>MAX_WAIT_MS * 1000000:
+        d = <int64_t>MAX_WAIT_MS * 1000000
+    if precise and d > 0 and t.use_pwait2:
+        ts.tv_sec = <long>(d // 1000000000)
+        ts.tv_nsec = <long>(d % 1000000000)
+        n = epoll_pwait2(t.epfd, t.events, MAX_EVENTS, &ts)
+        if n >= 0 or (errno != ENOSYS and errno != EPERM):
+            return n
+        t.use_pwait2 = 0    # old kernel, or a seccomp filter that does not know it
+    return epoll_wait(t.epfd, t.events, MAX_EVENTS, <int>((d + 999999) // 1000000))
 
 
 cdef int thread_loop(thread_t* t) noexcept nogil:
     cdef config_t* cfg = t.cfg
     cdef int32_t i
-    cdef int n, timeout_ms
-    cdef int64_t now, d
+    cdef int n
+    cdef int64_t now, d, d_timer
     pthread_mutex_lock(&t.lock)
     t.rec = t.stats[t.cur]
     now = now_ns()
     t.next_scan_ns = now + SCAN_NS
-    for i in range(t.nsessions):
-        t.sessions_started += 1
-        sess_run(t, &t.sessions[i], now)
+    if cfg.open_model:
+        prctl(PR_SET_TIMERSLACK, <unsigned long>TIMER_SLACK_NS, 0, 0, 0)
+        next_arrival(t)
+    else:
+        for i in range(t.nsessions):
+            t.sessions_started += 1
+            t.sessions[i].intended_ns = now
+            sess_run(t, &t.sessions[i], now)
     pthread_mutex_unlock(&t.lock)
 
-    while t.active > 0 and not chaperon_load_int(&cfg.cancel):
+    while (t.active > 0 or t.next_due_ns != INT64_MAX) and not chaperon_load_int(&cfg.cancel):
         now = now_ns()
         d = t.next_scan_ns - now
-        if t.heap_len > 0 and t.heap[0].wake_ns - now < d:
-            d = t.heap[0].wake_ns - now
         if cfg.end_ns - now < d:
             d = cfg.end_ns - now
-        if d <= 0:
-            timeout_ms = 0
-        elif d >= MAX_WAIT_MS * 1000000:
-            timeout_ms = MAX_WAIT_MS
-        else:
-            timeout_ms = <int>((d + 999999) // 1000000)
-        n = epoll_wait(t.epfd, t.events, MAX_EVENTS, timeout_ms)
+        d_timer = t.next_due_ns - now       # INT64_MAX - now at worst: no overflow
+        if t.heap_len > 0 and t.heap[0].wake_ns - now < d_timer:
+            d_timer = t.heap[0].wake_ns - now
+        n = wait_events(t, d_timer if d_timer < d else d, d_timer < d)
         if n < 0:
             if errno != EINTR:
                 t.fatal_errno = errno
@@ -450,6 +604,8 @@ cdef int thread_loop(thread_t* t) noexcept nogil:
             on_event(t, &t.events[i], now)
         if t.heap_len > 0:
             run_timers(t, now)
+        if t.next_due_ns <= now:
+            start_arrivals(t)
         if now >= t.next_scan_ns:
             scan_timeouts(t, now)
             t.next_scan_ns = now + SCAN_NS
@@ -476,10 +632,26 @@ def _check_int(name, value, int64_t minimum=0):
 
 
 cdef class Engine:
-    """Closed-model HTTP/1.1 load generator; see the module docstring.
+    """HTTP/1.1 load generator, closed or open model; see the module docstring.
 
     Engine(targets, metric_keys, ops, sessions=1, threads=1, iterations=0, duration_ns=0,
-           connect_timeout_ns=5e9, request_timeout_ns=30e9)
+           connect_timeout_ns=5e9, request_timeout_ns=30e9,
+           arrival_rate_per_s=0.0, rate_stages=[])
+
+    targets      [(ip literal, port)]; ops index them.
+    metric_keys  [str]; ops index them.
+    ops          [(OP_HTTP, target_index, metric_index, request_bytes, no_body)
+                  | (OP_DELAY, delay_ns)].
+    sessions     closed model: concurrent sessions; open model: session slots (the cap on
+                 concurrent sessions), both split evenly over the threads.
+    threads      engine threads (at most ``sessions``).
+    iterations   closed model: runs of the ops per session (0: until duration_ns); must be
+                 0 (or 1) in the open model, where every arrival runs the ops once.
+    duration_ns  closed model: 0 or the run's length; open model: the schedule's length
+                 (required without stages; with stages 0 or their sum).
+    arrival_rate_per_s  > 0 selects the open model: sessions started per second (or the
+                 starting rate of ``rate_stages``).
+    rate_stages  [(duration_ns, target_rate_per_s)]: a linear ramp per stage (open model).
     """
 
     def __cinit__(self):
@@ -492,7 +664,7 @@ cdef class Engine:
 
     def __init__(self, targets, metric_keys, ops, sessions=1, threads=1, iterations=0,
                  duration_ns=0, connect_timeout_ns=5_000_000_000,
-                 request_timeout_ns=30_000_000_000):
+                 request_timeout_ns=30_000_000_000, arrival_rate_per_s=0.0, rate_stages=()):
         if self.initialized:
             raise RuntimeError("Engine is already initialized")
         sessions = _check_int("sessions", sessions, 1)
@@ -501,7 +673,9 @@ cdef class Engine:
         duration_ns = _check_int("duration_ns", duration_ns, 0)
         connect_timeout_ns = _check_int("connect_timeout_ns", connect_timeout_ns, 1)
         request_timeout_ns = _check_int("request_timeout_ns", request_timeout_ns, 1)
-        if iterations == 0 and duration_ns == 0:
+        stages, duration_ns, iterations = _open_schedule(
+            arrival_rate_per_s, rate_stages, duration_ns, iterations)
+        if not stages and iterations == 0 and duration_ns == 0:
             raise ValueError("iterations and duration_ns are both 0: the run would never end")
         if sessions > 10_000_000:
             raise ValueError(f"sessions={sessions} is unreasonably large")
@@ -517,11 +691,12 @@ cdef class Engine:
         self.keys = keys
         self.duration_ns = duration_ns
         self._allocate(addrs, plan, sessions, threads, iterations, connect_timeout_ns,
-                       request_timeout_ns)
+                       request_timeout_ns, stages)
         self.initialized = True
 
     cdef _allocate(self, list addrs, list plan, int32_t nsessions, int32_t nthreads,
-                   int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns):
+                   int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
+                   list stages):
         cdef int32_t i, j, per, extra, first
         cdef size_t total = 0
         cdef size_t off = 0
@@ -537,6 +712,21 @@ cdef class Engine:
         cfg.connect_timeout_ns = connect_timeout_ns
         cfg.request_timeout_ns = request_timeout_ns
         cfg.end_ns = INT64_MAX
+        cfg.nthreads = nthreads
+        cfg.open_model = 1 if stages else 0
+        cfg.total_ns = self.duration_ns if stages else 0
+        if stages:
+            cfg.stages = <stage_t*>calloc(len(stages), sizeof(stage_t))
+            if cfg.stages == NULL:
+                raise MemoryError()
+            cfg.nstages = len(stages)
+            for i, (start_ns, dur_ns, r0, r1, n0, n1) in enumerate(stages):
+                cfg.stages[i].start_ns = start_ns
+                cfg.stages[i].dur_ns = dur_ns
+                cfg.stages[i].r0 = r0
+                cfg.stages[i].r1 = r1
+                cfg.stages[i].n0 = n0
+                cfg.stages[i].n1 = n1
 
         cfg.targets = <target_t*>calloc(len(addrs), sizeof(target_t))
         cfg.ops = <op_t*>calloc(cfg.nops, sizeof(op_t))
@@ -601,10 +791,22 @@ cdef class Engine:
             t.cfg = cfg
             t.sessions = self.sessions + first
             t.nsessions = per + (1 if i < extra else 0)
-            t.active = t.nsessions
+            t.active = 0 if cfg.open_model else t.nsessions
+            t.use_pwait2 = 1
+            t.next_k = i
+            t.next_due_ns = INT64_MAX
             for j in range(t.nsessions):
                 t.sessions[j].index = j
             first += t.nsessions
+            if cfg.open_model:
+                # every slot free; popped from the top, so slot 0 serves the first arrival
+                t.free_slots = <uint32_t*>calloc(t.nsessions, sizeof(uint32_t))
+                if t.free_slots == NULL:
+                    raise MemoryError()
+                for j in range(t.nsessions):
+                    t.sessions[j].state = ST_FREE
+                    t.free_slots[j] = t.nsessions - 1 - j
+                t.nfree = t.nsessions
             if pthread_mutex_init(&t.lock, NULL) != 0:
                 raise MemoryError()
             t.lock_ok = 1
@@ -619,6 +821,10 @@ cdef class Engine:
             for j in range(cfg.nmetrics):
                 if (hdr_core_init(&t.stats[0][j].hist, 1, HIST_HIGHEST, 3) != 0
                         or hdr_core_init(&t.stats[1][j].hist, 1, HIST_HIGHEST, 3) != 0):
+                    raise MemoryError()
+                if cfg.open_model and (
+                        hdr_core_init(&t.stats[0][j].service, 1, HIST_HIGHEST, 3) != 0
+                        or hdr_core_init(&t.stats[1][j].service, 1, HIST_HIGHEST, 3) != 0):
                     raise MemoryError()
 
     cdef void _free(self) noexcept:
@@ -636,8 +842,10 @@ cdef class Engine:
                     if t.stats[b] != NULL:
                         for j in range(self.cfg.nmetrics):
                             hdr_core_free(&t.stats[b][j].hist)
+                            hdr_core_free(&t.stats[b][j].service)
                         free(t.stats[b])
                 free(t.heap)
+                free(t.free_slots)
                 free(t.rbuf)
                 free(t.events)
             free(self.threads)
@@ -651,25 +859,38 @@ cdef class Engine:
         self.cfg.ops = NULL
         free(self.cfg.targets)
         self.cfg.targets = NULL
+        free(self.cfg.stages)
+        self.cfg.stages = NULL
         free(self.reqbuf)
         self.reqbuf = NULL
 
     def __dealloc__(self):
         self._free()
 
-    def start(self) -> None:
-        """Start the engine threads and return at once."""
+    def start(self, origin_ns=None) -> None:
+        """Start the engine threads and return at once.
+
+        ``origin_ns`` (``time.monotonic_ns()``'s clock, CLOCK_MONOTONIC) is the time the run
+        and its arrival schedule count from; default now. It may lie in the past (e.g. one
+        origin shared by several engines): arrivals already due start at once, late, and
+        their lateness is in their latency."""
         cdef int32_t i
         cdef int64_t now
         self._check_open()
         if self.started:
             raise RuntimeError("Engine.start() called twice")
+        if origin_ns is not None:
+            origin_ns = _check_int("origin_ns", origin_ns, 0)
+            if origin_ns > now_ns():
+                raise ValueError(f"origin_ns={origin_ns} is in the future (now is {now_ns()})")
         _raise_nofile_limit(self.nsessions + self.nthreads + 64)
         for i in range(self.nthreads):
-            self.threads[i].epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.threads[i].epfd < 0:    # a failed start() may be retried
+                self.threads[i].epfd = epoll_create1(EPOLL_CLOEXEC)
             if self.threads[i].epfd < 0:
                 raise OSError(errno, "epoll_create1 failed")
-        now = now_ns()
+        now = now_ns() if origin_ns is None else origin_ns
+        self.cfg.start_ns = now
         if self.duration_ns > 0:
             self.cfg.end_ns = now + self.duration_ns if self.duration_ns < INT64_MAX - now else INT64_MAX
         self.started = True
@@ -732,31 +953,41 @@ cdef class Engine:
             out["responses"] += t.responses
             out["iterations"] += t.iterations
             out["errors"] += t.errors
+            out["sessions_dropped"] += t.sessions_dropped
         return out
 
     def swap(self) -> list:
         """The metrics since the previous swap, merged over threads:
-        [(key, Histogram, count, errors, {kind: n} for kinds with n > 0)], idle keys left out."""
-        cdef int32_t i, j, k, old
+        [(key, latency Histogram, count, errors, {kind: n} for kinds with n > 0,
+        service-time Histogram)], idle keys left out. Latency is corrected (from the intended
+        start); the service time is from the actual start. In the closed model they are equal
+        (the second is a copy)."""
+        cdef int32_t i, j, k, nthreads
         cdef thread_t* t
+        cdef thread_t* threads
         cdef mstats_t* m
-        cdef Histogram hist
+        cdef Histogram hist, service
         cdef int64_t count, errors
         cdef int64_t by_kind[NKINDS]
         if self.threads == NULL:
             return []
-        # Flip every thread's buffer; each waits at most for the batch it is processing.
-        for i in range(self.nthreads):
-            t = &self.threads[i]
-            pthread_mutex_lock(&t.lock)
-            t.cur ^= 1
-            pthread_mutex_unlock(&t.lock)
+        # Flip every thread's buffer; each waits at most for the batch it is processing (the
+        # first batch may be 10k connects), so wait without the GIL.
+        threads = self.threads
+        nthreads = self.nthreads
+        with nogil:
+            for i in range(nthreads):
+                t = &threads[i]
+                pthread_mutex_lock(&t.lock)
+                t.cur ^= 1
+                pthread_mutex_unlock(&t.lock)
         out = []
         for j in range(self.cfg.nmetrics):
             count = 0
             errors = 0
             memset(by_kind, 0, sizeof(by_kind))
             hist = None
+            service = None
             for i in range(self.nthreads):
                 t = &self.threads[i]
                 m = &t.stats[t.cur ^ 1][j]
@@ -767,6 +998,11 @@ cdef class Engine:
                         hist = Histogram()
                     hdr_core_add(&hist.core, &m.hist)
                     hdr_core_reset(&m.hist)
+                if m.service.total_count > 0:
+                    if service is None:
+                        service = Histogram()
+                    hdr_core_add(&service.core, &m.service)
+                    hdr_core_reset(&m.service)
                 count += m.count
                 errors += m.errors
                 for k in range(NKINDS):
@@ -778,8 +1014,11 @@ cdef class Engine:
                 continue
             if hist is None:
                 hist = Histogram()
+            if service is None:
+                service = Histogram() if self.cfg.open_model else hist.copy()
             out.append((self.keys[j], hist, count, errors,
-                        {ERROR_KINDS[k]: by_kind[k] for k in range(NKINDS) if by_kind[k]}))
+                        {ERROR_KINDS[k]: by_kind[k] for k in range(NKINDS) if by_kind[k]},
+                        service))
         return out
 
     def close(self) -> None:
@@ -810,8 +1049,110 @@ cdef class Engine:
 
 def _zero_stats() -> dict:
     return dict.fromkeys(
-        ("sessions_started", "sessions_completed", "requests_sent", "responses", "iterations", "errors"), 0
+        ("sessions_started", "sessions_completed", "sessions_dropped", "requests_sent", "responses",
+         "iterations", "errors"), 0
     )
+
+
+def _check_rate(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    value = float(value)
+    if not isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if value > 1e9:
+        raise ValueError(f"{name}={value} is unreasonably large (more than one per ns)")
+    return value
+
+
+def _parse_stage(i, stage):
+    if not isinstance(stage, (tuple, list)) or len(stage) != 2:
+        raise TypeError(f"rate_stages[{i}] must be a (duration_ns, target_rate_per_s) tuple, "
+                        f"got {stage!r}")
+    return (_check_int(f"rate_stages[{i}] duration_ns", stage[0], 0),
+            _check_rate(f"rate_stages[{i}] target_rate_per_s", stage[1]))
+
+
+def _open_schedule(arrival_rate_per_s, rate_stages, duration_ns, iterations):
+    """Validate the open-model arguments -> (stage rows or [] for the closed model,
+    duration_ns, iterations)."""
+    rate = _check_rate("arrival_rate_per_s", arrival_rate_per_s)
+    stages = [_parse_stage(i, st) for i, st in enumerate(_as_list("rate_stages", rate_stages))]
+    if rate == 0 and not stages:
+        return [], duration_ns, iterations
+    if iterations > 1:
+        raise ValueError(
+            f"iterations={iterations}: in the open model every arrival runs the ops once "
+            "(leave iterations 0)"
+        )
+    if stages:
+        total = sum(d for d, _ in stages)
+        if total == 0:
+            raise ValueError("rate_stages last 0 ns in all: the run would be empty")
+        if duration_ns not in (0, total):
+            raise ValueError(
+                f"duration_ns={duration_ns} but rate_stages last {total} ns: with stages "
+                "the run lasts their sum (pass 0 or that sum)"
+            )
+        duration_ns = total
+    elif duration_ns == 0:
+        raise ValueError("the open model (arrival_rate_per_s > 0) needs duration_ns > 0")
+    if duration_ns > 100 * 365 * 86400 * 1_000_000_000:
+        raise ValueError(f"duration_ns={duration_ns} is unreasonably long")
+    return _schedule(rate, stages, duration_ns), duration_ns, 0
+
+
+def _arrival_offsets_ns(arrival_rate_per_s, rate_stages=(), duration_ns=0, limit=1_000_000):
+    """The due times (ns from the start) of the first ``limit`` arrivals of a schedule, as the
+    engine computes them; with the thread split, thread i takes arrivals i, i + n, ... For
+    tests and for planning; not used by the engine itself."""
+    cdef config_t cfg
+    cdef int32_t cursor = 0
+    cdef int64_t k, off
+    rows, duration_ns, _ = _open_schedule(arrival_rate_per_s, rate_stages, duration_ns, 0)
+    if not rows:
+        raise ValueError("arrival_rate_per_s or rate_stages must describe an open-model schedule")
+    memset(&cfg, 0, sizeof(config_t))
+    cfg.stages = <stage_t*>calloc(len(rows), sizeof(stage_t))
+    if cfg.stages == NULL:
+        raise MemoryError()
+    try:
+        cfg.nstages = len(rows)
+        cfg.total_ns = duration_ns
+        for i, (start_ns, dur_ns, r0, r1, n0, n1) in enumerate(rows):
+            cfg.stages[i].start_ns = start_ns
+            cfg.stages[i].dur_ns = dur_ns
+            cfg.stages[i].r0 = r0
+            cfg.stages[i].r1 = r1
+            cfg.stages[i].n0 = n0
+            cfg.stages[i].n1 = n1
+        out = []
+        for k in range(_check_int("limit", limit, 0)):
+            off = arrival_offset_ns(&cfg, k, &cursor)
+            if off < 0:
+                break
+            out.append(off)
+        return out
+    finally:
+        free(cfg.stages)
+
+
+def _schedule(double rate, list stages, int64_t duration_ns) -> list:
+    """The arrival schedule as stage_t rows (start_ns, dur_ns, r0, r1, n0, n1), rates per ns."""
+    if not stages:
+        stages = [(duration_ns, rate)]
+    rows = []
+    start = 0
+    n = 0.0
+    prev = rate / 1e9
+    for dur, target in stages:
+        r1 = target / 1e9
+        n1 = n + dur * (prev + r1) / 2.0
+        rows.append((start, dur, prev, r1, n, n1))
+        start += dur
+        n = n1
+        prev = r1
+    return rows
 
 
 def _as_list(name, value) -> list:

@@ -146,7 +146,7 @@ def child(port: int, conns: int, duration_s: int) -> None:
     elapsed = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     stats = eng.stats()
-    errors = sum(e for _, _, _, e, _ in eng.swap())
+    errors = sum(row[3] for row in eng.swap())
     eng.close()
     cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     print(

@@ -16,3 +16,5 @@ cdef extern from "errno.h" nogil:
         EPIPE
         ETIMEDOUT
         EMFILE
+        ENOSYS
+        EPERM

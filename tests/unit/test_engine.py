@@ -1,14 +1,24 @@
 """The request engine (``_fastpath.engine``) against small HTTP/1.1 servers on 127.0.0.1.
 
 Each test starts its own server (one selector thread, keep-alive, behaviour chosen per test)
-and stops it in a ``finally``; every wait is bounded.
+and stops it in a ``finally``; every wait is bounded. Each failure kind is provoked by a real
+misbehaving server on loopback: a full accept queue (connect timeout), silence (request
+timeout), RST, EOF mid-body, idle close, ``Connection: close``, 4xx/5xx. The 10k-session
+memory test needs nginx and is skipped without it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import select
 import selectors
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -116,6 +126,9 @@ class Server:
             if reply.silent:
                 continue
             if reply.reset:
+                if reply.data:  # a partial answer first
+                    conn.setblocking(True)
+                    conn.sendall(reply.data)
                 self._drop(conn, reset=True)
                 return
             conn.setblocking(True)
@@ -164,7 +177,13 @@ def run(
         engine.start()
         assert engine.wait(timeout_s), "engine did not finish in time"
         assert engine.done
-        return {k: (h, c, e, kinds) for k, h, c, e, kinds in engine.swap()}
+        out = {}
+        for k, h, c, e, kinds, service in engine.swap():
+            # closed model: the service time is the latency
+            assert service.total_count == h.total_count == c
+            assert service.percentiles([0, 50, 100]) == h.percentiles([0, 50, 100])
+            out[k] = (h, c, e, kinds)
+        return out
     finally:
         engine.close()
 
@@ -193,6 +212,7 @@ def test_exact_iterations_server_count_equals_engine_count() -> None:
         assert st == {
             "sessions_started": 10,
             "sessions_completed": 10,
+            "sessions_dropped": 0,
             "requests_sent": 200,
             "responses": 200,
             "iterations": 200,
@@ -281,6 +301,45 @@ def test_server_reset_counts_reset() -> None:
         _, count, errors, kinds = res["GET /"]
         assert count == 0 and errors == 6
         assert kinds == {"reset": 6}
+
+
+def test_reset_mid_response_counts_reset() -> None:
+    def handler(method: bytes, path: bytes, body: bytes) -> Reply:
+        return Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", reset=True)
+
+    with server(handler) as srv:
+        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=1, iterations=3))
+        assert res["GET /"][1:] == (0, 3, {"reset": 3})
+        assert srv.connections == 3
+
+
+def test_connect_timeout_when_the_accept_queue_is_full() -> None:
+    # listen(0) and never accept: once one connection is queued, Linux drops further SYNs,
+    # so a connect neither completes nor fails. It times out as kind "timeout".
+    listener = socket.socket()
+    filler = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        _, writable, _ = select.select([], [filler], [], 2.0)
+        assert writable, "the filler connection was not queued"
+        eng = make(
+            listener.getsockname()[1],
+            [(OP_HTTP, 0, 0, get(), False)],
+            sessions=2,
+            iterations=2,
+            connect_timeout_ns=150_000_000,
+        )
+        t0 = time.monotonic()
+        res = run(eng)
+        elapsed = time.monotonic() - t0
+        assert res["GET /"][1:] == (0, 4, {"timeout": 4})
+        assert 0.29 < elapsed < 3.0  # two timeouts in a row per session
+    finally:
+        filler.close()
+        listener.close()
 
 
 def test_eof_before_complete_counts_closed() -> None:
@@ -376,14 +435,14 @@ def test_swap_deltas_add_up_to_totals() -> None:
             deadline = time.monotonic() + 10
             while not eng.done and time.monotonic() < deadline:
                 time.sleep(0.05)
-                for key, hist, count, err, _ in eng.swap():
+                for key, hist, count, err, _, _ in eng.swap():
                     assert key == "GET /"
                     total += count
                     hist_total += hist.total_count
                     errors += err
                     nonempty += 1
             assert eng.wait(5)
-            for _, hist, count, err, _ in eng.swap():
+            for _, hist, count, err, _, _ in eng.swap():
                 errors += err
                 total += count
                 hist_total += hist.total_count
@@ -525,3 +584,141 @@ def test_close_while_running_cancels() -> None:
         eng.close()
         assert time.monotonic() - t0 < 1.0
         assert eng.done
+
+
+# ---------------------------------------------------------------- limits and scale
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_too_low_file_limit_fails_clearly() -> None:
+    code = """
+import resource
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+from _fastpath.engine import OP_HTTP, Engine
+eng = Engine(targets=[("127.0.0.1", 9)], metric_keys=["k"], sessions=1000, iterations=1,
+             ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\\r\\n\\r\\n", False)])
+try:
+    eng.start()
+except RuntimeError as exc:
+    print("ERROR", exc)
+finally:
+    eng.close()
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    assert "RLIMIT_NOFILE allows 128" in out.stdout and "ulimit -Hn" in out.stdout
+
+
+NGINX_CONF = """
+worker_processes 1;
+worker_rlimit_nofile 40000;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 20000; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=16384;
+        location = / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+TEN_K_CHILD = """
+import json, sys, threading, time
+from _fastpath.engine import OP_HTTP, Engine
+
+def status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+
+def established(port):
+    suffix = ":%04X" % port
+    with open("/proc/net/tcp") as f:
+        return sum(1 for l in f if l.split()[2].endswith(suffix) and l.split()[3] == "01")
+
+port = int(sys.argv[1])
+eng = Engine(targets=[("127.0.0.1", port)], metric_keys=["GET /"], sessions=10000,
+             ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n", False)],
+             duration_ns=1_500_000_000)
+gaps, stop = [0.0], threading.Event()
+def ticker():
+    last = time.monotonic()
+    while not stop.is_set():
+        time.sleep(0.001)
+        now = time.monotonic(); gaps.append(now - last); last = now
+th = threading.Thread(target=ticker); th.start()
+try:
+    eng.start()
+    eng.swap()       # waits for the first batch (10k connects) with the GIL released
+    stop.set(); th.join()
+    peak = 0
+    while not eng.done:
+        time.sleep(0.1)
+        peak = max(peak, established(port))
+    assert eng.wait(30)
+    rows = eng.swap()
+    print(json.dumps({"hwm_kb": status_kb("VmHWM"), "established": peak,
+                      "responses": eng.stats()["responses"],
+                      "errors": sum(r[3] for r in rows), "gap_s": max(gaps)}))
+finally:
+    stop.set(); th.join(); eng.close()
+"""
+
+
+def test_ten_thousand_sessions_fit_in_200_mb() -> None:
+    import resource
+
+    if not os.access("/usr/sbin/nginx", os.X_OK):
+        pytest.skip("needs /usr/sbin/nginx (a server that takes 10k connections)")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 10_100:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 10100")
+    tmp = tempfile.mkdtemp(prefix="chaperon-10k-")
+    port = free_port()
+    with open(os.path.join(tmp, "nginx.conf"), "w") as f:
+        f.write(NGINX_CONF.format(tmp=tmp, port=port))
+    nginx = subprocess.Popen(
+        ["/usr/sbin/nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-e", f"{tmp}/error.log"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.02)
+        out = subprocess.run(
+            [sys.executable, "-c", TEN_K_CHILD, str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert out.returncode == 0, out.stderr
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert res["established"] == 10_000
+    assert res["errors"] == 0 and res["responses"] >= 10_000
+    assert res["hwm_kb"] < 200 * 1024, res
+    # swap() waited for the engine's first batch without holding the GIL
+    assert res["gap_s"] < 0.1, res

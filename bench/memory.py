@@ -1,0 +1,223 @@
+"""Memory of one engine running 10,000 concurrent sessions (target: < 200 MB RSS per worker).
+
+nginx (temp config, one worker, ``worker_connections 20000``, ``return 200 "ok\\n"``, access log
+off) is the target; a fresh Python process runs one ``Engine`` with ``--sessions`` closed-model
+sessions (each its own keep-alive connection) for ``--duration`` seconds and prints its
+RLIMIT_NOFILE, VmRSS sampled while the sessions are all connected, VmHWM (peak RSS) at the end,
+the requests done, and how long a Python thread was kept from running while ``swap()`` waited
+for the engine's first batch (the 10k connects): ``swap`` takes the engine mutexes with the
+GIL released, so that gap stays near the 5 ms switch interval.
+
+    python bench/memory.py [--sessions 10000] [--duration 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+NGINX = "/usr/sbin/nginx"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+CONF = """
+worker_processes 1;
+worker_rlimit_nofile 40000;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 20000; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=16384;
+        location = / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nginx did not listen on {port}")
+
+
+def proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def child(port: int, sessions: int, duration_s: float, threads: int) -> None:
+    """Runs in its own process so its RSS is the engine's (plus the interpreter's)."""
+    sys.path.insert(0, ROOT)
+    from _fastpath.engine import OP_HTTP, Engine
+
+    rss_before_kb = proc_status_kb("VmRSS")
+    eng = Engine(
+        targets=[("127.0.0.1", port)],
+        metric_keys=["GET /"],
+        ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", False)],
+        sessions=sessions,
+        threads=threads,
+        duration_ns=int(duration_s * 1e9),
+    )
+    gaps: list[float] = []
+    stop = threading.Event()
+
+    def ticker() -> None:  # a Python thread that wants the GIL every millisecond
+        last = time.monotonic()
+        while not stop.is_set():
+            time.sleep(0.001)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    tick = threading.Thread(target=ticker)
+    tick.start()
+    try:
+        t0 = time.monotonic()
+        eng.start()
+        eng.swap()  # waits for the first batch (every session connecting) without the GIL
+        first_swap_s = time.monotonic() - t0
+        stop.set()
+        tick.join()
+        rss_peak_kb = 0
+        connected = 0
+        while not eng.done and time.monotonic() - t0 < duration_s + 30:
+            time.sleep(0.2)
+            rss_peak_kb = max(rss_peak_kb, proc_status_kb("VmRSS"))
+            connected = max(connected, _established(port))
+            eng.swap()
+        assert eng.wait(30)
+        stats = eng.stats()
+        errors = sum(e for _, _, _, e, _, _ in eng.swap())
+    finally:
+        stop.set()
+        eng.close()
+    print(
+        json.dumps(
+            {
+                "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+                "rss_before_kb": rss_before_kb,
+                "rss_running_kb": rss_peak_kb,
+                "hwm_kb": proc_status_kb("VmHWM"),
+                "established": connected,
+                "responses": stats["responses"],
+                "errors": errors,
+                "first_swap_s": first_swap_s,
+                "max_python_gap_ms": max(gaps) * 1000 if gaps else 0.0,
+            }
+        )
+    )
+
+
+def _established(port: int) -> int:
+    """Client sockets to ``port`` in ESTABLISHED state (from /proc/net/tcp)."""
+    hexport = f":{port:04X}"
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 3 and parts[2].endswith(hexport) and parts[3] == "01":
+                n += 1
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sessions", type=int, default=10_000)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.port, args.sessions, args.duration, args.threads)
+        return
+    if not shutil.which(NGINX):
+        raise SystemExit(f"{NGINX} not found; this benchmark needs nginx")
+    tmp = tempfile.mkdtemp(prefix="chaperon-mem-")
+    port = free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(CONF.format(tmp=tmp, port=port))
+    nginx = subprocess.Popen([NGINX, "-p", tmp, "-c", conf, "-e", f"{tmp}/error.log"])
+    try:
+        wait_port(port)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--port",
+                str(port),
+                "--sessions",
+                str(args.sessions),
+                "--duration",
+                str(args.duration),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=args.duration + 120,
+        )
+        if out.returncode != 0:
+            raise SystemExit("child failed:\n" + out.stderr)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    soft, hard = res["rlimit_nofile"]
+    print(
+        f"{args.sessions} sessions, {args.threads} engine thread(s), {args.duration:g} s, "
+        f"RLIMIT_NOFILE soft={soft} hard={hard}"
+    )
+    print(f"  connections established (peak)  {res['established']}")
+    print(f"  responses                       {res['responses']:,} ({res['errors']} errors)")
+    print(f"  VmRSS before the engine         {res['rss_before_kb'] / 1024:8.1f} MB")
+    print(f"  VmRSS while running (max)       {res['rss_running_kb'] / 1024:8.1f} MB")
+    print(f"  VmHWM (peak RSS) of the process {res['hwm_kb'] / 1024:8.1f} MB   (target < 200 MB)")
+    print(
+        f"  first swap() returned after     {res['first_swap_s'] * 1000:8.1f} ms; longest a "
+        f"Python thread waited meanwhile {res['max_python_gap_ms']:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Open-model pacing: achieved arrival rate vs target on one engine thread (target: within 1%
+up to 100k sessions/s per thread).
+
+nginx (temp config, one worker, ``return 200 "ok\\n"``, access log off) is pinned to CPU 0; a
+child process pinned to CPU 1 runs one ``Engine`` (one thread, open model, one ``GET /`` per
+session) at each target rate for ``--duration`` seconds. Printed per rate:
+
+* achieved: sessions started per second, as the least-squares slope of ``sessions_started``
+  sampled every 50 ms over the middle 80% of the run (what a rate meter would show), and over
+  the whole run (started / duration);
+* the relative errors of both against the target;
+* dropped sessions (no free slot) and errors;
+* pacing lateness: mean(corrected latency) - mean(service time) = how late, on average, the
+  loop started sessions after their due time; and p50/p99 of both latencies.
+
+    python bench/pacing.py [--rates 1000,10000,100000] [--duration 5] [--slots 0]
+                           [--nginx-cpu 0] [--client-cpu 1] [--no-http]
+
+``--no-http`` measures the pacer alone: each session is one zero delay op (no I/O), so the
+achieved rate shows what the schedule, the slots and the loop sustain whatever the target's
+speed (lateness is not measured then: there is no request to time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+NGINX = "/usr/sbin/nginx"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nginx did not listen on {port}")
+
+
+def slope(points: list[tuple[float, int]]) -> float:
+    n = len(points)
+    mx = sum(t for t, _ in points) / n
+    my = sum(c for _, c in points) / n
+    sxx = sum((t - mx) ** 2 for t, _ in points)
+    sxy = sum((t - mx) * (c - my) for t, c in points)
+    return sxy / sxx if sxx else 0.0
+
+
+def child(port: int, rate: float, duration_s: float, slots: int, no_http: bool) -> None:
+    sys.path.insert(0, ROOT)
+    from _fastpath.engine import OP_DELAY, OP_HTTP, Engine
+
+    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    eng = Engine(
+        targets=[("127.0.0.1", port or 9)],
+        metric_keys=["GET /"],
+        ops=[(OP_DELAY, 0)] if no_http else [(OP_HTTP, 0, 0, request, False)],
+        sessions=slots,
+        threads=1,
+        arrival_rate_per_s=rate,
+        duration_ns=int(duration_s * 1e9),
+    )
+    samples: list[tuple[float, int]] = []
+    try:
+        origin = time.monotonic_ns()
+        eng.start(origin)
+        while not eng.done:
+            time.sleep(0.05)
+            samples.append(((time.monotonic_ns() - origin) / 1e9, eng.stats()["sessions_started"]))
+        eng.wait()
+        stats = eng.stats()
+        rows = eng.swap()
+    finally:
+        eng.close()
+    middle = [(t, c) for t, c in samples if 0.1 * duration_s <= t <= 0.9 * duration_s]
+    hist = rows[0][1] if rows else None
+    service = rows[0][5] if rows else None
+    print(
+        json.dumps(
+            {
+                "rate_mid": slope(middle) if len(middle) > 2 else 0.0,
+                "rate_all": stats["sessions_started"] / duration_s,
+                "started": stats["sessions_started"],
+                "dropped": stats["sessions_dropped"],
+                "errors": stats["errors"],
+                "lateness_us": (hist.mean - service.mean) if hist else 0.0,
+                "corrected_us": hist.percentiles([50, 99]) if hist else [0, 0],
+                "service_us": service.percentiles([50, 99]) if service else [0, 0],
+            }
+        )
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rates", default="1000,10000,100000")
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--slots", type=int, default=0, help="session slots (default: rate/100, >= 64)")
+    ap.add_argument("--nginx-cpu", type=int, default=0)
+    ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument("--no-http", action="store_true", help="pacer alone: zero-delay sessions")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.port, args.rate, args.duration, args.slots, args.no_http)
+        return
+    for tool in (NGINX, "taskset"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found; this benchmark needs nginx and taskset")
+    tmp = tempfile.mkdtemp(prefix="chaperon-pacing-")
+    port = free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(CONF.format(tmp=tmp, port=port))
+    nginx = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(args.nginx_cpu),
+            NGINX,
+            "-p",
+            tmp,
+            "-c",
+            conf,
+            "-e",
+            f"{tmp}/error.log",
+        ]
+    )
+    results = []
+    try:
+        wait_port(port)
+        for rate in (float(r) for r in args.rates.split(",")):
+            slots = args.slots or max(64, int(rate / 100))
+            out = subprocess.run(
+                [
+                    "taskset",
+                    "-c",
+                    str(args.client_cpu),
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--port",
+                    str(port),
+                    "--rate",
+                    str(rate),
+                    "--duration",
+                    str(args.duration),
+                    "--slots",
+                    str(slots),
+                    *(["--no-http"] if args.no_http else []),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=args.duration + 60,
+            )
+            if out.returncode != 0:
+                raise SystemExit("child failed:\n" + out.stderr)
+            results.append((rate, slots, json.loads(out.stdout.strip().splitlines()[-1])))
+    finally:
+        nginx.terminate()
+        nginx.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"one engine thread on CPU {args.client_cpu}, nginx on CPU {args.nginx_cpu}, "
+        f"{args.duration:g} s per rate, "
+        + ("no HTTP (one zero delay per session)" if args.no_http else "one GET per session")
+    )
+    print(
+        f"{'target/s':>10} {'slots':>6} {'achieved(mid)':>14} {'err':>8} {'achieved(all)':>14} "
+        f"{'err':>8} {'dropped':>8} {'errors':>7} {'late us':>8} "
+        f"{'corr p50/p99 us':>16} {'serv p50/p99 us':>16}"
+    )
+    for rate, slots, r in results:
+        print(
+            f"{rate:10,.0f} {slots:6d} {r['rate_mid']:14,.1f} "
+            f"{(r['rate_mid'] - rate) / rate:+8.3%} {r['rate_all']:14,.1f} "
+            f"{(r['rate_all'] - rate) / rate:+8.3%} {r['dropped']:8d} {r['errors']:7d} "
+            f"{r['lateness_us']:8.1f} {r['corrected_us'][0]:>7}/{r['corrected_us'][1]:<8} "
+            f"{r['service_us'][0]:>7}/{r['service_us'][1]:<8}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -138,3 +138,53 @@ def test_closed_model_hides_the_stall() -> None:
     assert errors == 0 and count > 4000
     assert hist.max >= 700_000  # each session waited out the stall once ...
     assert ms(hist, 99) < 100  # ... but that is 4 samples: the percentiles never see it
+
+
+def test_cli_open_model_run_reports_corrected_and_service_time(tmp_path) -> None:
+    """The same stall through ``chaperon run FILE --json``: master, worker, plan compiler."""
+    import json
+
+    from support.procs import chaperon_command, python_env
+
+    with stalling_server() as port:
+        spec = tmp_path / "stall.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "name": "stall",
+                    "config": {"base_url": f"http://127.0.0.1:{port}"},
+                    "scenarios": [
+                        {
+                            "arrival_rate": {"per_second": 1000},
+                            "duration": "6s",
+                            "scenario": {
+                                "name": "root",
+                                "run": [{"http": {"method": "GET", "path": "/"}}],
+                            },
+                        }
+                    ],
+                }
+            )
+        )
+        done = subprocess.run(
+            [*chaperon_command(), "run", str(spec), "--json", "--threads", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=python_env(),
+        )
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert run["state"] == "SUCCEEDED", run.get("error")
+    result = run["result"]
+    (metric,) = result["metrics"]
+    count = int(metric["count"])
+    assert abs(count - 6000) <= 300, count
+    assert int(result.get("sessionsDropped", 0)) == 0
+    corrected = {p["percentile"]: p["valueUs"] for p in metric["percentiles"]}
+    service = {p["percentile"]: p["valueUs"] for p in metric["serviceTime"]["percentiles"]}
+    assert corrected[99] >= 700_000, corrected
+    assert corrected[50] < 50_000, corrected
+    assert int(metric["serviceTime"]["count"]) == count
+    assert service[50] < 50_000
+    assert metric["serviceTime"]["hdr"]

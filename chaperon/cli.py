@@ -275,8 +275,14 @@ def cmd_workers(args: argparse.Namespace) -> int:
     with Client(args.master, args.token, args.tls_ca) as client:
         for w in client.workers():
             state = worker_pb2.WorkerState.Name(w.state).removeprefix("WORKER_")
-            flag = " (ignored)" if w.ignored else ""
-            print(f"{w.worker_id}  {w.address}  {state}  capacity={w.capacity}{flag}")
+            flags = (" ignored" if w.ignored else "") + ("" if w.healthy else " UNHEALTHY")
+            run = (
+                f" run={w.current_run_id} sessions={w.sessions_active}" if w.current_run_id else ""
+            )
+            print(
+                f"{w.worker_id}  {w.address}  {state}  capacity={w.capacity}  "
+                f"load={w.load_1m:.2f}{run}{flags}"
+            )
     return 0
 
 

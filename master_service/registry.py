@@ -33,6 +33,9 @@ class WorkerEntry:
     state: int = worker_pb2.WORKER_IDLE
     current_run_id: str = ""
     tls: bool = False
+    load_1m: float = 0.0
+    healthy: bool = True
+    sessions_active: int = 0
 
 
 class WorkerRegistry:
@@ -87,13 +90,23 @@ class WorkerRegistry:
             )
             return new_id
 
-    def heartbeat(self, worker_id: str, state: int) -> bool:
+    def heartbeat(
+        self,
+        worker_id: str,
+        state: int,
+        load_1m: float = 0.0,
+        healthy: bool = True,
+        sessions_active: int = 0,
+    ) -> bool:
         with self._lock:
             w = self._workers.get(worker_id)
             if w is None:
                 return False
             w.last_heartbeat = self._clock()
             w.last_heartbeat_wall = time.time()
+            w.load_1m = load_1m
+            w.healthy = healthy
+            w.sessions_active = sessions_active
             if state in (worker_pb2.WORKER_IDLE, worker_pb2.WORKER_BUSY):
                 w.state = state
             return True
@@ -134,8 +147,12 @@ class WorkerRegistry:
         return sorted(out, key=lambda w: w.worker_id)
 
     def available(self) -> list[WorkerEntry]:
-        """Workers that can take load: not ignored, not lost."""
-        return [w for w in self.snapshot() if not w.ignored and w.state != worker_pb2.WORKER_LOST]
+        """Workers that can take load: not ignored, not lost, healthy."""
+        return [
+            w
+            for w in self.snapshot()
+            if not w.ignored and w.healthy and w.state != worker_pb2.WORKER_LOST
+        ]
 
 
 def split_sessions(total: int, capacities: list[int]) -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import Iterator
 
@@ -45,6 +46,9 @@ def _worker_info(w: WorkerEntry) -> master_pb2.WorkerInfo:
         current_run_id=w.current_run_id,
         version=w.version,
         tls=w.tls,
+        load_1m=w.load_1m,
+        healthy=w.healthy,
+        sessions_active=w.sessions_active,
     )
 
 
@@ -193,7 +197,14 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
 
     @grpc_errors
     def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
-        known = self._registry.heartbeat(_require_id(request.worker_id, "worker_id"), request.state)
+        load = request.load_1m if math.isfinite(request.load_1m) else 0.0
+        known = self._registry.heartbeat(
+            _require_id(request.worker_id, "worker_id"),
+            request.state,
+            load,
+            not request.unhealthy,
+            max(0, request.sessions_active),
+        )
         return master_pb2.HeartbeatResponse(known=known)
 
     @grpc_errors

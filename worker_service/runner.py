@@ -44,6 +44,14 @@ class AssignmentRunner:
         for engine in self._engines:
             engine.cancel()
 
+    def sessions_active(self) -> int:
+        """Sessions started and not yet completed, over all engines (a racy snapshot)."""
+        total = 0
+        for engine in self._engines:
+            stats = engine.stats()
+            total += int(stats.get("sessions_started", 0)) - int(stats.get("sessions_completed", 0))
+        return max(0, total)
+
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()

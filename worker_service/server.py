@@ -8,6 +8,7 @@ any more (it restarted) or heartbeats keep failing, the worker registers again b
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from concurrent import futures
@@ -103,6 +104,8 @@ class Membership:
                         worker_id=self._state.worker_id,
                         state=worker_pb2.WORKER_BUSY if runner else worker_pb2.WORKER_IDLE,
                         assignment_id=runner.assignment_id if runner else "",
+                        load_1m=os.getloadavg()[0],
+                        sessions_active=runner.sessions_active() if runner else 0,
                     ),
                     timeout=max(1.0, interval),
                     metadata=self._metadata,

@@ -4,6 +4,7 @@ What users import is listed in ``__all__``; the generated messages live in ``cha
 """
 
 from chaperon._version import __version__
+from chaperon.builder import LoadTest, Scenario
 from chaperon.client import Client
 from chaperon.exporters import default_path, export, to_csv, to_json
 from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
@@ -11,7 +12,9 @@ from chaperon.report import format_report
 
 __all__ = [
     "Client",
+    "LoadTest",
     "LoadTestFileError",
+    "Scenario",
     "__version__",
     "default_path",
     "export",

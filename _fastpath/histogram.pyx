@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# distutils: libraries = z
 """HDR histogram (HdrHistogram layout) with O(1) recording without the GIL.
 
 Theory of operation
@@ -29,6 +30,11 @@ cookies' 0x10 bit is the word-size nibble of older versions; like the reference 
 mask it (0xf0) when reading. The base64 text form used by ``hdrh`` and HdrHistogram logs is
 the same bytes base64-encoded; ``decode`` accepts both.
 
+Merging without decoding: ``add_encoded`` (and its two halves, ``InflatedHistogram`` to
+inflate and check, ``add_inflated`` to add) walks the varints straight into an existing
+histogram, so a merge costs in proportion to the encoded size, not to the 184 KiB layout; see
+the section "adding an encoding without decoding it" below.
+
 Decoding treats its input as hostile: every length and header field is checked before use,
 zlib output is bounded by the announced payload length, and the counts array is capped at
 ``MAX_DECODED_COUNTS`` slots, so garbage gives ``ValueError`` and never a large allocation.
@@ -42,7 +48,7 @@ from array import array
 from collections.abc import Iterable
 
 from cpython.bytes cimport PyBytes_AS_STRING
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t, INT64_MAX
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, INT64_MAX
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from libc.math cimport ceil, log2, pow, sqrt
@@ -75,6 +81,17 @@ cdef enum:
 cdef int hdr_core_init(hdr_core* h, int64_t lowest, int64_t highest, int sig_figs) noexcept nogil:
     """Set up an empty histogram; ``h`` must not own counts yet. Returns -1 on bad bounds or
     when out of memory (``h.counts`` is then NULL, and ``hdr_core_free`` is still safe)."""
+    if _layout_init(h, lowest, highest, sig_figs) != 0:
+        return -1
+    h.counts = <int64_t*>calloc(h.counts_len, sizeof(int64_t))
+    if h.counts == NULL:
+        return -1
+    return 0
+
+
+cdef int _layout_init(hdr_core* h, int64_t lowest, int64_t highest, int sig_figs) noexcept nogil:
+    """hdr_core_init without the counts: zero ``h`` and fill in the layout (and the empty
+    min/max) only, so a header can be checked without allocating. -1 on bad bounds."""
     cdef int64_t largest_single_unit
     cdef int32_t sub_bucket_count_magnitude
     cdef int64_t smallest_untrackable
@@ -108,9 +125,6 @@ cdef int hdr_core_init(hdr_core* h, int64_t lowest, int64_t highest, int sig_fig
         buckets_needed += 1
     h.bucket_count = buckets_needed
     h.counts_len = (h.bucket_count + 1) * h.sub_bucket_half_count
-    h.counts = <int64_t*>calloc(h.counts_len, sizeof(int64_t))
-    if h.counts == NULL:
-        return -1
     h.min_value = INT64_MAX
     h.max_value = 0
     return 0
@@ -309,6 +323,242 @@ cdef int _decode_counts(hdr_core* h, const uint8_t* data, Py_ssize_t length) noe
     return DEC_OK
 
 
+# --- adding an encoding without decoding it (private, nogil) ---------------------------------
+#
+# Histogram.decode + add costs a 184 KiB counts array (allocated, zeroed, then walked by add)
+# per encoded delta; the master merges a delta per key per worker per second. add_encoded and
+# InflatedHistogram instead inflate the zlib data with zlib's C API into a payload-sized
+# buffer, check the header and every varint first (_inflate_and_scan: nothing is written
+# anywhere until the whole input is known good), then walk the varints once more adding into
+# the target's counts (_add_scanned). Zero runs are skipped, so the cost follows the encoded
+# size, not the layout. Whatever the fast path refuses is handed to ``decode``, so malformed
+# input gets exactly decode's ValueError (and input only decode accepts still works).
+
+cdef extern from "zlib.h" nogil:
+    ctypedef struct z_stream:
+        unsigned char* next_in
+        unsigned int avail_in
+        unsigned char* next_out
+        unsigned int avail_out
+    int inflateInit(z_stream* strm)
+    int inflate(z_stream* strm, int flush)
+    int inflateEnd(z_stream* strm)
+    enum:
+        Z_OK
+        Z_STREAM_END
+        Z_NO_FLUSH
+        Z_FINISH
+
+
+cdef enum:
+    # Results of _inflate_and_scan / _add_scanned (any refusal goes to decode for its error).
+    ADD_OK = 0
+    ADD_REFUSED = -1
+    ADD_LAYOUT_DIFFERS = -2
+    ADD_TOTAL_OVERFLOW = -3
+    OUTER_HEADER_SIZE = 8  # _OUTER.size
+    # The module constants of the same names, for nogil code.
+    # Above this many varint bytes add_inflated releases the GIL (a 2,000-value delta is ~2 KB).
+    _NOGIL_ADD_BYTES = 64 * 1024
+    # add_encoded and InflatedHistogram release the GIL from this many encoded bytes on. A
+    # typical delta (~1 KB, ~10 us of zlib) is cheaper to inflate holding it: measured with
+    # bench/master_scale.py (300 streams of 50 keys), releasing it per delta cost the master
+    # twice the merge CPU in GIL hand-offs between the stream threads.
+    _NOGIL_INFLATE_BYTES = 16 * 1024
+    _COMPRESSED_COOKIE_BASE_C = 0x1C849304
+    _ENCODING_COOKIE_BASE_C = 0x1C849303
+    MAX_DECODED_COUNTS_C = 1 << 22
+
+
+cdef struct _scanned:
+    hdr_core layout          # the header's layout; counts stays NULL
+    uint8_t* payload         # the varints, malloc'd (payload_len + 1 bytes), owned
+    Py_ssize_t payload_len
+    int64_t total
+    int32_t first            # first and last non-zero slot, -1 when total is 0
+    int32_t last
+
+
+cdef inline uint32_t _be32(const uint8_t* p) noexcept nogil:
+    return ((<uint32_t>p[0]) << 24) | ((<uint32_t>p[1]) << 16) | ((<uint32_t>p[2]) << 8) | p[3]
+
+
+cdef inline uint64_t _be64(const uint8_t* p) noexcept nogil:
+    return ((<uint64_t>_be32(p)) << 32) | _be32(p + 4)
+
+
+cdef inline int _read_varint_tail(const uint8_t* data, Py_ssize_t length, Py_ssize_t* pos,
+                                  uint64_t* v) noexcept nogil:
+    """Finish a varint whose first byte (in ``v``, continuation bit set) was read; -1 if the
+    data ends first. The rare path: zero runs and counts of 64 and more."""
+    cdef Py_ssize_t p = pos[0]
+    cdef uint64_t value = v[0] & 0x7F
+    cdef int shift = 7
+    while True:
+        if p >= length:
+            return -1
+        if shift == 56:
+            value |= (<uint64_t>data[p]) << 56
+            p += 1
+            break
+        value |= (<uint64_t>(data[p] & 0x7F)) << shift
+        p += 1
+        if not (data[p - 1] & 0x80):
+            break
+        shift += 7
+    pos[0] = p
+    v[0] = value
+    return 0
+
+
+cdef uint64_t NO_SLOT = <uint64_t>-1
+
+
+cdef int _scan_counts(_scanned* s) noexcept nogil:
+    """_decode_counts's checks over ``s.payload`` without writing counts: fills total, first
+    and last. Returns a DEC_* code.
+
+    Runs and counts alternate at random in real deltas, so the loop is branch-free on the
+    kind of varint (a mispredicted branch per varint doubled its cost)."""
+    cdef const uint8_t* data = s.payload
+    cdef Py_ssize_t length = s.payload_len
+    cdef Py_ssize_t pos = 0
+    cdef uint64_t counts_len = <uint64_t>s.layout.counts_len
+    cdef uint64_t index = 0
+    cdef uint64_t first = NO_SLOT, last = NO_SLOT
+    cdef uint64_t v, half, is_run, count, step, nonzero
+    cdef uint64_t total = 0
+    while pos < length:
+        v = data[pos]
+        pos += 1
+        if v & 0x80:
+            if _read_varint_tail(data, length, &pos, &v) != 0:
+                return DEC_TRUNCATED_VARINT
+        # ZigZag: odd is a run of (v >> 1) + 1 zero slots, even a count of v >> 1.
+        half = v >> 1
+        is_run = -(v & 1)                      # all ones for a run
+        count = half & ~is_run
+        step = 1 + (half & is_run)             # a count takes one slot, a run half + 1
+        if step > counts_len - index:
+            return DEC_TOO_MANY_COUNTS
+        if count > <uint64_t>INT64_MAX - total:
+            return DEC_TOTAL_OVERFLOW
+        total += count
+        # last = index if count else last, as a mask: a branch here is mispredicted as often
+        # as the kind of varint (gcc turns the conditional form into one).
+        nonzero = -(<uint64_t>(count != 0))
+        last = (index & nonzero) | (last & ~nonzero)
+        if first == NO_SLOT and count != 0:
+            first = index
+        index += step
+    s.total = <int64_t>total
+    s.first = -1 if first == NO_SLOT else <int32_t>first
+    s.last = -1 if last == NO_SLOT else <int32_t>last
+    return DEC_OK
+
+
+cdef int _inflate_and_scan(const uint8_t* data, Py_ssize_t length, _scanned* s) noexcept nogil:
+    """Check and inflate a V2 compressed encoding into ``s`` (all of decode's checks, or
+    stricter); ``s`` must be zeroed. ADD_OK or ADD_REFUSED; ``s.payload`` may be set either
+    way and is the caller's to free."""
+    cdef uint8_t header[PAYLOAD_HEADER_SIZE]
+    cdef z_stream z
+    cdef int rc
+    cdef uint32_t cookie, payload_len
+    cdef uint64_t lowest, highest
+    cdef int32_t sig
+    if length < OUTER_HEADER_SIZE:
+        return ADD_REFUSED
+    cookie = _be32(data)
+    if (cookie & ~(<uint32_t>0xF0)) != _COMPRESSED_COOKIE_BASE_C:
+        return ADD_REFUSED
+    if <Py_ssize_t>_be32(data + 4) != length - OUTER_HEADER_SIZE:
+        return ADD_REFUSED
+    memset(&z, 0, sizeof(z))
+    if inflateInit(&z) != Z_OK:
+        return ADD_REFUSED
+    try:
+        z.next_in = <unsigned char*>(data + OUTER_HEADER_SIZE)
+        z.avail_in = <unsigned int>(length - OUTER_HEADER_SIZE)
+        # The header first (40 bytes): its payload length bounds the rest of the output.
+        z.next_out = header
+        z.avail_out = PAYLOAD_HEADER_SIZE
+        rc = inflate(&z, Z_NO_FLUSH)
+        if (rc != Z_OK and rc != Z_STREAM_END) or z.avail_out != 0:
+            return ADD_REFUSED
+        cookie = _be32(header)
+        payload_len = _be32(header + 4)
+        sig = <int32_t>_be32(header + 12)
+        lowest = _be64(header + 16)
+        highest = _be64(header + 24)
+        if ((cookie & ~(<uint32_t>0xF0)) != _ENCODING_COOKIE_BASE_C or _be32(header + 8) != 0
+                or lowest > <uint64_t>INT64_MAX or highest > <uint64_t>INT64_MAX):
+            return ADD_REFUSED
+        if _layout_init(&s.layout, <int64_t>lowest, <int64_t>highest, sig) != 0:
+            return ADD_REFUSED
+        if (s.layout.counts_len > MAX_DECODED_COUNTS_C
+                or payload_len > <uint64_t>s.layout.counts_len * MAX_VARINT_BYTES):
+            return ADD_REFUSED
+        # One byte more than announced, to see a payload longer than its header says.
+        s.payload = <uint8_t*>malloc(payload_len + 1)
+        if s.payload == NULL:
+            return ADD_REFUSED
+        s.payload_len = payload_len
+        if rc != Z_STREAM_END:
+            z.next_out = s.payload
+            z.avail_out = payload_len + 1
+            rc = inflate(&z, Z_FINISH)
+        # Exactly payload_len bytes, the stream's end reached, no bytes after it.
+        if rc != Z_STREAM_END or z.avail_out != 1 or z.avail_in != 0:
+            if not (rc == Z_STREAM_END and payload_len == 0 and z.avail_in == 0):
+                return ADD_REFUSED
+    finally:
+        inflateEnd(&z)
+    if _scan_counts(s) != DEC_OK:
+        return ADD_REFUSED
+    return ADD_OK
+
+
+cdef int _add_scanned(hdr_core* h, const _scanned* s) noexcept nogil:
+    """Add a scanned payload into ``h``: ADD_OK, or ADD_LAYOUT_DIFFERS / ADD_TOTAL_OVERFLOW
+    with ``h`` unchanged."""
+    cdef const uint8_t* data = s.payload
+    cdef Py_ssize_t length = s.payload_len
+    cdef Py_ssize_t pos = 0
+    cdef int64_t* counts = h.counts
+    cdef uint64_t index = 0
+    cdef uint64_t v, half, is_run
+    cdef int64_t value
+    # The same test as hdr_core_add: then slot i is the same value range in both.
+    if (h.counts_len != s.layout.counts_len or h.unit_magnitude != s.layout.unit_magnitude
+            or h.sub_bucket_half_count_magnitude != s.layout.sub_bucket_half_count_magnitude):
+        return ADD_LAYOUT_DIFFERS
+    if s.total > INT64_MAX - h.total_count:
+        return ADD_TOTAL_OVERFLOW
+    if s.total == 0:
+        return ADD_OK
+    # The varints were checked by _scan_counts: no bounds or overflow tests needed here, and
+    # counts[index] is in range even on a run's varint (which adds 0 before the run's slots).
+    while pos < length:
+        v = data[pos]
+        pos += 1
+        if v & 0x80:
+            _read_varint_tail(data, length, &pos, &v)
+        half = v >> 1
+        is_run = -(v & 1)
+        counts[index] += <int64_t>(half & ~is_run)
+        index += 1 + (half & is_run)
+    h.total_count += s.total
+    # The decoded histogram's min/max are its slot bounds (see _decode_counts); add's rule.
+    value = _value_from_index(&s.layout, s.first)
+    if value < h.min_value:
+        h.min_value = value
+    value = _highest_equivalent(&s.layout, s.last)
+    if value > h.max_value:
+        h.max_value = value
+    return ADD_OK
+
+
 def _as_encoded_bytes(data: object) -> bytes:
     """Raw compressed bytes from raw bytes or their base64 text (str or bytes)."""
     if isinstance(data, str):
@@ -394,6 +644,70 @@ def _counts_len_for(lowest: int, highest: int, sig: int) -> object:
 
 
 # --- Python API ------------------------------------------------------------------------------
+
+cdef class InflatedHistogram:
+    """An HdrHistogram V2 compressed encoding, checked and inflated but not added anywhere yet.
+
+    ``InflatedHistogram(data)`` does the expensive half of ``Histogram.add_encoded`` (zlib,
+    every header and varint check; without the GIL for large inputs, see
+    ``_NOGIL_INFLATE_BYTES``) and ``Histogram.add_inflated`` the cheap
+    half (one walk over the varints), so a caller can inflate outside its lock and add inside
+    it, and knows the input is good before changing anything. Malformed input raises
+    ``decode``'s ValueError. Immutable: any thread may add it, to any number of histograms.
+    """
+
+    cdef _scanned scan
+    # Set only when the fast path refused what ``decode`` accepted: the decoded histogram.
+    cdef Histogram decoded
+
+    def __cinit__(self, data: object):
+        cdef bytes raw = data if type(data) is bytes else _as_encoded_bytes(data)
+        cdef const uint8_t* src = <const uint8_t*>PyBytes_AS_STRING(raw)
+        cdef Py_ssize_t src_len = len(raw)
+        cdef int rc
+        memset(&self.scan, 0, sizeof(_scanned))
+        if src_len >= _NOGIL_INFLATE_BYTES:
+            with nogil:
+                rc = _inflate_and_scan(src, src_len, &self.scan)
+        else:
+            rc = _inflate_and_scan(src, src_len, &self.scan)
+        if rc != ADD_OK:
+            free(self.scan.payload)
+            memset(&self.scan, 0, sizeof(_scanned))
+            self.decoded = Histogram.decode(raw)  # raises decode's ValueError
+
+    def __dealloc__(self):
+        free(self.scan.payload)
+
+    @property
+    def total_count(self) -> int:
+        if self.decoded is not None:
+            return self.decoded.total_count
+        return self.scan.total
+
+    @property
+    def significant_figures(self) -> int:
+        if self.decoded is not None:
+            return self.decoded.significant_figures
+        return self.scan.layout.significant_figures
+
+    @property
+    def lowest(self) -> int:
+        if self.decoded is not None:
+            return self.decoded.lowest
+        return self.scan.layout.lowest_trackable
+
+    @property
+    def highest(self) -> int:
+        if self.decoded is not None:
+            return self.decoded.highest
+        return self.scan.layout.highest_trackable
+
+    def __repr__(self) -> str:
+        return (f"InflatedHistogram(lowest={self.lowest}, highest={self.highest}, "
+                f"significant_figures={self.significant_figures}, "
+                f"total_count={self.total_count})")
+
 
 cdef class Histogram:
     """Counts of int64 values (latencies in microseconds) in the HdrHistogram layout.
@@ -565,6 +879,66 @@ cdef class Histogram:
         if hdr_core_add(&self.core, &other.core) != 0:
             raise ValueError(
                 f"cannot add histograms of different layouts: {self!r} and {other!r}")
+
+    def add_encoded(self, data: object) -> int:
+        """Add the histogram encoded in ``data`` (what ``decode`` reads) into this one, without
+        decoding it into a new Histogram; returns the number of values added.
+
+        Same result as ``self.add(Histogram.decode(data))``, and the same ValueError for
+        malformed input or a different layout, with this histogram left unchanged; also a
+        ValueError if the total count would overflow int64. Releases the GIL for large inputs
+        (16 KiB and more): like ``record_many``, no other thread may use this histogram
+        meanwhile.
+        """
+        cdef bytes raw = data if type(data) is bytes else _as_encoded_bytes(data)
+        cdef const uint8_t* src = <const uint8_t*>PyBytes_AS_STRING(raw)
+        cdef Py_ssize_t src_len = len(raw)
+        cdef _scanned scan
+        cdef int rc
+        memset(&scan, 0, sizeof(_scanned))
+        if src_len >= _NOGIL_INFLATE_BYTES:
+            with nogil:
+                rc = _inflate_and_scan(src, src_len, &scan)
+                if rc == ADD_OK:
+                    rc = _add_scanned(&self.core, &scan)
+        else:
+            rc = _inflate_and_scan(src, src_len, &scan)
+            if rc == ADD_OK:
+                rc = _add_scanned(&self.core, &scan)
+        free(scan.payload)
+        if rc == ADD_OK:
+            return scan.total
+        if rc == ADD_TOTAL_OVERFLOW:
+            raise ValueError(f"adding {scan.total} values would overflow the total count of "
+                             f"{self!r}")
+        # Refused, or another layout: decode gives its ValueError, add the layout's.
+        other = Histogram.decode(raw)
+        self.add(other)
+        return other.total_count
+
+    def add_inflated(self, InflatedHistogram inflated not None) -> int:
+        """Add an ``InflatedHistogram`` into this one; returns the number of values added.
+
+        ValueError (this histogram unchanged) if the layouts differ, as ``add``, or if the
+        total count would overflow int64. Holds the GIL unless the payload is large: the walk
+        is short, and a caller adding under its own lock should not hand the GIL away.
+        """
+        cdef int rc
+        if inflated.decoded is not None:
+            self.add(inflated.decoded)
+            return inflated.decoded.total_count
+        if inflated.scan.payload_len > _NOGIL_ADD_BYTES:
+            with nogil:
+                rc = _add_scanned(&self.core, &inflated.scan)
+        else:
+            rc = _add_scanned(&self.core, &inflated.scan)
+        if rc == ADD_LAYOUT_DIFFERS:
+            raise ValueError(
+                f"cannot add histograms of different layouts: {self!r} and {inflated!r}")
+        if rc == ADD_TOTAL_OVERFLOW:
+            raise ValueError(f"adding {inflated.scan.total} values would overflow the total "
+                             f"count of {self!r}")
+        return inflated.scan.total
 
     def reset(self) -> None:
         hdr_core_reset(&self.core)

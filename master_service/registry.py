@@ -111,6 +111,15 @@ class WorkerRegistry:
                 w.state = state
             return True
 
+    def touch(self, worker_id: str) -> None:
+        """A report arrived from the worker: as good as a heartbeat (a busy master may be slow
+        to answer heartbeats, but its report streams prove the worker alive)."""
+        with self._lock:
+            w = self._workers.get(worker_id)
+            if w is not None:
+                w.last_heartbeat = self._clock()
+                w.last_heartbeat_wall = time.time()
+
     def set_ignored(self, worker_id: str, ignored: bool) -> WorkerEntry:
         with self._lock:
             w = self._workers.get(worker_id)

@@ -66,8 +66,14 @@ class _ActiveRun:
     assignments: dict[str, tuple[WorkerEntry, str]] = field(default_factory=dict)
     # Closed-model sessions given to each worker (for sessions_lost).
     assigned_sessions: dict[str, int] = field(default_factory=dict)
+    # Open-model shares given to each worker (moved to survivors when it is lost).
+    open_shares: dict[str, list[worker_pb2.EntryShare]] = field(default_factory=dict)
+    # Streams by assignment id (a worker may also hold a takeover assignment).
     streams: dict[str, AssignmentStream] = field(default_factory=dict)
     finished: set[str] = field(default_factory=set)
+    threads: list[threading.Thread] = field(default_factory=list)
+    extra_assignments: list[tuple[WorkerEntry, str]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)
     cancelled: bool = False
@@ -269,7 +275,6 @@ class Scheduler:
             self._cond.notify_all()
 
         plan = self._plan(run.load_test, workers)
-        threads = []
         for worker, shares in plan:
             assignment = worker_pb2.Assignment(
                 run_id=run.id,
@@ -282,20 +287,18 @@ class Scheduler:
             active.assigned_sessions[worker.worker_id] = sum(
                 s.sessions for s in shares if not s.rate_fraction
             )
+            active.open_shares[worker.worker_id] = [s for s in shares if s.rate_fraction]
             self._registry.set_run(worker.worker_id, run.id)
-            t = threading.Thread(
-                target=self._consume,
-                args=(active, worker, assignment),
-                name=f"assignment-{worker.worker_id}",
-                daemon=True,
-            )
-            t.start()
-            threads.append(t)
+            self._start_consumer(active, worker, assignment, takeover=False)
 
         deadline = active.started_monotonic + _timeout_s(run.load_test)
         timed_out = False
-        for t in threads:
-            while t.is_alive():
+        while True:
+            with self._cond:
+                alive = [t for t in active.threads if t.is_alive()]
+            if not alive:
+                break
+            for t in alive:
                 t.join(0.2)
                 if not timed_out and self._clock() > deadline:
                     timed_out = True
@@ -332,6 +335,89 @@ class Scheduler:
                     per_worker[i].append(worker_pb2.EntryShare(entry_index=index, sessions=n))
         return [(w, shares) for w, shares in zip(workers, per_worker, strict=True) if shares]
 
+    def _start_consumer(
+        self,
+        active: _ActiveRun,
+        worker: WorkerEntry,
+        assignment: worker_pb2.Assignment,
+        takeover: bool,
+    ) -> None:
+        t = threading.Thread(
+            target=self._consume,
+            args=(active, worker, assignment, takeover),
+            name=f"assignment-{assignment.assignment_id}",
+            daemon=True,
+        )
+        with self._cond:
+            active.threads.append(t)
+        t.start()
+
+    def _take_over(self, active: _ActiveRun, lost_id: str) -> None:
+        """Move a lost worker's part of the open-model arrival rate to the survivors.
+
+        Each survivor gets a takeover assignment: the lost worker's open-model shares, split by
+        capacity, with the schedule starting where the run is now. Closed-model sessions are
+        not moved (a closed session's state died with its worker); they are sessions_lost.
+        """
+        shares = active.open_shares.get(lost_id) or []
+        if not shares or active.cancelled or self._stopping:
+            return
+        with self._cond:
+            survivors = [
+                w
+                for wid, (w, _) in active.assignments.items()
+                if wid != lost_id and wid not in active.lost and wid not in active.finished
+            ]
+        if not survivors:
+            active.events.append(f"worker {lost_id} lost; no survivor to take its arrival rate")
+            return
+        elapsed_s = self._clock() - active.started_monotonic
+        capacities = [w.capacity for w in survivors]
+        moved: list[str] = []
+        for i, survivor in enumerate(survivors):
+            given = []
+            for share in shares:
+                slots = split_sessions(int(share.sessions), capacities)[i]
+                if slots > 0:
+                    part = share.rate_fraction * slots / share.sessions
+                    given.append(
+                        worker_pb2.EntryShare(
+                            entry_index=share.entry_index, sessions=slots, rate_fraction=part
+                        )
+                    )
+            if not given:
+                continue
+            n = len(active.extra_assignments) + 1
+            assignment = worker_pb2.Assignment(
+                run_id=active.run.id,
+                assignment_id=f"{active.run.id}/{survivor.worker_id}/takeover-{n}",
+                load_test=active.run.load_test,
+                shares=given,
+                report_interval_s=self._report_interval_s,
+                schedule_offset_s=elapsed_s,
+            )
+            with self._cond:
+                active.extra_assignments.append((survivor, assignment.assignment_id))
+            self._start_consumer(active, survivor, assignment, takeover=True)
+            moved.append(survivor.worker_id)
+        active.events.append(
+            f"at {elapsed_s:.1f}s: worker {lost_id} lost; its share of the arrival rate "
+            f"moved to {', '.join(moved)}"
+        )
+
+    def _lose(self, active: _ActiveRun, worker_id: str, why: str) -> None:
+        """Mark a worker lost for this run (once) and hand its open-model share over."""
+        with self._cond:
+            if worker_id in active.lost or active.cancelled:
+                return
+            active.lost.append(worker_id)
+            if why:
+                active.errors.append(why)
+            stream = active.streams.get(active.assignments[worker_id][1])
+        if stream is not None:
+            stream.cancel()
+        self._take_over(active, worker_id)
+
     def _drop_silent_workers(self, active: _ActiveRun) -> None:
         """A worker whose heartbeats stopped (crash, network cut) is lost for this run: its
         stream is cancelled at once instead of waiting for TCP to notice."""
@@ -344,26 +430,32 @@ class Scheduler:
                 for wid in active.assignments
                 if wid in lost_now and wid not in active.finished and wid not in active.lost
             ]
-            for wid in silent:
-                active.lost.append(wid)
-                active.errors.append(f"worker {wid} stopped sending heartbeats")
-                stream = active.streams.get(wid)
-                if stream is not None:
-                    stream.cancel()
+        for wid in silent:
+            self._lose(active, wid, f"worker {wid} stopped sending heartbeats")
 
     def _consume(
-        self, active: _ActiveRun, worker: WorkerEntry, assignment: worker_pb2.Assignment
+        self,
+        active: _ActiveRun,
+        worker: WorkerEntry,
+        assignment: worker_pb2.Assignment,
+        takeover: bool = False,
     ) -> None:
         final = False
+        error = ""
         try:
             stream = self._transport.run_assignment(worker.address, assignment)
             with self._cond:
-                active.streams[worker.worker_id] = stream
+                active.streams[assignment.assignment_id] = stream
                 if active.cancelled:
                     stream.cancel()
             for report in stream:
+                self._registry.touch(worker.worker_id)
                 self._store.add_delta(
-                    active.run.id, worker.worker_id, report.sequence, report.SerializeToString()
+                    active.run.id,
+                    worker.worker_id,
+                    report.sequence,
+                    report.SerializeToString(),
+                    assignment.assignment_id,
                 )
                 active.aggregator.add_report(worker.worker_id, report)
                 if report.error:
@@ -372,28 +464,30 @@ class Scheduler:
         except Exception as exc:  # noqa: BLE001 - a failed worker is reported, not fatal
             detail = getattr(exc, "details", lambda: None)() or str(exc)
             code = getattr(exc, "code", lambda: None)()
-            if not active.cancelled and worker.worker_id not in active.lost:
-                if code is not None and code.name in (
-                    "INVALID_ARGUMENT",
-                    "UNIMPLEMENTED",
-                    "PERMISSION_DENIED",
-                    "RESOURCE_EXHAUSTED",
-                ):
-                    active.errors.append(
-                        f"worker {worker.worker_id} refused the assignment: {detail}"
-                    )
-                else:
-                    active.errors.append(f"worker {worker.worker_id} ({worker.address}): {detail}")
+            if code is not None and code.name in (
+                "INVALID_ARGUMENT",
+                "UNIMPLEMENTED",
+                "PERMISSION_DENIED",
+                "RESOURCE_EXHAUSTED",
+                "FAILED_PRECONDITION",
+            ):
+                error = f"worker {worker.worker_id} refused the assignment: {detail}"
+            else:
+                error = f"worker {worker.worker_id} ({worker.address}): {detail}"
+        if takeover:
+            if not final and not active.cancelled and worker.worker_id not in active.lost:
+                active.errors.append(error or f"takeover {assignment.assignment_id} ended early")
+            return
+        if not final and not active.cancelled and worker.worker_id not in active.lost:
+            self._lose(active, worker.worker_id, error)
         with self._cond:
             active.finished.add(worker.worker_id)
-            if not final and not active.cancelled and worker.worker_id not in active.lost:
-                active.lost.append(worker.worker_id)
 
     def _cancel_active(self, active: _ActiveRun) -> None:
         with self._cond:
             active.cancelled = True
             streams = list(active.streams.values())
-        for worker, assignment_id in list(active.assignments.values()):
+        for worker, assignment_id in [*active.assignments.values(), *active.extra_assignments]:
             try:
                 self._transport.cancel_assignment(worker.address, assignment_id)
             except Exception:  # noqa: BLE001 - the stream cancel below still ends it
@@ -405,6 +499,7 @@ class Scheduler:
     def _finish(self, active: _ActiveRun, timed_out: bool) -> None:
         run = active.run
         result = active.aggregator.result(lost_workers=sorted(set(active.lost)))
+        result.events.extend(active.events)
         completed = active.aggregator.completed_by_worker()
         result.sessions_lost = sum(
             max(0, active.assigned_sessions.get(wid, 0) - completed.get(wid, 0))

@@ -26,9 +26,10 @@ CREATE INDEX IF NOT EXISTS runs_state ON runs(state, seq);
 CREATE TABLE IF NOT EXISTS deltas (
     run_id TEXT NOT NULL,
     worker_id TEXT NOT NULL,
+    assignment_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
     report BLOB NOT NULL,
-    PRIMARY KEY (run_id, worker_id, sequence)
+    PRIMARY KEY (run_id, assignment_id, sequence)
 );
 """
 
@@ -40,7 +41,9 @@ class Store(Protocol):
         self, states: Iterable[int] = (), after_seq: int = 0, limit: int = 100
     ) -> list[tuple[int, results_pb2.LoadTestRun]]: ...
     def next_scheduled(self) -> results_pb2.LoadTestRun | None: ...
-    def add_delta(self, run_id: str, worker_id: str, sequence: int, report: bytes) -> None: ...
+    def add_delta(
+        self, run_id: str, worker_id: str, sequence: int, report: bytes, assignment_id: str = ""
+    ) -> None: ...
     def deltas(self, run_id: str) -> list[tuple[str, int, bytes]]: ...
     def close(self) -> None: ...
 
@@ -102,18 +105,22 @@ class SqliteStore:
                 ]
             )
 
-    def add_delta(self, run_id: str, worker_id: str, sequence: int, report: bytes) -> None:
+    def add_delta(
+        self, run_id: str, worker_id: str, sequence: int, report: bytes, assignment_id: str = ""
+    ) -> None:
+        """Keep one report; a worker may hold several assignments of a run (a takeover)."""
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO deltas VALUES (?, ?, ?, ?)",
-                (run_id, worker_id, sequence, report),
+                "INSERT OR REPLACE INTO deltas (run_id, worker_id, assignment_id, sequence, report)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (run_id, worker_id, assignment_id or worker_id, sequence, report),
             )
 
     def deltas(self, run_id: str) -> list[tuple[str, int, bytes]]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT worker_id, sequence, report FROM deltas WHERE run_id = ? "
-                "ORDER BY worker_id, sequence",
+                "ORDER BY worker_id, assignment_id, sequence",
                 (run_id,),
             ).fetchall()
         return [(w, s, r) for w, s, r in rows]

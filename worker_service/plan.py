@@ -219,6 +219,13 @@ def compile_assignment(
             ]
             if plan.rate_stages:
                 plan.duration_ns = sum(ns for ns, _ in plan.rate_stages)
+            offset_ns = int(assignment.schedule_offset_s * 1e9)
+            if offset_ns > 0:
+                plan.arrival_rate_per_s, plan.rate_stages, plan.duration_ns = trim_schedule(
+                    plan.arrival_rate_per_s, plan.rate_stages, plan.duration_ns, offset_ns
+                )
+                if plan.duration_ns <= 0:
+                    continue  # this entry's schedule is over: nothing to take over
             plan.iterations = 0
         elif plan.iterations == 0 and plan.duration_ns == 0:
             plan.iterations = 1  # run the scenario once per session
@@ -230,6 +237,32 @@ def compile_assignment(
         )
         plans.append(plan)
     return plans
+
+
+def trim_schedule(
+    rate_per_s: float, stages: list[tuple[int, float]], duration_ns: int, offset_ns: int
+) -> tuple[float, list[tuple[int, float]], int]:
+    """The rest of an arrival schedule from ``offset_ns`` on: (start rate, stages, duration).
+
+    Without stages the rate is constant and only the duration shrinks. With stages, those
+    already over are dropped and the current one is cut, starting at the rate it had reached.
+    """
+    if not stages:
+        return rate_per_s, [], max(0, duration_ns - offset_ns)
+    start = rate_per_s
+    rest: list[tuple[int, float]] = []
+    elapsed = 0
+    for ns, target in stages:
+        if elapsed + ns <= offset_ns:
+            start = target
+        elif elapsed >= offset_ns:
+            rest.append((ns, target))
+        else:
+            done = (offset_ns - elapsed) / ns
+            start = start + (target - start) * done
+            rest.append((elapsed + ns - offset_ns, target))
+        elapsed += ns
+    return start, rest, sum(ns for ns, _ in rest)
 
 
 def default_threads() -> int:

@@ -105,7 +105,7 @@ class Membership:
                         state=worker_pb2.WORKER_BUSY if runner else worker_pb2.WORKER_IDLE,
                         assignment_id=runner.assignment_id if runner else "",
                         load_1m=os.getloadavg()[0],
-                        sessions_active=runner.sessions_active() if runner else 0,
+                        sessions_active=sum(r.sessions_active() for r in self._state.runners()),
                     ),
                     timeout=max(1.0, interval),
                     metadata=self._metadata,
@@ -137,8 +137,7 @@ class WorkerServer:
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()
-        runner, _ = self.state.current()
-        if runner is not None:
+        for runner in self.state.runners():
             runner.cancel()
         if self.membership is not None:
             self.membership.stop()

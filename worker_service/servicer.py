@@ -16,7 +16,12 @@ MAX_THREADS = 256
 
 
 class WorkerState:
-    """What the worker is doing; shared by the servicer and the registration loop."""
+    """What the worker is doing; shared by the servicer and the registration loop.
+
+    A worker runs one load test at a time, but may hold several assignments of that run: the
+    master gives a survivor a *takeover* assignment when another worker of an open-model run
+    is lost.
+    """
 
     def __init__(self, threads: int, master: str = "") -> None:
         self.threads = threads
@@ -24,27 +29,34 @@ class WorkerState:
         self.worker_id = ""
         self.registered = False
         self._lock = threading.Lock()
-        self._runner: AssignmentRunner | None = None
-        self._run_id = ""
+        self._runners: dict[str, tuple[AssignmentRunner, str]] = {}
 
     def begin(self, runner: AssignmentRunner, run_id: str) -> None:
         with self._lock:
-            if self._runner is not None:
-                raise FailedPrecondition(
-                    f"this worker is busy with assignment {self._runner.assignment_id}"
-                )
-            self._runner = runner
-            self._run_id = run_id
+            for other, other_run in self._runners.values():
+                if other_run != run_id or not run_id:
+                    raise FailedPrecondition(
+                        f"this worker is busy with assignment {other.assignment_id}"
+                    )
+            if runner.assignment_id in self._runners:
+                raise FailedPrecondition(f"assignment {runner.assignment_id} is already running")
+            self._runners[runner.assignment_id] = (runner, run_id)
 
     def end(self, runner: AssignmentRunner) -> None:
         with self._lock:
-            if self._runner is runner:
-                self._runner = None
-                self._run_id = ""
+            if self._runners.get(runner.assignment_id, (None, ""))[0] is runner:
+                del self._runners[runner.assignment_id]
 
     def current(self) -> tuple[AssignmentRunner | None, str]:
+        """The first assignment running (and its run id), or (None, "")."""
         with self._lock:
-            return self._runner, self._run_id
+            for runner, run_id in self._runners.values():
+                return runner, run_id
+            return None, ""
+
+    def runners(self) -> list[AssignmentRunner]:
+        with self._lock:
+            return [runner for runner, _ in self._runners.values()]
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -83,13 +95,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     @grpc_errors
     def CancelAssignment(self, request, context):  # type: ignore[no-untyped-def]
-        runner, _ = self._state.current()
-        if runner is None or (
-            request.assignment_id and runner.assignment_id != request.assignment_id
-        ):
-            return worker_pb2.CancelAssignmentResponse(cancelled=False)
-        runner.cancel()
-        return worker_pb2.CancelAssignmentResponse(cancelled=True)
+        # An empty id cancels everything this worker runs.
+        chosen = [
+            r
+            for r in self._state.runners()
+            if not request.assignment_id or r.assignment_id == request.assignment_id
+        ]
+        for runner in chosen:
+            runner.cancel()
+        return worker_pb2.CancelAssignmentResponse(cancelled=bool(chosen))
 
     @grpc_errors
     def GetWorkerStatus(self, request, context):  # type: ignore[no-untyped-def]

@@ -73,3 +73,54 @@ def test_run_survives_a_killed_worker(tmp_path: Path, nginx) -> None:
         # The survivor ran its whole share; the victim ran for about a third of the run.
         assert got >= 0.5 * served, (got, served)
         assert got <= served
+
+
+def test_open_model_rate_of_a_killed_worker_moves_to_the_survivor(tmp_path: Path, nginx) -> None:
+    """Open model, 200 sessions/s for 6 s over two workers; one is killed at 2 s. The
+    survivor takes over the dead worker's 100/s for the rest of the schedule, so the run
+    keeps most of its 1200 sessions, and the result says what happened."""
+    from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2
+
+    with ExitStack() as stack:
+        master = stack.enter_context(run_master(tmp_path / "m"))
+        workers = [
+            stack.enter_context(run_worker(tmp_path / f"w{i}", master.address, name=f"w{i}"))
+            for i in range(2)
+        ]
+        listed = wait_for_workers(master, workers)
+        channel = stack.enter_context(grpc.insecure_channel(master.address))
+        stub = master_pb2_grpc.MasterStub(channel)
+        load_test = minimal_load_test(nginx.base_url, duration=f"{DURATION_S}s")
+        entry = load_test["scenarios"][0]
+        del entry["concurrency"]
+        entry["arrival_rate"] = {"per_second": 200, "max_sessions": 200}
+        run = stub.SubmitLoadTest(
+            master_pb2.SubmitLoadTestRequest(load_test=to_proto(load_test)), timeout=10
+        )
+        deadline = time.monotonic() + 20
+        while (
+            stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5).state
+            != results_pb2.RUNNING
+        ):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        time.sleep(KILL_AFTER_S)
+        victim_id = next(w.worker_id for w in listed if w.address == workers[0].address)
+        survivor_id = next(w.worker_id for w in listed if w.address == workers[1].address)
+        workers[0].process.signal(signal.SIGKILL)
+        while True:
+            final = stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5)
+            if final.state not in (results_pb2.SCHEDULED, results_pb2.RUNNING):
+                break
+            assert time.monotonic() - deadline < 45, "the run did not end by itself"
+            time.sleep(0.1)
+
+    assert final.state == results_pb2.SUCCEEDED, final.error
+    result = final.result
+    assert list(result.lost_workers) == [victim_id]
+    moved = [e for e in result.events if "moved to" in e]
+    assert moved and victim_id in moved[0] and survivor_id in moved[0], list(result.events)
+    count = metric(final, "GET /").count
+    # 1200 scheduled; at most about one report interval of the victim's 100/s is lost.
+    assert count >= 1000, (count, list(result.events))
+    assert count <= 1200

@@ -15,7 +15,7 @@ from hdrh.histogram import HdrHistogram
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _fastpath.histogram import Histogram
+from _fastpath.histogram import Histogram, InflatedHistogram
 
 HIGHEST = 3_600_000_000
 PERCENTILES = [10, 20, 30, 40, 50, 60, 75, 80, 85, 90, 95, 99, 99.9, 99.99, 99.999, 100]
@@ -228,48 +228,49 @@ _GOOD = _ours([0, 1, 5, 5, 999, 2048, 123_456, 10**9, HIGHEST]).encode()
 _GOOD_PAYLOAD = zlib.decompress(_GOOD[8:])
 
 
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"", "truncated"),
-        (b"\x1c\x84\x93\x14\x00", "truncated"),
-        (b"not base64 !!", "bad cookie"),
-        ("HISTFAAAA\u00e9", "ASCII"),
-        (_GOOD[:-1], "announces"),
-        (_GOOD[:8] + b"x" * (len(_GOOD) - 8), "zlib"),
-        (struct.pack(">II", 0x1C849301, 0), "cookie"),
-        (_payload((0x1C849313, 0, 0, 0, 1, HIGHEST, 1.0)), "significant figures"),
-        (_payload((0x1C849313, 0, 0, 6, 1, HIGHEST, 1.0)), "significant figures"),
-        (_payload((0x1C849313, 0, 0, 3, 0, HIGHEST, 1.0)), "bounds"),
-        (_payload((0x1C849313, 0, 0, 3, 10, 19, 1.0)), "bounds"),
-        (_payload((0x1C849313, 0, 0, 3, 1, 2**64 - 1, 1.0)), "bounds"),
-        (_payload((0x1C849313, 0, 0, 5, 1, 2**63 - 1, 1.0)), "too large"),
-        (_payload((0x1C849313, 0, 0, 3, 2**61, 2**63 - 1, 1.0)), "too large"),
-        (_payload((0x1C849313, 0, 7, 3, 1, HIGHEST, 1.0)), "normalizing"),
-        (_payload((0x1C849312, 0, 0, 3, 1, HIGHEST, 1.0)), "payload cookie"),
-        (_payload((0x1C849313, 2**31, 0, 3, 1, HIGHEST, 1.0)), "too large"),
-        (_payload((0x1C849313, 5, 0, 3, 1, HIGHEST, 1.0), b"\x02"), "length"),
-        (_payload((0x1C849313, 1, 0, 3, 1, HIGHEST, 1.0), b"\x02\x02"), "length"),
-        (_payload((0x1C849313, 1, 0, 3, 1, HIGHEST, 1.0), b"\x82"), "truncated varint"),
-        (_payload((0x1C849313, 4, 0, 3, 1, 1000, 1.0), b"\xff\xff\x03\x02"), "more than"),
-        (_payload((0x1C849313, 2, 0, 3, 1, 1000, 1.0), b"\x02" * 2), None),  # fine
-        (
-            _payload((0x1C849313, 10, 0, 3, 1, HIGHEST, 1.0), b"\xfe" + b"\xff" * 7 + b"\xff" * 2),
-            "truncated varint",
-        ),
-        (
-            _payload((0x1C849313, 18, 0, 3, 1, HIGHEST, 1.0), (b"\xfe" + b"\xff" * 8) * 2),
-            "overflows",
-        ),
-        (_GOOD[: 8 + 10], "announces"),
-        (struct.pack(">II", 0x1C849314, len(_GOOD) - 10) + _GOOD[8:-2], "truncated zlib"),
-        (
-            struct.pack(">II", 0x1C849314, len(_GOOD) - 8 + 3) + _GOOD[8:] + b"abc",
-            "trailing",
-        ),
-        (_GOOD_PAYLOAD, "uncompressed"),
-    ],
-)
+# (input, what decode's ValueError says; None: it decodes)
+_MALFORMED = [
+    (b"", "truncated"),
+    (b"\x1c\x84\x93\x14\x00", "truncated"),
+    (b"not base64 !!", "bad cookie"),
+    ("HISTFAAAA\u00e9", "ASCII"),
+    (_GOOD[:-1], "announces"),
+    (_GOOD[:8] + b"x" * (len(_GOOD) - 8), "zlib"),
+    (struct.pack(">II", 0x1C849301, 0), "cookie"),
+    (_payload((0x1C849313, 0, 0, 0, 1, HIGHEST, 1.0)), "significant figures"),
+    (_payload((0x1C849313, 0, 0, 6, 1, HIGHEST, 1.0)), "significant figures"),
+    (_payload((0x1C849313, 0, 0, 3, 0, HIGHEST, 1.0)), "bounds"),
+    (_payload((0x1C849313, 0, 0, 3, 10, 19, 1.0)), "bounds"),
+    (_payload((0x1C849313, 0, 0, 3, 1, 2**64 - 1, 1.0)), "bounds"),
+    (_payload((0x1C849313, 0, 0, 5, 1, 2**63 - 1, 1.0)), "too large"),
+    (_payload((0x1C849313, 0, 0, 3, 2**61, 2**63 - 1, 1.0)), "too large"),
+    (_payload((0x1C849313, 0, 7, 3, 1, HIGHEST, 1.0)), "normalizing"),
+    (_payload((0x1C849312, 0, 0, 3, 1, HIGHEST, 1.0)), "payload cookie"),
+    (_payload((0x1C849313, 2**31, 0, 3, 1, HIGHEST, 1.0)), "too large"),
+    (_payload((0x1C849313, 5, 0, 3, 1, HIGHEST, 1.0), b"\x02"), "length"),
+    (_payload((0x1C849313, 1, 0, 3, 1, HIGHEST, 1.0), b"\x02\x02"), "length"),
+    (_payload((0x1C849313, 1, 0, 3, 1, HIGHEST, 1.0), b"\x82"), "truncated varint"),
+    (_payload((0x1C849313, 4, 0, 3, 1, 1000, 1.0), b"\xff\xff\x03\x02"), "more than"),
+    (_payload((0x1C849313, 2, 0, 3, 1, 1000, 1.0), b"\x02" * 2), None),  # fine
+    (
+        _payload((0x1C849313, 10, 0, 3, 1, HIGHEST, 1.0), b"\xfe" + b"\xff" * 7 + b"\xff" * 2),
+        "truncated varint",
+    ),
+    (
+        _payload((0x1C849313, 18, 0, 3, 1, HIGHEST, 1.0), (b"\xfe" + b"\xff" * 8) * 2),
+        "overflows",
+    ),
+    (_GOOD[: 8 + 10], "announces"),
+    (struct.pack(">II", 0x1C849314, len(_GOOD) - 10) + _GOOD[8:-2], "truncated zlib"),
+    (
+        struct.pack(">II", 0x1C849314, len(_GOOD) - 8 + 3) + _GOOD[8:] + b"abc",
+        "trailing",
+    ),
+    (_GOOD_PAYLOAD, "uncompressed"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), _MALFORMED)
 def test_decode_rejects_malformed(data: bytes | str, message: str | None) -> None:
     if message is None:
         assert Histogram.decode(data).total_count == 2
@@ -406,3 +407,208 @@ def test_c_api_is_exported_for_the_engine() -> None:
     capi = module.__pyx_capi__
     for name in ("hdr_core_init", "hdr_core_free", "hdr_core_reset", "hdr_core_add"):
         assert name in capi
+
+
+# --- add_encoded / InflatedHistogram: adding without decoding, against decode + add -----------
+
+_LAYOUTS = [(1, HIGHEST, 3), (1, 10**6, 2), (1000, 10**12, 3), (1, 2, 1)]
+
+
+def _state(h: Histogram) -> tuple:
+    return (h._counts(), h.total_count, h.min, h.max, h.lowest, h.highest)
+
+
+def _filled(layout: tuple[int, int, int], values: list[int]) -> Histogram:
+    h = Histogram(*layout)
+    h.record_many(np.asarray([min(v, layout[1]) for v in values], dtype=np.int64))
+    return h
+
+
+def _add_all_ways(target: Histogram, data: object) -> list[tuple]:
+    """The target after decode + add, add_encoded and add_inflated (or the ValueError text)."""
+    outcomes = []
+    for way in ("decode", "encoded", "inflated"):
+        h = target.copy()
+        try:
+            if way == "decode":
+                other = Histogram.decode(data)
+                h.add(other)
+                added = other.total_count
+            elif way == "encoded":
+                added = h.add_encoded(data)
+            else:
+                added = h.add_inflated(InflatedHistogram(data))
+        except ValueError as exc:
+            assert _state(h) == _state(target), f"{way} changed the target before failing"
+            outcomes.append(("ValueError", str(exc).split(":")[0]))
+            continue
+        outcomes.append((added, _state(h)))
+    return outcomes
+
+
+@MEDIUM
+@given(values_lists, values_lists, st.sampled_from(_LAYOUTS))
+def test_add_encoded_equals_decode_and_add(
+    before: list[int], delta: list[int], layout: tuple[int, int, int]
+) -> None:
+    target = _filled(layout, before)
+    encoded = _filled(layout, delta).encode()
+    decode, encoded_way, inflated = _add_all_ways(target, encoded)
+    assert decode == encoded_way == inflated
+    assert decode[0] == len(delta)
+
+
+@MEDIUM
+@given(values_lists, st.sampled_from(_LAYOUTS))
+def test_add_encoded_reads_hdrh_and_base64(values: list[int], layout: tuple[int, int, int]) -> None:
+    theirs = HdrHistogram(*layout)
+    for v in values:
+        theirs.record_value(min(v, layout[1]))
+    target = _filled(layout, [1, 2, 3])
+    text = theirs.encode()  # base64 bytes
+    for data in (text, text.decode("ascii"), base64.b64decode(text)):
+        decode, encoded_way, inflated = _add_all_ways(target, data)
+        assert decode == encoded_way == inflated and decode[0] == len(values)
+
+
+def test_add_encoded_layouts() -> None:
+    h = _ours([5, 50_000])
+    before = _state(h)
+    # Another layout: add's ValueError, nothing changed.
+    for other in (Histogram(1, 10**6, 3), Histogram(1, HIGHEST, 2), Histogram(2, HIGHEST, 3)):
+        other.record(100)
+        with pytest.raises(ValueError, match="different layouts"):
+            h.add_encoded(other.encode())
+        with pytest.raises(ValueError, match="different layouts"):
+            h.add_inflated(InflatedHistogram(other.encode()))
+        assert _state(h) == before
+    # Another highest with the same slots is compatible, as for add.
+    near = Histogram(1, HIGHEST - 1, 3)
+    near.record(7)
+    assert h.add_encoded(near.encode()) == 1
+    assert h.total_count == 3 and h.min == 5
+
+
+def test_add_encoded_empty_and_repeated() -> None:
+    h = _ours([1000])
+    assert h.add_encoded(Histogram().encode()) == 0
+    assert (h.total_count, h.min, h.max) == (1, 1000, 1000)
+    empty = Histogram()
+    assert empty.add_encoded(Histogram().encode()) == 0
+    assert (empty.total_count, empty.min, empty.max) == (0, 0, 0)
+    # An InflatedHistogram is immutable: it adds the same into any number of histograms.
+    delta = InflatedHistogram(_ours([3, 3, 70_000]).encode())
+    assert (delta.total_count, delta.lowest, delta.highest, delta.significant_figures) == (
+        3,
+        1,
+        HIGHEST,
+        3,
+    )
+    a, b = Histogram(), Histogram()
+    for _ in range(3):
+        a.add_inflated(delta)
+        b.add_inflated(delta)
+    assert _state(a) == _state(b) and a.total_count == 9
+
+
+def test_add_encoded_refuses_total_overflow() -> None:
+    h = Histogram()
+    h.record(10, 2**63 - 2)
+    before = _state(h)
+    with pytest.raises(ValueError, match="overflow"):
+        h.add_encoded(_ours([1, 2]).encode())
+    with pytest.raises(ValueError, match="overflow"):
+        h.add_inflated(InflatedHistogram(_ours([1, 2]).encode()))
+    assert _state(h) == before
+    assert h.add_encoded(_ours([1]).encode()) == 1
+
+
+@pytest.mark.parametrize(("data", "message"), _MALFORMED)
+def test_add_encoded_rejects_malformed_as_decode(data: bytes | str, message: str | None) -> None:
+    target = _ours([1, 2_000, 70_000])
+    before = _state(target)
+    if message is None:
+        layout = Histogram.decode(data)
+        target = Histogram(layout.lowest, layout.highest, layout.significant_figures)
+        assert target.add_encoded(data) == 2
+        assert InflatedHistogram(data).total_count == 2
+        return
+    with pytest.raises(ValueError, match=message):
+        target.add_encoded(data)
+    with pytest.raises(ValueError, match=message):
+        InflatedHistogram(data)
+    assert _state(target) == before
+
+
+@pytest.mark.parametrize("data", [10**12, None, 3.5, [1, 2]])
+def test_add_encoded_rejects_non_bytes(data: object) -> None:
+    with pytest.raises(ValueError, match="cannot decode"):
+        Histogram().add_encoded(data)
+    with pytest.raises(ValueError, match="cannot decode"):
+        InflatedHistogram(data)
+
+
+@FAST
+@given(st.binary(max_size=200))
+def test_add_encoded_garbage_as_decode(data: bytes) -> None:
+    target = _ours([9, 99])
+    for blob in (data, b"\x1c\x84\x93\x14" + data, base64.b64encode(data)):
+        decode, encoded_way, inflated = _add_all_ways(target, blob)
+        assert decode == encoded_way == inflated
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_add_encoded_mutated_as_decode(data: st.DataObject) -> None:
+    # The same damage as test_decode_mutated_encoding_raises_value_error_only; whatever decode
+    # says (an error, or a histogram), the fast paths say the same and change nothing on error.
+    target = _ours([1, 5, 2048])
+    for blob, wrap in ((_GOOD, lambda b: b), (_GOOD_PAYLOAD, _recompress)):
+        mutated = bytearray(blob)
+        kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
+        at = data.draw(st.integers(0, len(mutated) - 1))
+        if kind == "flip":
+            mutated[at] ^= data.draw(st.integers(1, 255))
+        elif kind == "truncate":
+            del mutated[at:]
+        elif kind == "insert":
+            mutated[at:at] = data.draw(st.binary(min_size=1, max_size=9))
+        else:
+            del mutated[at : at + data.draw(st.integers(1, 9))]
+        decode, encoded_way, inflated = _add_all_ways(target, wrap(bytes(mutated)))
+        assert decode == encoded_way == inflated
+
+
+@pytest.mark.parametrize("layout", [(1, HIGHEST, 3), (1, 10**7, 4)])
+def test_add_encoded_from_threads(layout: tuple[int, int, int]) -> None:
+    # Realistic deltas (about 1 KB) keep the GIL; the 4-figure ones (about 19 KB) release it,
+    # and threads adding into their own histograms must not disturb each other.
+    import threading
+
+    rng = np.random.default_rng(11)
+    if layout[2] == 3:
+        samples = [rng.lognormal(np.log(2_000), 0.6, 2_000).astype(np.int64) for _ in range(20)]
+    else:
+        samples = [rng.integers(0, 10**7, 50_000) for _ in range(4)]
+        assert len(_filled(layout, samples[0].tolist()).encode()) >= 16 * 1024
+    deltas = [_filled(layout, s.tolist()).encode() for s in samples]
+    expected = Histogram(*layout)
+    for d in deltas:
+        expected.add(Histogram.decode(d))
+    results = [Histogram(*layout) for _ in range(4)]
+
+    def work(h: Histogram) -> None:
+        for _ in range(5):
+            for d in deltas:
+                h.add_encoded(d)
+                h.add_inflated(InflatedHistogram(d))
+
+    threads = [threading.Thread(target=work, args=(h,)) for h in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for h in results:
+        assert h.total_count == 10 * expected.total_count
+        assert h.percentiles(PERCENTILES) == expected.percentiles(PERCENTILES)
+        assert (h.min, h.max) == (expected.min, expected.max)

@@ -237,3 +237,67 @@ def test_restart_marks_in_flight_run_interrupted_with_partial_metrics(tmp_path: 
     assert r1.state == results_pb2.INTERRUPTED and r1.result.metrics[0].count == 2
     assert store.get_run("r2").state == results_pb2.SCHEDULED
     store.close()
+
+
+class _DyingStream:
+    """One report, then the stream breaks as if the worker died."""
+
+    def __init__(self, report: worker_pb2.WorkerReport) -> None:
+        self._report = report
+
+    def __iter__(self) -> Iterator[worker_pb2.WorkerReport]:
+        yield self._report
+        time.sleep(0.3)
+        raise ConnectionError("worker gone")
+
+    def cancel(self) -> None:
+        pass
+
+
+class _TakeoverTransport(_FakeTransport):
+    """Worker :1000 dies after its first report; :1001 keeps running until the takeover."""
+
+    def __init__(self) -> None:
+        super().__init__(gate=threading.Event())
+
+    def run_assignment(self, address: str, assignment: worker_pb2.Assignment) -> Any:
+        self.assignments.append((address, assignment))
+        if address.endswith(":1000") and "takeover" not in assignment.assignment_id:
+            return _DyingStream(_report(1, [100]))
+        if "takeover" in assignment.assignment_id:
+            assert self.gate is not None
+            self.gate.set()  # the survivor's main stream may end now
+            return _FakeStream([_report(1, [100]), _report(2, [200], final=True)], None)
+        return _FakeStream([_report(1, [100]), _report(2, [200], final=True)], self.gate)
+
+
+def test_open_model_share_of_a_lost_worker_moves_to_the_survivor() -> None:
+    transport = _TakeoverTransport()
+    sched, _ = _scheduler(transport, workers=2)
+    open_lt = {
+        **LT,
+        "scenarios": [
+            {
+                **LT["scenarios"][0],
+                "concurrency": 0,
+                "duration": "5s",
+                "arrival_rate": {"per_second": 100, "max_sessions": 10},
+            }
+        ],
+    }
+    try:
+        run = sched.wait(sched.submit(load_test_from_dict(open_lt)).id)
+        takeovers = [a for _, a in transport.assignments if "takeover" in a.assignment_id]
+        assert len(takeovers) == 1
+        (takeover,) = takeovers
+        assert transport.assignments[-1][0].endswith(":1001")
+        assert takeover.schedule_offset_s > 0
+        (share,) = takeover.shares
+        assert share.sessions == 5 and abs(share.rate_fraction - 0.5) < 1e-9
+        assert run.state == results_pb2.SUCCEEDED, run.error
+        assert len(run.result.lost_workers) == 1
+        assert any("moved to" in e for e in run.result.events)
+        # both assignments of the survivor are merged: 1 + 1 (survivor) + 1 + 1 (takeover) + 1
+        assert run.result.metrics[0].count == 5
+    finally:
+        sched.stop()

@@ -1,0 +1,464 @@
+"""Scale of the master: merging every worker's 1-second deltas (issue 7, "Scale of the master").
+
+    python bench/master_scale.py                              # 100 and 1000 workers x 50 keys
+    python bench/master_scale.py --workers 100,500 --values-per-key 2000 --duration-s 6
+
+Target: one report interval of 1000 workers x 50 metric keys merged in < 250 ms on one core.
+
+Two measurements:
+
+1. **Pure merge** (no gRPC), pinned to one CPU: ``--pure-workers`` precomputed WorkerReports
+   (``--keys`` MetricDeltas each, ``hdr`` and ``service_hdr`` of ``--values-per-key``
+   log-normal latencies, median 2 ms) added with ``Aggregator.add_report`` per interval;
+   beside it the old merge (``Histogram.decode`` + ``add`` per delta), and the other per-report
+   costs of ``Scheduler._consume``: protobuf parsing and the SQLite ``add_delta`` insert.
+2. **Through gRPC**: a real master (``start_master``, in this process, SQLite on a temp file)
+   and ``--procs`` processes of fake workers: each process runs one grpc.aio server listening
+   on many ports, one per registered worker (the master keys workers by address), each
+   registered with ``RegisterWorker`` and heartbeating every second as a worker does. Their
+   ``RunAssignment`` streams a precomputed report (as serialized bytes) every report interval
+   and a final one; nothing is ever sent to the load test's target (http://127.0.0.1:9). One
+   closed-model load test (concurrency = workers) is submitted; the benchmark wraps
+   ``Aggregator.add_report`` and ``SqliteStore.add_delta`` (no product code changed) to time
+   each call's CPU (thread time) by report sequence, and reads the master process's CPU time
+   (getrusage) and RSS (/proc/self/status) over the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# gRPC logs every connection the master's shutdown closes; the spawned workers inherit this.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from _fastpath.histogram import Histogram  # noqa: E402
+from chaperon.v1 import worker_pb2  # noqa: E402
+
+MEDIAN_US = 2_000
+SIGMA = 0.6
+
+
+def make_report(keys: int, values_per_key: int, seed: int) -> worker_pb2.WorkerReport:
+    """One worker's 1-second delta: every key with its latency and service-time histograms."""
+    rng = np.random.default_rng(seed)
+    metrics = []
+    for k in range(keys):
+        latency_us = rng.lognormal(np.log(MEDIAN_US), SIGMA, values_per_key).astype(np.int64)
+        hist, service = Histogram(), Histogram()
+        hist.record_many(latency_us)
+        service.record_many((latency_us * 0.9).astype(np.int64))
+        metrics.append(
+            worker_pb2.MetricDelta(
+                key=f"GET /api/item/{k}",
+                hdr=hist.encode(),
+                service_hdr=service.encode(),
+                count=values_per_key,
+                errors=values_per_key // 500,
+                errors_by_kind={"http_5xx": values_per_key // 500},
+            )
+        )
+    return worker_pb2.WorkerReport(metrics=metrics, sessions_started=1)
+
+
+def _rss_mib() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MiB."""
+    fields = {}
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                fields[name] = int(rest.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+# --- 1. pure merge --------------------------------------------------------------------------
+
+
+def pure_merge(workers: int, keys: int, values: int, intervals: int, cpu: int) -> dict[str, Any]:
+    from master_service.aggregator import Aggregator
+    from master_service.store import SqliteStore
+
+    variants = [make_report(keys, values, seed) for seed in range(8)]
+    blobs = [r.SerializeToString() for r in variants]
+    encoded_bytes = sum(len(m.hdr) + len(m.service_hdr) for m in variants[0].metrics)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        agg = Aggregator()
+        per_interval = []
+        for seq in range(intervals):
+            t0 = time.thread_time()
+            for w in range(workers):
+                agg.add_report(f"w{w}", variants[(w + seq) % len(variants)])
+            per_interval.append(time.thread_time() - t0)
+        # The merge as it was: a Histogram decoded per delta, then added.
+        old = Aggregator()
+        t0 = time.thread_time()
+        for w in range(workers):
+            report = variants[w % len(variants)]
+            hists = [
+                (Histogram.decode(m.hdr), Histogram.decode(m.service_hdr)) for m in report.metrics
+            ]
+            for m, (h, s) in zip(report.metrics, hists, strict=True):
+                key = old._keys.setdefault(m.key, type(next(iter(agg._keys.values())))())
+                key.hist.add(h)
+                key.service.add(s)
+        old_s = time.thread_time() - t0
+        assert old._keys[variants[0].metrics[0].key].hist.total_count * intervals == (
+            agg._keys[variants[0].metrics[0].key].hist.total_count
+        )
+        t0 = time.thread_time()
+        for w in range(workers):
+            worker_pb2.WorkerReport.FromString(blobs[w % len(blobs)])
+        parse_s = time.thread_time() - t0
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SqliteStore(os.path.join(tmp, "master.db"))
+            t0 = time.perf_counter()
+            for w in range(workers):
+                store.add_delta("run", f"w{w}", 1, blobs[w % len(blobs)])
+            sqlite_s = time.perf_counter() - t0
+            store.close()
+    finally:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    return {
+        "merge_ms": [s * 1e3 for s in per_interval],
+        "old_ms": old_s * 1e3,
+        "parse_ms": parse_s * 1e3,
+        "sqlite_ms": sqlite_s * 1e3,
+        "report_kib": len(blobs[0]) / 1024,
+        "hist_bytes": encoded_bytes / (2 * keys),
+    }
+
+
+# --- 2. through gRPC: fake workers -------------------------------------------------------------
+
+
+def _fake_worker_process(
+    master: str,
+    count: int,
+    keys: int,
+    values: int,
+    seed: int,
+    ready: Any,
+    stop: Any,
+) -> None:
+    """Host ``count`` fake workers (one port each) on one grpc.aio server and keep them
+    registered until ``stop`` is set."""
+    import grpc
+
+    from chaperon.v1 import master_pb2, master_pb2_grpc
+
+    base = make_report(keys, values, seed).SerializeToString()
+    streaming: set[str] = set()
+
+    async def run_assignment(
+        request: worker_pb2.Assignment, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        interval_s = request.report_interval_s or 1.0
+        lt = request.load_test.scenarios[0]
+        duration_s = float(lt.duration.rstrip("s")) if lt.duration.endswith("s") else 3.0
+        n = max(1, round(duration_s / interval_s))
+        streaming.add(request.assignment_id)
+        start = time.monotonic()
+        try:
+            for seq in range(1, n + 1):
+                await asyncio.sleep(max(0.0, start + seq * interval_s - time.monotonic()))
+                # A serialized message followed by another is their merge: the precomputed
+                # metrics plus this report's own fields, with no re-encoding per report.
+                tail = worker_pb2.WorkerReport(
+                    assignment_id=request.assignment_id,
+                    sequence=seq,
+                    final=seq == n,
+                    sessions_started=1,
+                    sessions_completed=1 if seq == n else 0,
+                    elapsed_s=seq * interval_s,
+                )
+                yield base + tail.SerializeToString()
+        finally:
+            streaming.discard(request.assignment_id)
+
+    async def cancel_assignment(
+        request: worker_pb2.CancelAssignmentRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.CancelAssignmentResponse:
+        return worker_pb2.CancelAssignmentResponse(cancelled=False)
+
+    async def get_status(
+        request: worker_pb2.GetWorkerStatusRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.WorkerStatus:
+        return worker_pb2.WorkerStatus(state=worker_pb2.WORKER_IDLE)
+
+    handler = grpc.method_handlers_generic_handler(
+        "chaperon.v1.Worker",
+        {
+            "RunAssignment": grpc.unary_stream_rpc_method_handler(
+                run_assignment,
+                request_deserializer=worker_pb2.Assignment.FromString,
+                response_serializer=lambda b: b,
+            ),
+            "CancelAssignment": grpc.unary_unary_rpc_method_handler(
+                cancel_assignment,
+                request_deserializer=worker_pb2.CancelAssignmentRequest.FromString,
+                response_serializer=worker_pb2.CancelAssignmentResponse.SerializeToString,
+            ),
+            "GetWorkerStatus": grpc.unary_unary_rpc_method_handler(
+                get_status,
+                request_deserializer=worker_pb2.GetWorkerStatusRequest.FromString,
+                response_serializer=worker_pb2.WorkerStatus.SerializeToString,
+            ),
+        },
+    )
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((handler,))
+        ports = [server.add_insecure_port("127.0.0.1:0") for _ in range(count)]
+        await server.start()
+        async with grpc.aio.insecure_channel(master) as channel:
+            stub = master_pb2_grpc.MasterStub(channel)
+            ids = []
+            for port in ports:
+                resp = await stub.RegisterWorker(
+                    master_pb2.RegisterWorkerRequest(address=f"127.0.0.1:{port}", capacity=1)
+                )
+                ids.append(resp.worker_id)
+            ready.put(len(ids))
+
+            async def beat(worker_id: str) -> None:
+                await stub.Heartbeat(
+                    master_pb2.HeartbeatRequest(
+                        worker_id=worker_id,
+                        state=worker_pb2.WORKER_BUSY if streaming else worker_pb2.WORKER_IDLE,
+                    ),
+                    timeout=5,
+                )
+
+            while not stop.is_set():
+                tick = time.monotonic()
+                await asyncio.gather(*(beat(w) for w in ids), return_exceptions=True)
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
+class _Timings:
+    """Per-call CPU (thread time) of a wrapped method, grouped by report sequence."""
+
+    def __init__(self) -> None:
+        self.cpu_by_seq: dict[int, float] = defaultdict(float)
+        self.calls_by_seq: dict[int, int] = defaultdict(int)
+        self.wall_s = 0.0
+
+    def wrap(self, method: Callable[..., Any], seq_of: Callable[..., int]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            w0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                cpu = time.thread_time() - c0
+                self.wall_s += time.perf_counter() - w0
+                seq = seq_of(args, kwargs)
+                self.cpu_by_seq[seq] += cpu
+                self.calls_by_seq[seq] += 1
+
+        return timed
+
+
+def through_grpc(
+    workers: int, procs: int, keys: int, values: int, duration_s: float
+) -> dict[str, Any]:
+    import grpc
+
+    from chaperon.loadtest import load_test_from_dict
+    from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2
+    from master_service import aggregator as aggregator_module
+    from master_service import store as store_module
+    from master_service.server import start_master
+
+    merge, insert = _Timings(), _Timings()
+    agg_cls, store_cls = aggregator_module.Aggregator, store_module.SqliteStore
+    orig_add_report, orig_add_delta = agg_cls.add_report, store_cls.add_delta
+    # (self, worker_id, report) and (self, run_id, worker_id, sequence, blob, ...)
+    agg_cls.add_report = merge.wrap(  # type: ignore[method-assign]
+        orig_add_report, lambda a, kw: (a[2] if len(a) > 2 else kw["report"]).sequence
+    )
+    store_cls.add_delta = insert.wrap(  # type: ignore[method-assign]
+        orig_add_delta, lambda a, kw: a[3] if len(a) > 3 else kw["sequence"]
+    )
+    tmp = tempfile.TemporaryDirectory()
+    master = start_master(port=0, db_path=os.path.join(tmp.name, "master.db"), worker_wait_s=30)
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Queue(), ctx.Event()
+    children = []
+    try:
+        t_setup = time.monotonic()
+        shares = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
+        for i, n in enumerate(shares):
+            p = ctx.Process(
+                target=_fake_worker_process,
+                args=(master.address, n, keys, values, i, ready, stop),
+                daemon=True,
+            )
+            p.start()
+            children.append(p)
+        registered = sum(ready.get(timeout=300) for _ in shares)
+        setup_s = time.monotonic() - t_setup
+        rss_before, _ = _rss_mib()
+        channel = grpc.insecure_channel(master.address)
+        stub = master_pb2_grpc.MasterStub(channel)
+        lt = load_test_from_dict(
+            {
+                "name": f"master-scale-{workers}",
+                "config": {"base_url": "http://127.0.0.1:9"},
+                "scenarios": [
+                    {
+                        "concurrency": workers,
+                        "duration": f"{duration_s:g}s",
+                        "scenario": {
+                            "name": "s",
+                            "run": [{"http": {"method": "GET", "path": "/"}}],
+                        },
+                    }
+                ],
+            }
+        )
+        cpu0, wall0 = _cpu_s(), time.monotonic()
+        threads0 = threading.active_count()
+        peak_threads = threads0
+        run = stub.SubmitLoadTest(master_pb2.SubmitLoadTestRequest(load_test=lt))
+        while True:
+            time.sleep(0.25)
+            peak_threads = max(peak_threads, threading.active_count())
+            run = stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id))
+            if run.state not in (results_pb2.SCHEDULED, results_pb2.RUNNING):
+                break
+        run_wall_s = time.monotonic() - wall0
+        run_cpu_s = _cpu_s() - cpu0
+        rss, hwm = _rss_mib()
+        channel.close()
+        result = run.result
+        return {
+            "registered": registered,
+            "setup_s": setup_s,
+            "state": results_pb2.RunState.Name(run.state),
+            "error": run.error,
+            "workers_in_result": len(result.workers),
+            "lost": len(result.lost_workers),
+            "count": sum(m.count for m in result.metrics),
+            "merge": merge,
+            "insert": insert,
+            "run_wall_s": run_wall_s,
+            "run_cpu_s": run_cpu_s,
+            "rss_before": rss_before,
+            "rss": rss,
+            "hwm": hwm,
+            "peak_threads": peak_threads,
+        }
+    finally:
+        stop.set()
+        for p in children:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        master.stop(1.0)
+        tmp.cleanup()
+        agg_cls.add_report, store_cls.add_delta = orig_add_report, orig_add_delta  # type: ignore[method-assign]
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="100,1000", help="comma-separated gRPC runs")
+    parser.add_argument("--pure-workers", default="100,1000")
+    parser.add_argument("--keys", type=int, default=50)
+    parser.add_argument("--values-per-key", type=int, default=2000)
+    parser.add_argument("--procs", type=int, default=4, help="fake-worker processes")
+    parser.add_argument("--duration-s", type=float, default=5.0)
+    parser.add_argument("--intervals", type=int, default=3, help="pure-merge intervals")
+    parser.add_argument("--cpu", type=int, default=0, help="CPU the pure merge is pinned to")
+    parser.add_argument("--skip-grpc", action="store_true")
+    args = parser.parse_args()
+    print("command: python bench/master_scale.py " + " ".join(sys.argv[1:]))
+    print(
+        f"{os.cpu_count()} CPUs; {args.keys} keys x (hdr + service_hdr) of "
+        f"{args.values_per_key} log-normal latencies (median {MEDIAN_US} us, sigma {SIGMA})"
+    )
+
+    print("\n1. pure merge, one core (CPU time per report interval)")
+    print(
+        f"{'workers':>8} {'hist B':>7} {'report KiB':>10} {'merge ms':>9} {'old ms':>8} "
+        f"{'us/hist':>8} {'parse ms':>9} {'sqlite ms':>10}"
+    )
+    for workers in [int(w) for w in args.pure_workers.split(",") if w]:
+        r = pure_merge(workers, args.keys, args.values_per_key, args.intervals, args.cpu)
+        merge_ms = statistics.median(r["merge_ms"])
+        print(
+            f"{workers:>8} {r['hist_bytes']:>7.0f} {r['report_kib']:>10.1f} {merge_ms:>9.1f} "
+            f"{r['old_ms']:>8.1f} {merge_ms * 1e3 / (workers * args.keys * 2):>8.2f} "
+            f"{r['parse_ms']:>9.1f} {r['sqlite_ms']:>10.1f}"
+        )
+    if args.skip_grpc:
+        return
+
+    print(
+        f"\n2. through gRPC: master in this process, fake workers in {args.procs} processes, "
+        f"{args.duration_s:g} s closed-model run, report interval 1 s"
+    )
+    print(
+        f"{'workers':>8} {'state':>10} {'lost':>5} {'merge ms/interval (max)':>24} "
+        f"{'sqlite ms/int':>13} {'master CPU s':>12} {'run s':>6} {'RSS MiB':>14} {'threads':>7}"
+    )
+    for workers in [int(w) for w in args.workers.split(",") if w]:
+        try:
+            r = through_grpc(workers, args.procs, args.keys, args.values_per_key, args.duration_s)
+        except Exception as exc:  # noqa: BLE001 - a scale that does not work is a result too
+            print(f"{workers:>8} failed: {type(exc).__name__}: {exc}")
+            continue
+        merge: _Timings = r["merge"]
+        insert: _Timings = r["insert"]
+        full = [s for s, n in merge.calls_by_seq.items() if n >= r["registered"] * 0.9]
+        merge_ms = [merge.cpu_by_seq[s] * 1e3 for s in sorted(full)]
+        insert_ms = [insert.cpu_by_seq[s] * 1e3 for s in sorted(full)]
+        merge_text = (
+            f"{statistics.median(merge_ms):.0f} ({max(merge_ms):.0f})" if merge_ms else "n/a"
+        )
+        insert_text = f"{statistics.median(insert_ms):.0f}" if insert_ms else "n/a"
+        rss_text = f"{r['rss_before']:.0f}->{r['rss']:.0f}/{r['hwm']:.0f}"
+        print(
+            f"{workers:>8} {r['state']:>10} {r['lost']:>5} {merge_text:>24} {insert_text:>13} "
+            f"{r['run_cpu_s']:>12.1f} {r['run_wall_s']:>6.1f} {rss_text:>14} "
+            f"{r['peak_threads']:>7}"
+        )
+        if r["error"]:
+            print(f"         error: {r['error'][:300]}")
+        print(
+            f"         registered {r['registered']} in {r['setup_s']:.1f} s; reports merged per "
+            f"sequence: {dict(sorted(merge.calls_by_seq.items()))}; values counted "
+            f"{r['count']:,}; add_report wall total {merge.wall_s:.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()

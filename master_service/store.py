@@ -2,8 +2,12 @@
 
 A run is stored as its ``LoadTestRun`` message (serialized) plus the columns the queue needs
 (state, submission order). Per-interval worker deltas are appended to their own table so a
-run's partial metrics survive a crash of the master. One connection, guarded by a lock: the
-master's writes are few (a run's state changes, one delta per worker per second).
+run's partial metrics survive a crash of the master. One connection, guarded by a lock.
+
+Deltas come often (one per worker per second: a thousand a second on a big cluster), so they
+are queued and written by a background thread, many in one transaction, every
+``FLUSH_INTERVAL_S``; a crash loses at most that much of them. Reading deltas flushes first.
+Run states are written at once.
 """
 
 from __future__ import annotations
@@ -51,12 +55,42 @@ class Store(Protocol):
 class SqliteStore:
     """The Store on one SQLite file (``:memory:`` for tests)."""
 
+    FLUSH_INTERVAL_S = 0.25
+
     def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._pending: list[tuple[str, str, str, int, bytes]] = []
+        self._pending_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
+        self._writer.start()
+
+    def _write_loop(self) -> None:
+        while not self._closed.wait(self.FLUSH_INTERVAL_S):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued deltas in one transaction."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO deltas "
+                    "(run_id, worker_id, assignment_id, sequence, report) VALUES (?, ?, ?, ?, ?)",
+                    batch,
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def put_run(self, run: results_pb2.LoadTestRun) -> None:
         blob = run.SerializeToString()
@@ -108,15 +142,14 @@ class SqliteStore:
     def add_delta(
         self, run_id: str, worker_id: str, sequence: int, report: bytes, assignment_id: str = ""
     ) -> None:
-        """Keep one report; a worker may hold several assignments of a run (a takeover)."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO deltas (run_id, worker_id, assignment_id, sequence, report)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (run_id, worker_id, assignment_id or worker_id, sequence, report),
-            )
+        """Queue one report (written within FLUSH_INTERVAL_S); a worker may hold several
+        assignments of a run (a takeover)."""
+        row = (run_id, worker_id, assignment_id or worker_id, sequence, report)
+        with self._pending_lock:
+            self._pending.append(row)
 
     def deltas(self, run_id: str) -> list[tuple[str, int, bytes]]:
+        self.flush()
         with self._lock:
             rows = self._db.execute(
                 "SELECT worker_id, sequence, report FROM deltas WHERE run_id = ? "
@@ -126,6 +159,11 @@ class SqliteStore:
         return [(w, s, r) for w, s, r in rows]
 
     def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._writer.join(5)
+        self.flush()
         with self._lock:
             self._db.close()
 

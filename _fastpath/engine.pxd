@@ -1,7 +1,9 @@
 # cython: language_level=3
 """Data layout of the request engine (``engine.pyx``): plan, schedule, sessions, threads, metrics.
 
-Everything here is plain C memory owned by ``Engine`` and freed in ``Engine._free``.
+Everything here is plain C memory owned by ``Engine`` and freed in ``Engine._free``; so are
+the OpenSSL objects it points to (one ``SSL_CTX`` per thread, one ``SSL`` per TLS connection,
+one resumable ``SSL_SESSION`` per session slot: see ``tls.pxd`` for who frees what).
 """
 
 from libc.stdint cimport int32_t, int64_t, uint32_t
@@ -11,6 +13,8 @@ from _fastpath.http1 cimport h1_parser
 from _fastpath.includes.epoll cimport epoll_event
 from _fastpath.includes.pthread cimport pthread_mutex_t
 from _fastpath.includes.socket cimport sockaddr_storage, socklen_t
+from _fastpath.includes.openssl cimport SSL_CTX
+from _fastpath.tls cimport tls_conn, tls_resume, TLS_ERRTEXT_SIZE
 
 
 cdef enum:
@@ -20,7 +24,8 @@ cdef enum:
     K_CLOSED = 3        # EOF before the response was complete (or an unparsable response)
     K_4XX = 4
     K_5XX = 5
-    NKINDS = 6
+    K_TLS = 6           # handshake, certificate verification or TLS protocol failure
+    NKINDS = 7
 
 cdef enum:
     ST_IDLE = 0
@@ -31,12 +36,14 @@ cdef enum:
     ST_YIELD = 5        # parked in the heap to let the loop breathe (many ops failed at once)
     ST_DONE = 6
     ST_FREE = 7         # open model: an unused slot (it may keep a keep-alive connection)
+    ST_HANDSHAKING = 8  # TLS handshake after the TCP connect (under the connect deadline)
 
 cdef enum:
     C_OP_HTTP = 1
     C_OP_DELAY = 2
     MAX_EVENTS = 512
     RBUF_SIZE = 65536
+    SERVER_NAME_SIZE = 256  # a DNS name is at most 253 characters
     MAX_WAIT_MS = 50
     MAX_STEPS = 32      # ops one session may run synchronously before it yields
     ARRIVAL_BATCH = 4096  # arrivals one wake may start before I/O gets its turn again
@@ -69,6 +76,8 @@ cdef struct target_t:
     sockaddr_storage addr
     socklen_t addrlen
     int family
+    int32_t tls                         # HTTPS: a TLS handshake follows the TCP connect
+    char server_name[SERVER_NAME_SIZE]  # TLS: SNI (host names only) and the verified identity
 
 cdef struct mstats_t:
     hdr_core hist           # latency: completion - intended start (== service in the closed model)
@@ -118,6 +127,10 @@ cdef struct session_t:
     int64_t deadline_ns     # of the in-flight phase (connect or request)
     size_t wpos
     h1_parser parser
+    # TLS (unused by plain targets: ``tls.ssl`` stays NULL). The session array never moves,
+    # as tls.pxd requires while an SSL lives.
+    tls_conn tls
+    tls_resume resume       # the last session the server offered, tag = target index
 
 cdef struct heap_ent:
     int64_t wake_ns
@@ -154,6 +167,8 @@ cdef struct thread_t:
     int64_t errors
     int fatal_errno
     int done
+    SSL_CTX* ssl_ctx        # NULL when no target uses TLS
+    char tls_error[TLS_ERRTEXT_SIZE]    # text of the latest TLS failure (diagnostics)
 
 
 cdef class Engine:
@@ -170,10 +185,11 @@ cdef class Engine:
     cdef list keys
     cdef list py_threads
     cdef dict final_stats
+    cdef object _final_tls_error
 
     cdef _allocate(self, list addrs, list plan, int32_t nsessions, int32_t nthreads,
                    int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
-                   list stages)
+                   list stages, object tls_ca_file, bint tls_insecure)
     cdef void _free(self) noexcept
     cdef _raise_fatal(self)
     cdef _check_open(self)

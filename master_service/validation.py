@@ -109,6 +109,10 @@ def _check_config(c: _Collector, path: str, cfg: dict[str, Any]) -> None:
                 parse_target(cfg["base_url"])
             except ValueError as exc:
                 c.bad(f"{path}.base_url", str(exc))
+    if "tls_insecure" in cfg and not isinstance(cfg["tls_insecure"], bool):
+        c.bad(f"{path}.tls_insecure", "must be true or false")
+    if "tls_ca_file" in cfg and not isinstance(cfg["tls_ca_file"], str):
+        c.bad(f"{path}.tls_ca_file", "must be the path of a PEM file on the workers")
     for key in _CONFIG_DURATIONS:
         if key in cfg:
             if not isinstance(cfg[key], str):

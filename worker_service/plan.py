@@ -41,7 +41,8 @@ class EnginePlan:
     """Arguments for one ``_fastpath.engine.Engine`` (one scenario entry's share)."""
 
     entry_index: int
-    targets: list[tuple[str, int]] = field(default_factory=list)
+    # (ip, port) for http, (ip, port, True, host name) for https
+    targets: list[tuple[Any, ...]] = field(default_factory=list)
     metric_keys: list[str] = field(default_factory=list)
     ops: list[tuple[Any, ...]] = field(default_factory=list)
     sessions: int = 0
@@ -53,6 +54,9 @@ class EnginePlan:
     # [(duration_ns, target_per_s)]; ``sessions`` is then the number of session slots.
     arrival_rate_per_s: float = 0.0
     rate_stages: list[tuple[int, float]] = field(default_factory=list)
+    # HTTPS: a PEM CA bundle on the worker (None: the system's), or no verification at all.
+    tls_ca_file: str | None = None
+    tls_insecure: bool = False
 
     @property
     def open_model(self) -> bool:
@@ -62,6 +66,9 @@ class EnginePlan:
         extra: dict[str, Any] = {}
         if self.open_model:
             extra = {"arrival_rate_per_s": self.arrival_rate_per_s, "rate_stages": self.rate_stages}
+        if any(len(t) > 2 and t[2] for t in self.targets):
+            extra["tls_ca_file"] = self.tls_ca_file
+            extra["tls_insecure"] = self.tls_insecure
         return {
             **extra,
             "targets": self.targets,
@@ -89,14 +96,12 @@ class _Compiler:
         self.plan = EnginePlan(entry_index=entry_index)
         self.path = f"scenarios[{entry_index}]"
         self.config = config
-        self._targets: dict[tuple[str, int], int] = {}
+        self._targets: dict[tuple[Any, ...], int] = {}
         self._keys: dict[str, int] = {}
         base = config.get("base_url")
         self.base: Target | None = parse_target(base) if isinstance(base, str) and base else None
 
     def target_index(self, target: Target, field_path: str) -> int:
-        if target.scheme != "http":
-            raise Unimplemented(f"{field_path}: https targets are not supported yet")
         self.allow.check_host(target.host, field_path)
         try:
             ip = resolve(target.host, target.port)
@@ -104,7 +109,10 @@ class _Compiler:
             raise InvalidArgument(
                 [(field_path, f"cannot resolve host {target.host!r}: {exc}")]
             ) from None
-        key = (ip, target.port)
+        key: tuple[Any, ...] = (ip, target.port)
+        if target.scheme == "https":
+            # Verified against the name in the URL (SNI too, unless it is an IP literal).
+            key = (ip, target.port, True, target.host)
         if key not in self._targets:
             self._targets[key] = len(self.plan.targets)
             self.plan.targets.append(key)
@@ -235,6 +243,9 @@ def compile_assignment(
         plan.request_timeout_ns = _config_duration(
             c.config, "request_timeout", DEFAULT_REQUEST_TIMEOUT_NS
         )
+        plan.tls_insecure = c.config.get("tls_insecure") is True
+        ca_file = c.config.get("tls_ca_file")
+        plan.tls_ca_file = ca_file if isinstance(ca_file, str) and ca_file else None
         plans.append(plan)
     return plans
 

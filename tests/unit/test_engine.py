@@ -506,7 +506,7 @@ def test_two_targets_reconnect_on_switch() -> None:
 
 
 def test_error_kinds_constant() -> None:
-    assert ERROR_KINDS == ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx")
+    assert ERROR_KINDS == ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx", "tls")
 
 
 GOOD = dict(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from chaperon.loadtest import load_test_from_dict
-from chaperon.status import InvalidArgument, Unimplemented
+from chaperon.status import InvalidArgument
 from chaperon.v1 import worker_pb2
 from worker_service.plan import OP_DELAY, OP_HTTP, compile_assignment
 
@@ -87,10 +87,24 @@ def test_engine_kwargs_cap_threads_by_sessions() -> None:
     assert plan.engine_kwargs(0)["threads"] == 1
 
 
-def test_https_and_bad_shares_are_refused() -> None:
-    a = _assignment([{"http": {"method": "GET", "url": "https://127.0.0.1:1/"}}])
-    with pytest.raises(Unimplemented, match="https"):
-        compile_assignment(a)
+def test_https_targets_carry_tls_and_the_name_to_verify() -> None:
+    a = _assignment([{"http": {"method": "GET", "url": "https://localhost:8443/x"}}])
+    (plan,) = compile_assignment(a)
+    assert plan.targets == [("127.0.0.1", 8443, True, "localhost")]
+    kwargs = plan.engine_kwargs(1)
+    assert kwargs["tls_ca_file"] is None and kwargs["tls_insecure"] is False
+    assert plan.ops[0][3].startswith(b"GET /x HTTP/1.1\r\nHost: localhost:8443\r\n")
+    a.load_test.config.update({"tls_insecure": True, "tls_ca_file": "/tmp/ca.pem"})
+    (plan,) = compile_assignment(a)
+    assert plan.tls_insecure and plan.tls_ca_file == "/tmp/ca.pem"
+
+
+def test_plain_targets_pass_no_tls_options() -> None:
+    (plan,) = compile_assignment(_assignment([{"http": {"method": "GET", "path": "/"}}]))
+    assert "tls_ca_file" not in plan.engine_kwargs(1)
+
+
+def test_bad_shares_are_refused() -> None:
     a = _assignment([{"http": {"method": "GET", "path": "/"}}])
     a.shares[0].entry_index = 5
     with pytest.raises(InvalidArgument):

@@ -1,0 +1,119 @@
+"""HTTPS through the whole system: ``chaperon run`` with an https base_url.
+
+A small HTTPS server (Python's ssl and http.server, keep-alive HTTP/1.1) on 127.0.0.1 serves
+a certificate the test makes; the load test names ``https://localhost:PORT`` and the CA with
+``config.tls_ca_file``. Without the CA every request fails verification, counted as ``tls``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from support.certs import make_certs
+from support.procs import chaperon_command, python_env
+
+pytestmark = pytest.mark.integration
+
+SERVER = r"""
+import http.server, ssl, sys, threading
+
+count = 0
+lock = threading.Lock()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        global count
+        with lock:
+            count += 1
+        body = str(count).encode() if self.path == "/count" else b"ok\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+
+cert, key = sys.argv[1], sys.argv[2]
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@contextmanager
+def https_server(cert: Path, key: Path) -> Iterator[int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(cert), str(key)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), "the HTTPS server did not start"
+        yield int(line)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _run(tmp_path: Path, config: dict) -> dict:
+    spec = tmp_path / "https.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "https",
+                "config": config,
+                "scenarios": [
+                    {
+                        "concurrency": 3,
+                        "iterations": 10,
+                        "scenario": {"run": [{"http": {"method": "GET", "path": "/"}}]},
+                    }
+                ],
+            }
+        )
+    )
+    done = subprocess.run(
+        [*chaperon_command(), "run", str(spec), "--json", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=python_env(),
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)
+
+
+def test_https_run_verifies_against_the_given_ca(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    with https_server(certs.server_cert, certs.server_key) as port:
+        run = _run(
+            tmp_path,
+            {"base_url": f"https://localhost:{port}", "tls_ca_file": str(certs.ca_cert)},
+        )
+        assert run["state"] == "SUCCEEDED", run.get("error")
+        (metric,) = run["result"]["metrics"]
+        assert metric["key"] == "GET /"
+        assert int(metric["count"]) == 30 and int(metric.get("errors", 0)) == 0
+
+        unverified = _run(tmp_path, {"base_url": f"https://localhost:{port}"})
+        (metric,) = unverified["result"]["metrics"]
+        assert metric["errorsByKind"] == {"tls": "30"}
+
+        insecure = _run(tmp_path, {"base_url": f"https://localhost:{port}", "tls_insecure": True})
+        (metric,) = insecure["result"]["metrics"]
+        assert int(metric["count"]) == 30 and int(metric.get("errors", 0)) == 0

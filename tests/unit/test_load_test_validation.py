@@ -147,10 +147,14 @@ def test_open_model_is_valid() -> None:
         ({"per_second": -1}, "scenarios[0].arrival_rate.per_second"),
         ({"per_second": 0}, "scenarios[0].arrival_rate.per_second"),
         ({"per_second": 1, "max_sessions": -1}, "scenarios[0].arrival_rate.max_sessions"),
-        ({"per_second": 1, "stages": [{"duration": "x", "target": 1}]},
-         "scenarios[0].arrival_rate.stages[0].duration"),
-        ({"per_second": 1, "stages": [{"duration": "1s", "target": -5}]},
-         "scenarios[0].arrival_rate.stages[0].target"),
+        (
+            {"per_second": 1, "stages": [{"duration": "x", "target": 1}]},
+            "scenarios[0].arrival_rate.stages[0].duration",
+        ),
+        (
+            {"per_second": 1, "stages": [{"duration": "1s", "target": -5}]},
+            "scenarios[0].arrival_rate.stages[0].target",
+        ),
     ],
 )
 def test_bad_open_model_names_the_field(arrival: dict[str, Any], field: str) -> None:

@@ -511,7 +511,10 @@ class Scheduler:
             )
         run.result.CopyFrom(result)
         passed = evaluate_thresholds(run.result, list(run.load_test.thresholds))
-        if active.cancelled and not timed_out:
+        if self._stopping:
+            run.state = results_pb2.INTERRUPTED
+            active.errors.append("the master was stopped while this run was in flight")
+        elif active.cancelled and not timed_out:
             run.state = results_pb2.CANCELLED
         elif timed_out or active.errors and not result.metrics:
             run.state = results_pb2.FAILED

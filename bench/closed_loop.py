@@ -22,22 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# tests/support has the nginx runner; the repo root has chaperon when it is not installed.
-sys.path[:0] = [str(REPO_ROOT / "tests"), str(REPO_ROOT)]
-
-from support.nginx import nginx_server  # noqa: E402
-from support.procs import chaperon_command, python_env  # noqa: E402
+# _common first: it puts tests/ (support) and the repo root (chaperon) on sys.path.
+from _common import nginx_target, pinned, require, run_measured, run_wrk
+from support.procs import chaperon_command, python_env
 
 
 @dataclass
@@ -58,41 +52,17 @@ class Sample:
         return self.cpu_s * 1e6 / self.requests if self.requests else float("nan")
 
 
-def run_measured(argv: list[str], stdout_path: Path, env: dict[str, str] | None = None) -> float:
-    """Run ``argv`` with stdout to a file; return its CPU seconds (user + sys, all threads)."""
-    with open(stdout_path, "wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"{shlex.join(argv)} exited {proc.returncode}:\n{stdout_path.read_text()[-2000:]}"
-        )
-    return usage.ru_utime + usage.ru_stime
-
-
-def run_wrk(url: str, args: argparse.Namespace, work: Path, round_no: int) -> Sample:
-    argv = [
-        "taskset",
-        "-c",
-        str(args.generator_cpu),
-        "wrk",
-        "-t1",
-        f"-c{args.connections}",
-        f"-d{args.duration_s}s",
+def wrk_sample(url: str, args: argparse.Namespace, work: Path, round_no: int) -> Sample:
+    wrk = run_wrk(
         url,
-    ]
-    out = work / f"wrk-{round_no}.txt"
-    cpu_s = run_measured(argv, out)
-    text = out.read_text()
-    rate = re.search(r"Requests/sec:\s*([\d.]+)", text)
-    total = re.search(r"(\d+) requests in ([\d.]+)(m?s)", text)
-    if not rate or not total:
-        raise SystemExit(f"cannot read wrk's output:\n{text}")
-    requests = int(total.group(1))
+        cpu=args.generator_cpu,
+        connections=args.connections,
+        duration_s=args.duration_s,
+        stdout_path=work / f"wrk-{round_no}.txt",
+    )
     # wrk's Requests/sec is requests over its measured duration; keep that exact figure.
-    duration_s = requests / float(rate.group(1))
-    return Sample("wrk", round_no, requests, duration_s, cpu_s, argv)
+    duration_s = wrk.requests / wrk.rate_per_s
+    return Sample("wrk", round_no, wrk.requests, duration_s, wrk.cpu_s, wrk.argv)
 
 
 def write_load_test(
@@ -117,20 +87,10 @@ def run_chaperon(
 
     from chaperon.v1 import results_pb2
 
-    argv = [
-        "taskset",
-        "-c",
-        str(args.generator_cpu),
-        *chaperon_command(),
-        "run",
-        str(test_file),
-        "--json",
-        "--threads",
-        "1",
-    ]
-    out = work / f"{label}-{round_no}.json"
-    cpu_s = run_measured(argv, out, env=python_env())
-    run = json_format.Parse(out.read_text(), results_pb2.LoadTestRun())
+    chaperon_run = [*chaperon_command(), "run", str(test_file), "--json", "--threads", "1"]
+    argv = pinned(chaperon_run, args.generator_cpu)
+    text, cpu_s = run_measured(argv, work / f"{label}-{round_no}.json", env=python_env())
+    run = json_format.Parse(text, results_pb2.LoadTestRun())
     if run.state != results_pb2.SUCCEEDED:
         raise SystemExit(f"chaperon run ended {results_pb2.RunState.Name(run.state)}: {run.error}")
     [metric] = [m for m in run.result.metrics if m.key == "GET /"]
@@ -153,16 +113,14 @@ def main() -> int:
     parser.add_argument("--generator-cpu", type=int, default=1)
     args = parser.parse_args()
 
-    for tool in ("taskset", "wrk"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is not installed (apt-get install wrk util-linux)")
+    require("nginx", "wrk", "taskset")
     cpus = os.sched_getaffinity(0)
     if {args.nginx_cpu, args.generator_cpu} - cpus or args.nginx_cpu == args.generator_cpu:
         raise SystemExit(f"need two distinct CPUs among {sorted(cpus)}")
 
     with tempfile.TemporaryDirectory(prefix="chaperon-bench-") as tmp:
         work = Path(tmp)
-        with nginx_server(work / "nginx", access_log=False, cpu=args.nginx_cpu) as nginx:
+        with nginx_target(work, cpu=args.nginx_cpu) as nginx:
             url = nginx.base_url + "/"
             test_file = work / "closed_loop.json"
             write_load_test(test_file, nginx.base_url, args.connections, f"{args.duration_s}s")
@@ -172,7 +130,7 @@ def main() -> int:
             startup = run_chaperon(startup_file, args, work, "startup", 0)
             samples: list[Sample] = []
             for round_no in range(1, args.rounds + 1):
-                samples.append(run_wrk(url, args, work, round_no))
+                samples.append(wrk_sample(url, args, work, round_no))
                 samples.append(run_chaperon(test_file, args, work, "chaperon", round_no))
             nginx_command = nginx.process.argv
 

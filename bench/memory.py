@@ -14,80 +14,24 @@ GIL released, so that gap stays near the 5 ms switch interval.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
-NGINX = "/usr/sbin/nginx"
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-CONF = """
-worker_processes 1;
-worker_rlimit_nofile 40000;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 20000; multi_accept on; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=16384;
-        location = / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"nginx did not listen on {port}")
-
-
-def proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return -1
+from _common import GET_ROOT, emit, nginx_target, proc_status_kb, require, run_child
 
 
 def child(port: int, sessions: int, duration_s: float, threads: int) -> None:
     """Runs in its own process so its RSS is the engine's (plus the interpreter's)."""
-    sys.path.insert(0, ROOT)
     from _fastpath.engine import OP_HTTP, Engine
 
     rss_before_kb = proc_status_kb("VmRSS")
     eng = Engine(
         targets=[("127.0.0.1", port)],
         metric_keys=["GET /"],
-        ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", False)],
+        ops=[(OP_HTTP, 0, 0, GET_ROOT, False)],
         sessions=sessions,
         threads=threads,
         duration_ns=int(duration_s * 1e9),
@@ -125,20 +69,18 @@ def child(port: int, sessions: int, duration_s: float, threads: int) -> None:
     finally:
         stop.set()
         eng.close()
-    print(
-        json.dumps(
-            {
-                "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
-                "rss_before_kb": rss_before_kb,
-                "rss_running_kb": rss_peak_kb,
-                "hwm_kb": proc_status_kb("VmHWM"),
-                "established": connected,
-                "responses": stats["responses"],
-                "errors": errors,
-                "first_swap_s": first_swap_s,
-                "max_python_gap_ms": max(gaps) * 1000 if gaps else 0.0,
-            }
-        )
+    emit(
+        {
+            "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+            "rss_before_kb": rss_before_kb,
+            "rss_running_kb": rss_peak_kb,
+            "hwm_kb": proc_status_kb("VmHWM"),
+            "established": connected,
+            "responses": stats["responses"],
+            "errors": errors,
+            "first_swap_s": first_swap_s,
+            "max_python_gap_ms": max(gaps) * 1000 if gaps else 0.0,
+        }
     )
 
 
@@ -167,42 +109,31 @@ def main() -> None:
     if args.child:
         child(args.port, args.sessions, args.duration, args.threads)
         return
-    if not shutil.which(NGINX):
-        raise SystemExit(f"{NGINX} not found; this benchmark needs nginx")
-    tmp = tempfile.mkdtemp(prefix="chaperon-mem-")
-    port = free_port()
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(CONF.format(tmp=tmp, port=port))
-    nginx = subprocess.Popen([NGINX, "-p", tmp, "-c", conf, "-e", f"{tmp}/error.log"])
-    try:
-        wait_port(port)
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                "--port",
-                str(port),
-                "--sessions",
-                str(args.sessions),
-                "--duration",
-                str(args.duration),
-                "--threads",
-                str(args.threads),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=args.duration + 120,
+    require("nginx")
+    with (
+        tempfile.TemporaryDirectory(prefix="chaperon-mem-") as tmp,
+        nginx_target(
+            Path(tmp),
+            worker_connections=20_000,
+            multi_accept=True,
+            worker_rlimit_nofile=40_000,
+            listen_backlog=16384,
+            keepalive_timeout_s=300,
+        ) as nginx,
+    ):
+        res = run_child(
+            __file__,
+            None,
+            "--port",
+            str(nginx.port),
+            "--sessions",
+            str(args.sessions),
+            "--duration",
+            str(args.duration),
+            "--threads",
+            str(args.threads),
+            timeout_s=args.duration + 120,
         )
-        if out.returncode != 0:
-            raise SystemExit("child failed:\n" + out.stderr)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
     soft, hard = res["rlimit_nofile"]
     print(
         f"{args.sessions} sessions, {args.threads} engine thread(s), {args.duration:g} s, "

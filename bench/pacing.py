@@ -24,57 +24,11 @@ speed (lateness is not measured then: there is no request to time).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
+from pathlib import Path
 
-NGINX = "/usr/sbin/nginx"
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location = / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"nginx did not listen on {port}")
+from _common import GET_ROOT, emit, nginx_target, require, run_child
 
 
 def slope(points: list[tuple[float, int]]) -> float:
@@ -87,14 +41,12 @@ def slope(points: list[tuple[float, int]]) -> float:
 
 
 def child(port: int, rate: float, duration_s: float, slots: int, no_http: bool) -> None:
-    sys.path.insert(0, ROOT)
     from _fastpath.engine import OP_DELAY, OP_HTTP, Engine
 
-    request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     eng = Engine(
         targets=[("127.0.0.1", port or 9)],
         metric_keys=["GET /"],
-        ops=[(OP_DELAY, 0)] if no_http else [(OP_HTTP, 0, 0, request, False)],
+        ops=[(OP_DELAY, 0)] if no_http else [(OP_HTTP, 0, 0, GET_ROOT, False)],
         sessions=slots,
         threads=1,
         arrival_rate_per_s=rate,
@@ -115,19 +67,17 @@ def child(port: int, rate: float, duration_s: float, slots: int, no_http: bool) 
     middle = [(t, c) for t, c in samples if 0.1 * duration_s <= t <= 0.9 * duration_s]
     hist = rows[0][1] if rows else None
     service = rows[0][5] if rows else None
-    print(
-        json.dumps(
-            {
-                "rate_mid": slope(middle) if len(middle) > 2 else 0.0,
-                "rate_all": stats["sessions_started"] / duration_s,
-                "started": stats["sessions_started"],
-                "dropped": stats["sessions_dropped"],
-                "errors": stats["errors"],
-                "lateness_us": (hist.mean - service.mean) if hist else 0.0,
-                "corrected_us": hist.percentiles([50, 99]) if hist else [0, 0],
-                "service_us": service.percentiles([50, 99]) if service else [0, 0],
-            }
-        )
+    emit(
+        {
+            "rate_mid": slope(middle) if len(middle) > 2 else 0.0,
+            "rate_all": stats["sessions_started"] / duration_s,
+            "started": stats["sessions_started"],
+            "dropped": stats["sessions_dropped"],
+            "errors": stats["errors"],
+            "lateness_us": (hist.mean - service.mean) if hist else 0.0,
+            "corrected_us": hist.percentiles([50, 99]) if hist else [0, 0],
+            "service_us": service.percentiles([50, 99]) if service else [0, 0],
+        }
     )
 
 
@@ -148,63 +98,35 @@ def main() -> None:
     if args.child:
         child(args.port, args.rate, args.duration, args.slots, args.no_http)
         return
-    for tool in (NGINX, "taskset"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} not found; this benchmark needs nginx and taskset")
-    tmp = tempfile.mkdtemp(prefix="chaperon-pacing-")
-    port = free_port()
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(CONF.format(tmp=tmp, port=port))
-    nginx = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(args.nginx_cpu),
-            NGINX,
-            "-p",
-            tmp,
-            "-c",
-            conf,
-            "-e",
-            f"{tmp}/error.log",
-        ]
-    )
+    require("nginx", "taskset")
     results = []
-    try:
-        wait_port(port)
+    with (
+        tempfile.TemporaryDirectory(prefix="chaperon-pacing-") as tmp,
+        nginx_target(
+            Path(tmp),
+            cpu=args.nginx_cpu,
+            worker_connections=8192,
+            listen_backlog=4096,
+            keepalive_timeout_s=300,
+        ) as nginx,
+    ):
         for rate in (float(r) for r in args.rates.split(",")):
             slots = args.slots or max(64, int(rate / 100))
-            out = subprocess.run(
-                [
-                    "taskset",
-                    "-c",
-                    str(args.client_cpu),
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    "--port",
-                    str(port),
-                    "--rate",
-                    str(rate),
-                    "--duration",
-                    str(args.duration),
-                    "--slots",
-                    str(slots),
-                    *(["--no-http"] if args.no_http else []),
-                ],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                timeout=args.duration + 60,
+            res = run_child(
+                __file__,
+                args.client_cpu,
+                "--port",
+                str(nginx.port),
+                "--rate",
+                str(rate),
+                "--duration",
+                str(args.duration),
+                "--slots",
+                str(slots),
+                *(["--no-http"] if args.no_http else []),
+                timeout_s=args.duration + 60,
             )
-            if out.returncode != 0:
-                raise SystemExit("child failed:\n" + out.stderr)
-            results.append((rate, slots, json.loads(out.stdout.strip().splitlines()[-1])))
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
+            results.append((rate, slots, res))
     print(
         f"one engine thread on CPU {args.client_cpu}, nginx on CPU {args.nginx_cpu}, "
         f"{args.duration:g} s per rate, "

@@ -18,96 +18,29 @@ plain HTTP, divided by N: what OpenSSL costs per connection.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+from _common import (
+    emit,
+    nginx_target,
+    proc_status_kb,
+    require,
+    run_child,
+    run_wrk,
+    timed_engine_run,
+)
 
-import engine_raw as raw  # noqa: E402  (free_port, wait_port, child_cpu_s, NGINX, WRK)
+if TYPE_CHECKING:
+    from support.nginx import NginxServer
 
-CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{plain};
-        location = / {{ return 200 "ok\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{tls} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        location = / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
 GET = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
 GET_CLOSE = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 
-def run_wrk(port: int, cpu: int, conns: int, duration_s: int, close: bool) -> tuple[float, float]:
-    before = raw.child_cpu_s()
-    header = ["-H", "Connection: close"] if close else []
-    out = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            str(cpu),
-            raw.WRK,
-            "-t1",
-            f"-c{conns}",
-            f"-d{duration_s}s",
-            *header,
-            f"https://localhost:{port}/",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    cpu_s = raw.child_cpu_s() - before
-    import re
-
-    m = re.search(r"^\s*(\d+) requests in", out, re.M)
-    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    if not m or not rps:
-        raise SystemExit("cannot parse wrk output:\n" + out)
-    return float(rps.group(1)), cpu_s / int(m.group(1))
-
-
-def run_child(cpu: int, *args: str) -> dict:
-    out = subprocess.run(
-        ["taskset", "-c", str(cpu), sys.executable, __file__, "--child", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def child(args: argparse.Namespace) -> None:
     """In its own pinned process: one engine run, measured from start to wait."""
-    sys.path.insert(0, ROOT)
     from _fastpath.engine import OP_HTTP, Engine
 
     tls = args.mode != "plain"
@@ -121,31 +54,10 @@ def child(args: argparse.Namespace) -> None:
         duration_ns=args.duration * 1_000_000_000,
         tls_ca_file=args.ca,
     )
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.monotonic()
-    eng.start()
-    eng.wait()
-    elapsed = time.monotonic() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    stats = eng.stats()
-    rows = eng.swap()
+    result = timed_engine_run(eng)
     tls_error = eng.tls_error
     eng.close()
-    cpu_s = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    with open("/proc/self/status") as f:
-        hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    print(
-        json.dumps(
-            {
-                "rps": stats["responses"] / elapsed,
-                "responses": stats["responses"],
-                "errors": sum(r[3] for r in rows),
-                "cpu_s": cpu_s,
-                "hwm_kb": hwm_kb,
-                "tls_error": tls_error,
-            }
-        )
-    )
+    emit({**result, "hwm_kb": proc_status_kb("VmHWM"), "tls_error": tls_error})
 
 
 def main() -> None:
@@ -166,84 +78,81 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    for tool in (raw.NGINX, raw.WRK, "taskset"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} not found; this benchmark needs nginx, wrk and taskset")
+    require("nginx", "wrk", "taskset")
     from support.certs import make_certs
 
-    tmp = tempfile.mkdtemp(prefix="chaperon-bench-tls-")
-    certs = make_certs(os.path.join(tmp, "certs"))
-    plain, tls = raw.free_port(), raw.free_port()
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(
-            CONF.format(tmp=tmp, plain=plain, tls=tls, cert=certs.server_cert, key=certs.server_key)
-        )
-    nginx = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(args.nginx_cpu),
-            raw.NGINX,
-            "-p",
-            tmp,
-            "-c",
-            conf,
-            "-e",
-            f"{tmp}/error.log",
-        ]
-    )
-    try:
-        raw.wait_port(plain)
-        raw.wait_port(tls)
-        common = ["--port", str(tls), "--ca", str(certs.ca_cert), "--duration", str(args.duration)]
-        for mode in ("keepalive", "close"):
-            best: dict[str, tuple[float, float]] = {}
-            for _ in range(args.rounds):
-                w = run_wrk(tls, args.client_cpu, args.connections, args.duration, mode == "close")
-                e = run_child(
-                    args.client_cpu, "--mode", mode, "--connections", str(args.connections), *common
-                )
-                if e["errors"]:
-                    raise SystemExit(f"engine errors in {mode}: {e}")
-                ours = (e["rps"], e["cpu_s"] / max(1, e["responses"]))
-                for name, val in (("wrk", w), ("engine", ours)):
-                    if name not in best or val[0] > best[name][0]:
-                        best[name] = val
-            for name, (rps, cpu) in best.items():
-                print(f"{mode:9s} {name:6s} {rps:10.0f} req/s  {cpu * 1e6:7.2f} us CPU/request")
-            print(
-                f"{mode:9s} engine/wrk req/s {best['engine'][0] / best['wrk'][0]:.2f}  "
-                f"CPU/request {best['engine'][1] / best['wrk'][1]:.2f}"
+    with tempfile.TemporaryDirectory(prefix="chaperon-bench-tls-") as tmp:
+        certs = make_certs(Path(tmp) / "certs")
+        with nginx_target(
+            Path(tmp),
+            cpu=args.nginx_cpu,
+            tls=certs,
+            worker_connections=8192,
+            keepalive_timeout_s=300,
+        ) as nginx:
+            measure(args, nginx, certs.ca_cert)
+
+
+def measure(args: argparse.Namespace, nginx: NginxServer, ca_cert: Path) -> None:
+    """The rounds of each mode, then the memory of plain and TLS sessions; prints them."""
+    assert nginx.tls_port is not None
+    common = ["--port", str(nginx.tls_port), "--ca", str(ca_cert), "--duration", str(args.duration)]
+    for mode in ("keepalive", "close"):
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(args.rounds):
+            wrk = run_wrk(
+                nginx.tls_base_url + "/",
+                cpu=args.client_cpu,
+                connections=args.connections,
+                duration_s=args.duration,
+                headers=["Connection: close"] if mode == "close" else [],
             )
-        n = args.memory_sessions
-        mem = {}
-        for mode, port in (("plain", plain), ("keepalive", tls)):
-            r = run_child(
+            e = run_child(
+                __file__,
                 args.client_cpu,
                 "--mode",
                 mode,
                 "--connections",
-                str(n),
-                "--port",
-                str(port),
-                "--ca",
-                str(certs.ca_cert),
-                "--duration",
-                "2",
+                str(args.connections),
+                *common,
             )
-            if r["errors"]:
-                raise SystemExit(f"engine errors in memory/{mode}: {r}")
-            mem[mode] = r["hwm_kb"]
-        per_conn = (mem["keepalive"] - mem["plain"]) / n
+            if e["errors"]:
+                raise SystemExit(f"engine errors in {mode}: {e}")
+            ours = (e["rps"], e["cpu_s"] / max(1, e["responses"]))
+            for name, val in (("wrk", (wrk.rate_per_s, wrk.cpu_s_per_request)), ("engine", ours)):
+                if name not in best or val[0] > best[name][0]:
+                    best[name] = val
+        for name, (rps, cpu) in best.items():
+            print(f"{mode:9s} {name:6s} {rps:10.0f} req/s  {cpu * 1e6:7.2f} us CPU/request")
         print(
-            f"memory    {n} sessions: plain {mem['plain'] / 1024:.1f} MB, TLS "
-            f"{mem['keepalive'] / 1024:.1f} MB peak RSS -> {per_conn:.1f} KB per TLS connection"
+            f"{mode:9s} engine/wrk req/s {best['engine'][0] / best['wrk'][0]:.2f}  "
+            f"CPU/request {best['engine'][1] / best['wrk'][1]:.2f}"
         )
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
+    n = args.memory_sessions
+    mem = {}
+    for mode, port in (("plain", nginx.port), ("keepalive", nginx.tls_port)):
+        r = run_child(
+            __file__,
+            args.client_cpu,
+            "--mode",
+            mode,
+            "--connections",
+            str(n),
+            "--port",
+            str(port),
+            "--ca",
+            str(ca_cert),
+            "--duration",
+            "2",
+        )
+        if r["errors"]:
+            raise SystemExit(f"engine errors in memory/{mode}: {r}")
+        mem[mode] = r["hwm_kb"]
+    per_conn = (mem["keepalive"] - mem["plain"]) / n
+    print(
+        f"memory    {n} sessions: plain {mem['plain'] / 1024:.1f} MB, TLS "
+        f"{mem['keepalive'] / 1024:.1f} MB peak RSS -> {per_conn:.1f} KB per TLS connection"
+    )
 
 
 if __name__ == "__main__":

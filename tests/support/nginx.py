@@ -9,6 +9,11 @@ exact number of requests served, which the tests compare with the generator's co
 
 Paths: ``/`` answers ``200 "ok\\n"``; ``/status/<code>`` answers that code for
 200, 204, 400, 404, 429, 500, 502 and 503.
+
+The benchmarks under ``bench/`` use the same server under heavier load: :class:`Tuning`
+raises the connection limits and the listen backlog, and ``tls_cert``/``tls_key`` add an
+HTTPS listener on a second port serving the same paths. The defaults render the config the
+tests have always had.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .ports import LOOPBACK, free_port
@@ -35,9 +41,47 @@ def nginx_binary() -> str | None:
     return shutil.which("nginx")
 
 
-def render_config(directory: Path, port: int, *, access_log: bool = True) -> str:
+@dataclass(frozen=True)
+class Tuning:
+    """Limits to raise for heavy load; the defaults are what the tests run with."""
+
+    worker_connections: int = 1024
+    multi_accept: bool = False
+    worker_rlimit_nofile: int | None = None
+    listen_backlog: int | None = None  # None: nginx's default (511)
+    keepalive_timeout_s: int = 75
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """A second, HTTPS listener of the same server."""
+
+    port: int
+    cert: Path
+    key: Path
+
+
+def render_config(
+    directory: Path,
+    port: int,
+    *,
+    access_log: bool = True,
+    tuning: Tuning | None = None,
+    tls: TlsListener | None = None,
+) -> str:
     """nginx.conf for a server on 127.0.0.1:``port`` keeping all its files in ``directory``."""
     d = directory
+    t = tuning or Tuning()
+    rlimit = f"worker_rlimit_nofile {t.worker_rlimit_nofile};\n" if t.worker_rlimit_nofile else ""
+    multi_accept = "\n    multi_accept on;" if t.multi_accept else ""
+    backlog = f" backlog={t.listen_backlog}" if t.listen_backlog else ""
+    https = (
+        f"\n        listen {LOOPBACK}:{tls.port} ssl{backlog};"
+        f"\n        ssl_certificate {tls.cert};"
+        f"\n        ssl_certificate_key {tls.key};"
+        if tls
+        else ""
+    )
     # As root, nginx's workers would switch to "nobody", who cannot read a 0700 temp dir.
     user = "user root;\n" if os.geteuid() == 0 else ""
     log = f"access_log {d}/access.log short;" if access_log else "access_log off;"
@@ -52,11 +96,11 @@ def render_config(directory: Path, port: int, *, access_log: bool = True) -> str
 {user}daemon off;
 master_process on;
 worker_processes 1;
-pid {d}/nginx.pid;
+{rlimit}pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 
 events {{
-    worker_connections 1024;
+    worker_connections {t.worker_connections};{multi_accept}
 }}
 
 http {{
@@ -64,11 +108,11 @@ http {{
     log_format short '$status $request_method $request_uri';
     {log}
     keepalive_requests 1000000;
-    keepalive_timeout 75s;
+    keepalive_timeout {t.keepalive_timeout_s}s;
     default_type text/plain;
 
     server {{
-        listen {LOOPBACK}:{port};
+        listen {LOOPBACK}:{port}{backlog};{https}
         location = / {{ return 200 "ok\\n"; }}
 {statuses}
         location / {{ return 404 "not found\\n"; }}
@@ -80,15 +124,24 @@ http {{
 class NginxServer:
     """A running nginx; ``base_url`` to aim at, ``requests_served()`` to count hits."""
 
-    def __init__(self, directory: Path, port: int, process: ManagedProcess) -> None:
+    def __init__(
+        self, directory: Path, port: int, process: ManagedProcess, *, tls_port: int | None = None
+    ) -> None:
         self.directory = directory
         self.port = port
         self.process = process
         self.access_log = directory / "access.log"
+        self.tls_port = tls_port
 
     @property
     def base_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def tls_base_url(self) -> str:
+        """The HTTPS listener, by the name its certificate is for (see ``support.certs``)."""
+        assert self.tls_port is not None, "nginx was started without tls_cert"
+        return f"https://localhost:{self.tls_port}"
 
     def log_lines(self) -> list[str]:
         try:
@@ -134,10 +187,16 @@ def nginx_server(
     port: int | None = None,
     cpu: int | None = None,
     ready_timeout_s: float = 15.0,
+    tuning: Tuning | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_port: int | None = None,
 ) -> Iterator[NginxServer]:
     """Run nginx with its config and files in ``directory`` (created); stop it on exit.
 
-    ``cpu`` pins it (master and worker) to that CPU with ``taskset``.
+    ``cpu`` pins it (master and worker) to that CPU with ``taskset``. ``tuning`` raises its
+    limits. ``tls_cert`` and ``tls_key`` add an HTTPS listener on ``tls_port`` (default: a
+    free one), ``NginxServer.tls_port``.
     """
     binary = nginx_binary()
     if binary is None:
@@ -147,8 +206,11 @@ def nginx_server(
     for name in _TEMP_DIRS:
         (directory / name).mkdir(exist_ok=True)
     port = free_port() if port is None else port
+    tls = None
+    if tls_cert is not None and tls_key is not None:
+        tls = TlsListener(free_port() if tls_port is None else tls_port, tls_cert, tls_key)
     conf = directory / "nginx.conf"
-    conf.write_text(render_config(directory, port, access_log=access_log))
+    conf.write_text(render_config(directory, port, access_log=access_log, tuning=tuning, tls=tls))
     argv = [binary, "-p", f"{directory}/", "-c", str(conf), "-e", str(directory / "error.log")]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
@@ -156,8 +218,10 @@ def nginx_server(
 
     def ready(proc: ManagedProcess) -> None:
         wait_for_tcp(LOOPBACK, port, ready_timeout_s, process=proc)
+        if tls is not None:
+            wait_for_tcp(LOOPBACK, tls.port, ready_timeout_s, process=proc)
         # Connected, but to whom? If nginx failed to bind, it exits; make sure it is alive.
         proc.check_running()
 
     with running(process, ready) as proc:
-        yield NginxServer(directory, port, proc)
+        yield NginxServer(directory, port, proc, tls_port=None if tls is None else tls.port)

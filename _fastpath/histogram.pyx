@@ -17,27 +17,36 @@ code without calls. Everything a query returns is a slot bound, as in the other 
 percentiles give the slot's highest equivalent value (lowest for percentile 0), ``min``/``max``
 the lowest/highest equivalent of the extremes, ``mean``/``stddev`` use slot midpoints.
 
-Encoding (HdrHistogram V2, compressed, what ``encodeIntoCompressedByteBuffer`` writes):
+Encoding (HdrHistogram V2): ``encode()`` writes the compressed form (what
+``encodeIntoCompressedByteBuffer`` writes), ``encode(compressed=False)`` the bare payload (what
+``encodeIntoByteBuffer`` writes, and what the compressed form wraps):
 
-    outer:   u32 cookie 0x1c849314 | u32 length of the zlib data | zlib(payload)
-    payload: u32 cookie 0x1c849313 | u32 varint bytes | u32 normalizing index offset (0)
-             | u32 significant figures | u64 lowest | u64 highest | f64 conversion ratio (1.0)
-             | counts[0 .. index(max)] as ZigZag LEB128 varints (big-endian header fields)
+    compressed: u32 cookie 0x1c849314 | u32 length of the zlib data | zlib(payload)
+    payload:    u32 cookie 0x1c849313 | u32 varint bytes | u32 normalizing index offset (0)
+                | u32 significant figures | u64 lowest | u64 highest | f64 conversion ratio (1.0)
+                | counts[0 .. index(max)] as ZigZag LEB128 varints (big-endian header fields)
+
+The uncompressed form is over twice the bytes (a 2,000-value delta: ~1 KB compressed, 2.3 KB
+not) but costs no zlib to read, which is most of the cost of merging a compressed delta: it is
+meant for worker-to-master deltas, where bytes are cheap and the master merges thousands a
+second. Java's ``decodeFromByteBuffer`` reads both forms; ``hdrh`` and HdrHistogram_c read
+only the compressed one, so whatever users see (``Metric.hdr``) stays compressed.
 
 A run of k zero counters is written as the single varint -k. The varints are the
 "LEB128-64b9B" variant of the reference: at most 9 bytes, the ninth carrying 8 full bits. The
 cookies' 0x10 bit is the word-size nibble of older versions; like the reference decoders we
 mask it (0xf0) when reading. The base64 text form used by ``hdrh`` and HdrHistogram logs is
-the same bytes base64-encoded; ``decode`` accepts both.
+the same bytes base64-encoded; ``decode`` accepts all four (either form, raw or base64).
 
 Merging without decoding: ``add_encoded`` (and its two halves, ``InflatedHistogram`` to
-inflate and check, ``add_inflated`` to add) walks the varints straight into an existing
-histogram, so a merge costs in proportion to the encoded size, not to the 184 KiB layout; see
-the section "adding an encoding without decoding it" below.
+inflate, if compressed, and check, ``add_inflated`` to add) walks the varints straight into an
+existing histogram, so a merge costs in proportion to the encoded size, not to the 184 KiB
+layout; see the section "adding an encoding without decoding it" below.
 
 Decoding treats its input as hostile: every length and header field is checked before use,
-zlib output is bounded by the announced payload length, and the counts array is capped at
-``MAX_DECODED_COUNTS`` slots, so garbage gives ``ValueError`` and never a large allocation.
+zlib output is bounded by the announced payload length (an uncompressed payload must be
+exactly that long), and the counts array is capped at ``MAX_DECODED_COUNTS`` slots, so
+garbage gives ``ValueError`` and never a large allocation.
 """
 
 import base64
@@ -328,11 +337,12 @@ cdef int _decode_counts(hdr_core* h, const uint8_t* data, Py_ssize_t length) noe
 # Histogram.decode + add costs a 184 KiB counts array (allocated, zeroed, then walked by add)
 # per encoded delta; the master merges a delta per key per worker per second. add_encoded and
 # InflatedHistogram instead inflate the zlib data with zlib's C API into a payload-sized
-# buffer, check the header and every varint first (_inflate_and_scan: nothing is written
-# anywhere until the whole input is known good), then walk the varints once more adding into
-# the target's counts (_add_scanned). Zero runs are skipped, so the cost follows the encoded
-# size, not the layout. Whatever the fast path refuses is handed to ``decode``, so malformed
-# input gets exactly decode's ValueError (and input only decode accepts still works).
+# buffer (an uncompressed encoding is read where it lies, no copy), check the header and every
+# varint first (_read_and_scan: nothing is written anywhere until the whole input is known
+# good), then walk the varints once more adding into the target's counts (_add_scanned). Zero
+# runs are skipped, so the cost follows the encoded size, not the layout. Whatever the fast
+# path refuses is handed to ``decode``, so malformed input gets exactly decode's ValueError (and
+# input only decode accepts still works).
 
 cdef extern from "zlib.h" nogil:
     ctypedef struct z_stream:
@@ -351,16 +361,18 @@ cdef extern from "zlib.h" nogil:
 
 
 cdef enum:
-    # Results of _inflate_and_scan / _add_scanned (any refusal goes to decode for its error).
+    # Results of _read_and_scan / _add_scanned (any refusal goes to decode for its error).
     ADD_OK = 0
     ADD_REFUSED = -1
     ADD_LAYOUT_DIFFERS = -2
     ADD_TOTAL_OVERFLOW = -3
     OUTER_HEADER_SIZE = 8  # _OUTER.size
     # The module constants of the same names, for nogil code.
-    # Above this many varint bytes add_inflated releases the GIL (a 2,000-value delta is ~2 KB).
+    # Above this many varint bytes add_inflated releases the GIL (a 2,000-value delta is ~2 KB),
+    # and so do add_encoded and InflatedHistogram for an uncompressed encoding: without zlib,
+    # reading one is a walk over the varints like add_inflated's.
     _NOGIL_ADD_BYTES = 64 * 1024
-    # add_encoded and InflatedHistogram release the GIL from this many encoded bytes on. A
+    # add_encoded and InflatedHistogram release the GIL from this many compressed bytes on. A
     # typical delta (~1 KB, ~10 us of zlib) is cheaper to inflate holding it: measured with
     # bench/master_scale.py (300 streams of 50 keys), releasing it per delta cost the master
     # twice the merge CPU in GIL hand-offs between the stream threads.
@@ -372,8 +384,10 @@ cdef enum:
 
 cdef struct _scanned:
     hdr_core layout          # the header's layout; counts stays NULL
-    uint8_t* payload         # the varints, malloc'd (payload_len + 1 bytes), owned
-    Py_ssize_t payload_len
+    const uint8_t* varints   # the payload's varints: in ``payload``, or in the caller's bytes
+    Py_ssize_t payload_len   # varint bytes
+    uint8_t* payload         # inflated varints, malloc'd (payload_len + 1 bytes), owned; NULL
+                             # for an uncompressed encoding (read in place)
     int64_t total
     int32_t first            # first and last non-zero slot, -1 when total is 0
     int32_t last
@@ -415,12 +429,18 @@ cdef uint64_t NO_SLOT = <uint64_t>-1
 
 
 cdef int _scan_counts(_scanned* s) noexcept nogil:
-    """_decode_counts's checks over ``s.payload`` without writing counts: fills total, first
-    and last. Returns a DEC_* code.
+    """_decode_counts's checks over ``s.varints`` without writing counts: fills total, first
+    and last. Returns a DEC_* code (which one, when several apply, is unspecified: callers
+    only tell DEC_OK from the rest and let ``decode`` name the error).
 
     Runs and counts alternate at random in real deltas, so the loop is branch-free on the
-    kind of varint (a mispredicted branch per varint doubled its cost)."""
-    cdef const uint8_t* data = s.payload
+    kind of varint (a mispredicted branch per varint doubled its cost). One-byte varints
+    (counts under 64, runs of up to 64 slots: nearly all of a latency delta) skip the slot and
+    total tests: each moves ``index`` by at most 64 and ``total`` by at most 63, so neither
+    can wrap before the tests after the loop (payload_len <= 9 * 2**22). Longer varints are
+    tested where they occur, which keeps index <= counts_len and total <= INT64_MAX before
+    any of them is added."""
+    cdef const uint8_t* data = s.varints
     cdef Py_ssize_t length = s.payload_len
     cdef Py_ssize_t pos = 0
     cdef uint64_t counts_len = <uint64_t>s.layout.counts_len
@@ -434,15 +454,18 @@ cdef int _scan_counts(_scanned* s) noexcept nogil:
         if v & 0x80:
             if _read_varint_tail(data, length, &pos, &v) != 0:
                 return DEC_TRUNCATED_VARINT
+            half = v >> 1
+            if v & 1:
+                # A run of half + 1 slots must end by counts_len.
+                if index > counts_len or half >= counts_len - index:
+                    return DEC_TOO_MANY_COUNTS
+            elif total > <uint64_t>INT64_MAX or half > <uint64_t>INT64_MAX - total:
+                return DEC_TOTAL_OVERFLOW
         # ZigZag: odd is a run of (v >> 1) + 1 zero slots, even a count of v >> 1.
         half = v >> 1
         is_run = -(v & 1)                      # all ones for a run
         count = half & ~is_run
         step = 1 + (half & is_run)             # a count takes one slot, a run half + 1
-        if step > counts_len - index:
-            return DEC_TOO_MANY_COUNTS
-        if count > <uint64_t>INT64_MAX - total:
-            return DEC_TOTAL_OVERFLOW
         total += count
         # last = index if count else last, as a mask: a branch here is mispredicted as often
         # as the kind of varint (gcc turns the conditional form into one).
@@ -451,26 +474,69 @@ cdef int _scan_counts(_scanned* s) noexcept nogil:
         if first == NO_SLOT and count != 0:
             first = index
         index += step
+    # index only grows, so every slot written (each below the index after it) is in range.
+    if index > counts_len:
+        return DEC_TOO_MANY_COUNTS
+    if total > <uint64_t>INT64_MAX:
+        return DEC_TOTAL_OVERFLOW
     s.total = <int64_t>total
     s.first = -1 if first == NO_SLOT else <int32_t>first
     s.last = -1 if last == NO_SLOT else <int32_t>last
     return DEC_OK
 
 
-cdef int _inflate_and_scan(const uint8_t* data, Py_ssize_t length, _scanned* s) noexcept nogil:
-    """Check and inflate a V2 compressed encoding into ``s`` (all of decode's checks, or
-    stricter); ``s`` must be zeroed. ADD_OK or ADD_REFUSED; ``s.payload`` may be set either
-    way and is the caller's to free."""
+cdef int _check_payload_header(const uint8_t* header, _scanned* s,
+                               uint32_t* payload_len) noexcept nogil:
+    """The 40-byte payload header's checks (all of _check_header's): fills ``s.layout`` and
+    ``payload_len``; ADD_OK or ADD_REFUSED."""
+    cdef uint32_t length = _be32(header + 4)
+    cdef int32_t sig = <int32_t>_be32(header + 12)
+    cdef uint64_t lowest = _be64(header + 16)
+    cdef uint64_t highest = _be64(header + 24)
+    if ((_be32(header) & ~(<uint32_t>0xF0)) != _ENCODING_COOKIE_BASE_C or _be32(header + 8) != 0
+            or lowest > <uint64_t>INT64_MAX or highest > <uint64_t>INT64_MAX):
+        return ADD_REFUSED
+    if _layout_init(&s.layout, <int64_t>lowest, <int64_t>highest, sig) != 0:
+        return ADD_REFUSED
+    if (s.layout.counts_len > MAX_DECODED_COUNTS_C
+            or length > <uint64_t>s.layout.counts_len * MAX_VARINT_BYTES):
+        return ADD_REFUSED
+    payload_len[0] = length
+    return ADD_OK
+
+
+cdef int _read_and_scan(const uint8_t* data, Py_ssize_t length, _scanned* s) noexcept nogil:
+    """Check a V2 encoding, either form, into ``s`` (all of decode's checks, or stricter);
+    ``s`` must be zeroed. ADD_OK or ADD_REFUSED. ``s.varints`` may point into ``data``, which
+    must then outlive ``s``; ``s.payload`` may be set either way and is the caller's to free."""
+    cdef uint32_t payload_len
+    if length >= 4 and (_be32(data) & ~(<uint32_t>0xF0)) == _ENCODING_COOKIE_BASE_C:
+        # Uncompressed: the payload itself, exactly as long as its header says.
+        if length < PAYLOAD_HEADER_SIZE:
+            return ADD_REFUSED
+        if _check_payload_header(data, s, &payload_len) != ADD_OK:
+            return ADD_REFUSED
+        if <Py_ssize_t>payload_len != length - PAYLOAD_HEADER_SIZE:
+            return ADD_REFUSED
+        s.varints = data + PAYLOAD_HEADER_SIZE
+        s.payload_len = payload_len
+    elif _inflate(data, length, s) != ADD_OK:
+        return ADD_REFUSED
+    if _scan_counts(s) != DEC_OK:
+        return ADD_REFUSED
+    return ADD_OK
+
+
+cdef int _inflate(const uint8_t* data, Py_ssize_t length, _scanned* s) noexcept nogil:
+    """Check and inflate a V2 compressed encoding's payload into ``s.payload`` (the varints
+    only, not scanned yet); ADD_OK or ADD_REFUSED."""
     cdef uint8_t header[PAYLOAD_HEADER_SIZE]
     cdef z_stream z
     cdef int rc
-    cdef uint32_t cookie, payload_len
-    cdef uint64_t lowest, highest
-    cdef int32_t sig
+    cdef uint32_t payload_len
     if length < OUTER_HEADER_SIZE:
         return ADD_REFUSED
-    cookie = _be32(data)
-    if (cookie & ~(<uint32_t>0xF0)) != _COMPRESSED_COOKIE_BASE_C:
+    if (_be32(data) & ~(<uint32_t>0xF0)) != _COMPRESSED_COOKIE_BASE_C:
         return ADD_REFUSED
     if <Py_ssize_t>_be32(data + 4) != length - OUTER_HEADER_SIZE:
         return ADD_REFUSED
@@ -486,23 +552,13 @@ cdef int _inflate_and_scan(const uint8_t* data, Py_ssize_t length, _scanned* s) 
         rc = inflate(&z, Z_NO_FLUSH)
         if (rc != Z_OK and rc != Z_STREAM_END) or z.avail_out != 0:
             return ADD_REFUSED
-        cookie = _be32(header)
-        payload_len = _be32(header + 4)
-        sig = <int32_t>_be32(header + 12)
-        lowest = _be64(header + 16)
-        highest = _be64(header + 24)
-        if ((cookie & ~(<uint32_t>0xF0)) != _ENCODING_COOKIE_BASE_C or _be32(header + 8) != 0
-                or lowest > <uint64_t>INT64_MAX or highest > <uint64_t>INT64_MAX):
-            return ADD_REFUSED
-        if _layout_init(&s.layout, <int64_t>lowest, <int64_t>highest, sig) != 0:
-            return ADD_REFUSED
-        if (s.layout.counts_len > MAX_DECODED_COUNTS_C
-                or payload_len > <uint64_t>s.layout.counts_len * MAX_VARINT_BYTES):
+        if _check_payload_header(header, s, &payload_len) != ADD_OK:
             return ADD_REFUSED
         # One byte more than announced, to see a payload longer than its header says.
         s.payload = <uint8_t*>malloc(payload_len + 1)
         if s.payload == NULL:
             return ADD_REFUSED
+        s.varints = s.payload
         s.payload_len = payload_len
         if rc != Z_STREAM_END:
             z.next_out = s.payload
@@ -514,15 +570,20 @@ cdef int _inflate_and_scan(const uint8_t* data, Py_ssize_t length, _scanned* s) 
                 return ADD_REFUSED
     finally:
         inflateEnd(&z)
-    if _scan_counts(s) != DEC_OK:
-        return ADD_REFUSED
     return ADD_OK
+
+
+cdef inline bint _worth_releasing_gil(const uint8_t* data, Py_ssize_t length) noexcept nogil:
+    """Whether reading this encoding is long enough to read it without the GIL."""
+    if length >= 4 and (_be32(data) & ~(<uint32_t>0xF0)) == _ENCODING_COOKIE_BASE_C:
+        return length > _NOGIL_ADD_BYTES
+    return length >= _NOGIL_INFLATE_BYTES
 
 
 cdef int _add_scanned(hdr_core* h, const _scanned* s) noexcept nogil:
     """Add a scanned payload into ``h``: ADD_OK, or ADD_LAYOUT_DIFFERS / ADD_TOTAL_OVERFLOW
     with ``h`` unchanged."""
-    cdef const uint8_t* data = s.payload
+    cdef const uint8_t* data = s.varints
     cdef Py_ssize_t length = s.payload_len
     cdef Py_ssize_t pos = 0
     cdef int64_t* counts = h.counts
@@ -560,7 +621,7 @@ cdef int _add_scanned(hdr_core* h, const _scanned* s) noexcept nogil:
 
 
 def _as_encoded_bytes(data: object) -> bytes:
-    """Raw compressed bytes from raw bytes or their base64 text (str or bytes)."""
+    """Raw encoded bytes (either form) from raw bytes or their base64 text (str or bytes)."""
     if isinstance(data, str):
         try:
             data = data.encode("ascii")
@@ -573,7 +634,7 @@ def _as_encoded_bytes(data: object) -> bytes:
     if len(raw) >= 4 and (int.from_bytes(raw[:4], "big") & ~0xF0) in (
             _COMPRESSED_COOKIE_BASE, _ENCODING_COOKIE_BASE):
         return raw
-    # Not raw: must be base64 (the cookie 0x1c84931x encodes as "HISTF"/"HISTE").
+    # Not raw: must be base64 (the cookies 0x1c849314/3 encode as "HISTFA"/"HISTEw").
     try:
         return base64.b64decode(raw.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -600,6 +661,18 @@ def _inflate_payload(compressed: bytes) -> tuple:
         raise ValueError("truncated zlib stream in HdrHistogram encoding")
     if d.unused_data:
         raise ValueError("trailing bytes after the zlib stream in HdrHistogram encoding")
+    return fields, counts
+
+
+def _split_payload(raw: bytes) -> tuple:
+    """The header fields and varints of an uncompressed V2 encoding (the bare payload)."""
+    if len(raw) < _PAYLOAD_HEADER.size:
+        raise ValueError("truncated HdrHistogram payload header")
+    fields = _check_header(raw)
+    counts = raw[_PAYLOAD_HEADER.size:]
+    if len(counts) != fields[1]:
+        raise ValueError(
+            f"HdrHistogram payload length is {len(counts)}, header says {fields[1]}")
     return fields, counts
 
 
@@ -646,17 +719,20 @@ def _counts_len_for(lowest: int, highest: int, sig: int) -> object:
 # --- Python API ------------------------------------------------------------------------------
 
 cdef class InflatedHistogram:
-    """An HdrHistogram V2 compressed encoding, checked and inflated but not added anywhere yet.
+    """An HdrHistogram V2 encoding (either form), checked, and inflated if compressed, but
+    not added anywhere yet.
 
-    ``InflatedHistogram(data)`` does the expensive half of ``Histogram.add_encoded`` (zlib,
-    every header and varint check; without the GIL for large inputs, see
-    ``_NOGIL_INFLATE_BYTES``) and ``Histogram.add_inflated`` the cheap
+    ``InflatedHistogram(data)`` does the expensive half of ``Histogram.add_encoded`` (zlib if
+    compressed, every header and varint check; without the GIL for large inputs, see
+    ``_NOGIL_INFLATE_BYTES`` and ``_NOGIL_ADD_BYTES``) and ``Histogram.add_inflated`` the cheap
     half (one walk over the varints), so a caller can inflate outside its lock and add inside
     it, and knows the input is good before changing anything. Malformed input raises
     ``decode``'s ValueError. Immutable: any thread may add it, to any number of histograms.
     """
 
     cdef _scanned scan
+    # The encoding's bytes while scan.varints points into them (an uncompressed encoding).
+    cdef bytes source
     # Set only when the fast path refused what ``decode`` accepted: the decoded histogram.
     cdef Histogram decoded
 
@@ -666,15 +742,17 @@ cdef class InflatedHistogram:
         cdef Py_ssize_t src_len = len(raw)
         cdef int rc
         memset(&self.scan, 0, sizeof(_scanned))
-        if src_len >= _NOGIL_INFLATE_BYTES:
+        if _worth_releasing_gil(src, src_len):
             with nogil:
-                rc = _inflate_and_scan(src, src_len, &self.scan)
+                rc = _read_and_scan(src, src_len, &self.scan)
         else:
-            rc = _inflate_and_scan(src, src_len, &self.scan)
+            rc = _read_and_scan(src, src_len, &self.scan)
         if rc != ADD_OK:
             free(self.scan.payload)
             memset(&self.scan, 0, sizeof(_scanned))
             self.decoded = Histogram.decode(raw)  # raises decode's ValueError
+        elif self.scan.payload == NULL:
+            self.source = raw  # bytes are immutable: the varints stay where they are
 
     def __dealloc__(self):
         free(self.scan.payload)
@@ -887,8 +965,8 @@ cdef class Histogram:
         Same result as ``self.add(Histogram.decode(data))``, and the same ValueError for
         malformed input or a different layout, with this histogram left unchanged; also a
         ValueError if the total count would overflow int64. Releases the GIL for large inputs
-        (16 KiB and more): like ``record_many``, no other thread may use this histogram
-        meanwhile.
+        (16 KiB and more compressed, over 64 KiB uncompressed): like ``record_many``, no other
+        thread may use this histogram meanwhile.
         """
         cdef bytes raw = data if type(data) is bytes else _as_encoded_bytes(data)
         cdef const uint8_t* src = <const uint8_t*>PyBytes_AS_STRING(raw)
@@ -896,13 +974,13 @@ cdef class Histogram:
         cdef _scanned scan
         cdef int rc
         memset(&scan, 0, sizeof(_scanned))
-        if src_len >= _NOGIL_INFLATE_BYTES:
+        if _worth_releasing_gil(src, src_len):
             with nogil:
-                rc = _inflate_and_scan(src, src_len, &scan)
+                rc = _read_and_scan(src, src_len, &scan)
                 if rc == ADD_OK:
                     rc = _add_scanned(&self.core, &scan)
         else:
-            rc = _inflate_and_scan(src, src_len, &scan)
+            rc = _read_and_scan(src, src_len, &scan)
             if rc == ADD_OK:
                 rc = _add_scanned(&self.core, &scan)
         free(scan.payload)
@@ -961,8 +1039,11 @@ cdef class Histogram:
 
     # -- encoding --
 
-    def encode(self) -> bytes:
-        """The HdrHistogram V2 compressed encoding as raw bytes (base64 it for text)."""
+    def encode(self, compressed: bool = True) -> bytes:
+        """The HdrHistogram V2 encoding as raw bytes (base64 it for text): compressed (what
+        users and ``hdrh`` read) or, with ``compressed=False``, the bare payload, over twice
+        the bytes but read without zlib (for deltas on a cheap link; ``hdrh`` cannot read it).
+        """
         cdef const hdr_core* h = &self.core
         cdef int32_t limit = 0
         cdef Py_ssize_t written
@@ -975,25 +1056,29 @@ cdef class Histogram:
             written = _encode_counts(h, limit, varints)
         _PAYLOAD_HEADER.pack_into(buf, 0, ENCODING_COOKIE, written, 0, h.significant_figures,
                                   h.lowest_trackable, h.highest_trackable, 1.0)
-        compressed = zlib.compress(memoryview(buf)[:PAYLOAD_HEADER_SIZE + written])
-        return _OUTER.pack(COMPRESSED_COOKIE, len(compressed)) + compressed
+        if not compressed:
+            return bytes(memoryview(buf)[:PAYLOAD_HEADER_SIZE + written])
+        deflated = zlib.compress(memoryview(buf)[:PAYLOAD_HEADER_SIZE + written])
+        return _OUTER.pack(COMPRESSED_COOKIE, len(deflated)) + deflated
 
     @staticmethod
     def decode(data: object) -> Histogram:
-        """A histogram from an HdrHistogram V2 encoding: raw compressed bytes or base64 text
-        (str or bytes). Malformed input raises ValueError."""
+        """A histogram from an HdrHistogram V2 encoding, compressed or not: raw bytes or base64
+        text (str or bytes). Malformed input raises ValueError."""
         raw = _as_encoded_bytes(data)
         if len(raw) < _OUTER.size:
             raise ValueError("truncated HdrHistogram encoding")
         cookie, length = _OUTER.unpack_from(raw)
         if (cookie & ~0xF0) == _ENCODING_COOKIE_BASE:
-            raise ValueError("uncompressed HdrHistogram V2 encoding; expected the compressed form")
-        if (cookie & ~0xF0) != _COMPRESSED_COOKIE_BASE:
-            raise ValueError(f"bad HdrHistogram V2 compressed cookie 0x{cookie:08x}")
-        if length != len(raw) - _OUTER.size:
-            raise ValueError(f"HdrHistogram encoding announces {length} compressed bytes, "
-                             f"has {len(raw) - _OUTER.size}")
-        (_cookie, payload_len, sig, lowest, highest), counts = _inflate_payload(raw[_OUTER.size:])
+            (_cookie, payload_len, sig, lowest, highest), counts = _split_payload(raw)
+        elif (cookie & ~0xF0) == _COMPRESSED_COOKIE_BASE:
+            if length != len(raw) - _OUTER.size:
+                raise ValueError(f"HdrHistogram encoding announces {length} compressed bytes, "
+                                 f"has {len(raw) - _OUTER.size}")
+            (_cookie, payload_len, sig, lowest, highest), counts = (
+                _inflate_payload(raw[_OUTER.size:]))
+        else:
+            raise ValueError(f"bad HdrHistogram V2 cookie 0x{cookie:08x}")
         cdef Histogram result = Histogram(lowest, highest, sig)
         cdef const uint8_t* src = <const uint8_t*>PyBytes_AS_STRING(counts)
         cdef Py_ssize_t src_len = len(counts)

@@ -2,15 +2,21 @@
 
     python bench/master_scale.py                              # 100 and 1000 workers x 50 keys
     python bench/master_scale.py --workers 100,500 --values-per-key 2000 --duration-s 6
+    python bench/master_scale.py --skip-grpc --pure-workers 1000 --forms uncompressed
 
 Target: one report interval of 1000 workers x 50 metric keys merged in < 250 ms on one core.
+
+Both parts run for each of ``--forms`` (default both): the deltas' histograms in the
+HdrHistogram V2 compressed encoding (``encode()``) or the uncompressed one
+(``encode(compressed=False)``: over twice the bytes, no zlib to read).
 
 Two measurements:
 
 1. **Pure merge** (no gRPC), pinned to one CPU: ``--pure-workers`` precomputed WorkerReports
    (``--keys`` MetricDeltas each, ``hdr`` and ``service_hdr`` of ``--values-per-key``
    log-normal latencies, median 2 ms) added with ``Aggregator.add_report`` per interval;
-   beside it the old merge (``Histogram.decode`` + ``add`` per delta), and the other per-report
+   beside it (compressed form only) the old merge (``Histogram.decode`` + ``add`` per delta),
+   and the other per-report
    costs of ``Scheduler._consume``: protobuf parsing and the SQLite ``add_delta`` insert.
 2. **Through gRPC**: a real master (``start_master``, in this process, SQLite on a temp file)
    and ``--procs`` processes of fake workers: each process runs one grpc.aio server listening
@@ -54,7 +60,12 @@ MEDIAN_US = 2_000
 SIGMA = 0.6
 
 
-def make_report(keys: int, values_per_key: int, seed: int) -> worker_pb2.WorkerReport:
+FORMS = ("compressed", "uncompressed")
+
+
+def make_report(
+    keys: int, values_per_key: int, seed: int, compressed: bool = True
+) -> worker_pb2.WorkerReport:
     """One worker's 1-second delta: every key with its latency and service-time histograms."""
     rng = np.random.default_rng(seed)
     metrics = []
@@ -66,8 +77,8 @@ def make_report(keys: int, values_per_key: int, seed: int) -> worker_pb2.WorkerR
         metrics.append(
             worker_pb2.MetricDelta(
                 key=f"GET /api/item/{k}",
-                hdr=hist.encode(),
-                service_hdr=service.encode(),
+                hdr=hist.encode(compressed),
+                service_hdr=service.encode(compressed),
                 count=values_per_key,
                 errors=values_per_key // 500,
                 errors_by_kind={"http_5xx": values_per_key // 500},
@@ -95,11 +106,13 @@ def _cpu_s() -> float:
 # --- 1. pure merge --------------------------------------------------------------------------
 
 
-def pure_merge(workers: int, keys: int, values: int, intervals: int, cpu: int) -> dict[str, Any]:
+def pure_merge(
+    workers: int, keys: int, values: int, intervals: int, cpu: int, compressed: bool
+) -> dict[str, Any]:
     from master_service.aggregator import Aggregator
     from master_service.store import SqliteStore
 
-    variants = [make_report(keys, values, seed) for seed in range(8)]
+    variants = [make_report(keys, values, seed, compressed) for seed in range(8)]
     blobs = [r.SerializeToString() for r in variants]
     encoded_bytes = sum(len(m.hdr) + len(m.service_hdr) for m in variants[0].metrics)
     os.sched_setaffinity(0, {cpu})
@@ -111,10 +124,10 @@ def pure_merge(workers: int, keys: int, values: int, intervals: int, cpu: int) -
             for w in range(workers):
                 agg.add_report(f"w{w}", variants[(w + seq) % len(variants)])
             per_interval.append(time.thread_time() - t0)
-        # The merge as it was: a Histogram decoded per delta, then added.
+        # The merge as it was: a Histogram decoded per delta, then added (compressed only).
         old = Aggregator()
         t0 = time.thread_time()
-        for w in range(workers):
+        for w in range(workers if compressed else 0):
             report = variants[w % len(variants)]
             hists = [
                 (Histogram.decode(m.hdr), Histogram.decode(m.service_hdr)) for m in report.metrics
@@ -123,10 +136,10 @@ def pure_merge(workers: int, keys: int, values: int, intervals: int, cpu: int) -
                 key = old._keys.setdefault(m.key, type(next(iter(agg._keys.values())))())
                 key.hist.add(h)
                 key.service.add(s)
-        old_s = time.thread_time() - t0
-        assert old._keys[variants[0].metrics[0].key].hist.total_count * intervals == (
-            agg._keys[variants[0].metrics[0].key].hist.total_count
-        )
+        old_s = time.thread_time() - t0 if compressed else float("nan")
+        assert not compressed or old._keys[
+            variants[0].metrics[0].key
+        ].hist.total_count * intervals == (agg._keys[variants[0].metrics[0].key].hist.total_count)
         t0 = time.thread_time()
         for w in range(workers):
             worker_pb2.WorkerReport.FromString(blobs[w % len(blobs)])
@@ -159,6 +172,7 @@ def _fake_worker_process(
     keys: int,
     values: int,
     seed: int,
+    compressed: bool,
     ready: Any,
     stop: Any,
 ) -> None:
@@ -168,7 +182,7 @@ def _fake_worker_process(
 
     from chaperon.v1 import master_pb2, master_pb2_grpc
 
-    base = make_report(keys, values, seed).SerializeToString()
+    base = make_report(keys, values, seed, compressed).SerializeToString()
     streaming: set[str] = set()
 
     async def run_assignment(
@@ -285,7 +299,7 @@ class _Timings:
 
 
 def through_grpc(
-    workers: int, procs: int, keys: int, values: int, duration_s: float
+    workers: int, procs: int, keys: int, values: int, duration_s: float, compressed: bool
 ) -> dict[str, Any]:
     import grpc
 
@@ -316,7 +330,7 @@ def through_grpc(
         for i, n in enumerate(shares):
             p = ctx.Process(
                 target=_fake_worker_process,
-                args=(master.address, n, keys, values, i, ready, stop),
+                args=(master.address, n, keys, values, i, compressed, ready, stop),
                 daemon=True,
             )
             p.start()
@@ -399,7 +413,15 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, default=3, help="pure-merge intervals")
     parser.add_argument("--cpu", type=int, default=0, help="CPU the pure merge is pinned to")
     parser.add_argument("--skip-grpc", action="store_true")
+    parser.add_argument(
+        "--forms",
+        default=",".join(FORMS),
+        help="comma-separated delta encodings to measure: compressed, uncompressed",
+    )
     args = parser.parse_args()
+    forms = [f for f in args.forms.split(",") if f]
+    if not forms or any(f not in FORMS for f in forms):
+        parser.error(f"--forms takes a comma-separated subset of {','.join(FORMS)}")
     print("command: python bench/master_scale.py " + " ".join(sys.argv[1:]))
     print(
         f"{os.cpu_count()} CPUs; {args.keys} keys x (hdr + service_hdr) of "
@@ -408,17 +430,26 @@ def main() -> None:
 
     print("\n1. pure merge, one core (CPU time per report interval)")
     print(
-        f"{'workers':>8} {'hist B':>7} {'report KiB':>10} {'merge ms':>9} {'old ms':>8} "
-        f"{'us/hist':>8} {'parse ms':>9} {'sqlite ms':>10}"
+        f"{'form':>12} {'workers':>8} {'hist B':>7} {'report KiB':>10} {'merge ms':>9} "
+        f"{'old ms':>8} {'us/hist':>8} {'parse ms':>9} {'sqlite ms':>10}"
     )
     for workers in [int(w) for w in args.pure_workers.split(",") if w]:
-        r = pure_merge(workers, args.keys, args.values_per_key, args.intervals, args.cpu)
-        merge_ms = statistics.median(r["merge_ms"])
-        print(
-            f"{workers:>8} {r['hist_bytes']:>7.0f} {r['report_kib']:>10.1f} {merge_ms:>9.1f} "
-            f"{r['old_ms']:>8.1f} {merge_ms * 1e3 / (workers * args.keys * 2):>8.2f} "
-            f"{r['parse_ms']:>9.1f} {r['sqlite_ms']:>10.1f}"
-        )
+        for form in forms:
+            r = pure_merge(
+                workers,
+                args.keys,
+                args.values_per_key,
+                args.intervals,
+                args.cpu,
+                form == "compressed",
+            )
+            merge_ms = statistics.median(r["merge_ms"])
+            print(
+                f"{form:>12} {workers:>8} {r['hist_bytes']:>7.0f} {r['report_kib']:>10.1f} "
+                f"{merge_ms:>9.1f} {r['old_ms']:>8.1f} "
+                f"{merge_ms * 1e3 / (workers * args.keys * 2):>8.2f} "
+                f"{r['parse_ms']:>9.1f} {r['sqlite_ms']:>10.1f}"
+            )
     if args.skip_grpc:
         return
 
@@ -427,37 +458,47 @@ def main() -> None:
         f"{args.duration_s:g} s closed-model run, report interval 1 s"
     )
     print(
-        f"{'workers':>8} {'state':>10} {'lost':>5} {'merge ms/interval (max)':>24} "
+        f"{'form':>12} {'workers':>8} {'state':>10} {'lost':>5} {'merge ms/interval (max)':>24} "
         f"{'sqlite ms/int':>13} {'master CPU s':>12} {'run s':>6} {'RSS MiB':>14} {'threads':>7}"
     )
     for workers in [int(w) for w in args.workers.split(",") if w]:
-        try:
-            r = through_grpc(workers, args.procs, args.keys, args.values_per_key, args.duration_s)
-        except Exception as exc:  # noqa: BLE001 - a scale that does not work is a result too
-            print(f"{workers:>8} failed: {type(exc).__name__}: {exc}")
-            continue
-        merge: _Timings = r["merge"]
-        insert: _Timings = r["insert"]
-        full = [s for s, n in merge.calls_by_seq.items() if n >= r["registered"] * 0.9]
-        merge_ms = [merge.cpu_by_seq[s] * 1e3 for s in sorted(full)]
-        insert_ms = [insert.cpu_by_seq[s] * 1e3 for s in sorted(full)]
-        merge_text = (
-            f"{statistics.median(merge_ms):.0f} ({max(merge_ms):.0f})" if merge_ms else "n/a"
-        )
-        insert_text = f"{statistics.median(insert_ms):.0f}" if insert_ms else "n/a"
-        rss_text = f"{r['rss_before']:.0f}->{r['rss']:.0f}/{r['hwm']:.0f}"
-        print(
-            f"{workers:>8} {r['state']:>10} {r['lost']:>5} {merge_text:>24} {insert_text:>13} "
-            f"{r['run_cpu_s']:>12.1f} {r['run_wall_s']:>6.1f} {rss_text:>14} "
-            f"{r['peak_threads']:>7}"
-        )
-        if r["error"]:
-            print(f"         error: {r['error'][:300]}")
-        print(
-            f"         registered {r['registered']} in {r['setup_s']:.1f} s; reports merged per "
-            f"sequence: {dict(sorted(merge.calls_by_seq.items()))}; values counted "
-            f"{r['count']:,}; add_report wall total {merge.wall_s:.1f} s"
-        )
+        for form in forms:
+            try:
+                r = through_grpc(
+                    workers,
+                    args.procs,
+                    args.keys,
+                    args.values_per_key,
+                    args.duration_s,
+                    form == "compressed",
+                )
+            except Exception as exc:  # noqa: BLE001 - a scale that does not work is a result too
+                print(f"{form:>12} {workers:>8} failed: {type(exc).__name__}: {exc}")
+                continue
+            _print_grpc_row(form, workers, r)
+
+
+def _print_grpc_row(form: str, workers: int, r: dict[str, Any]) -> None:
+    merge: _Timings = r["merge"]
+    insert: _Timings = r["insert"]
+    full = [s for s, n in merge.calls_by_seq.items() if n >= r["registered"] * 0.9]
+    merge_ms = [merge.cpu_by_seq[s] * 1e3 for s in sorted(full)]
+    insert_ms = [insert.cpu_by_seq[s] * 1e3 for s in sorted(full)]
+    merge_text = f"{statistics.median(merge_ms):.0f} ({max(merge_ms):.0f})" if merge_ms else "n/a"
+    insert_text = f"{statistics.median(insert_ms):.0f}" if insert_ms else "n/a"
+    rss_text = f"{r['rss_before']:.0f}->{r['rss']:.0f}/{r['hwm']:.0f}"
+    print(
+        f"{form:>12} {workers:>8} {r['state']:>10} {r['lost']:>5} {merge_text:>24} "
+        f"{insert_text:>13} {r['run_cpu_s']:>12.1f} {r['run_wall_s']:>6.1f} {rss_text:>14} "
+        f"{r['peak_threads']:>7}"
+    )
+    if r["error"]:
+        print(f"{'':>21}error: {r['error'][:300]}")
+    print(
+        f"{'':>21}registered {r['registered']} in {r['setup_s']:.1f} s; reports merged per "
+        f"sequence: {dict(sorted(merge.calls_by_seq.items()))}; values counted "
+        f"{r['count']:,}; add_report wall total {merge.wall_s:.1f} s"
+    )
 
 
 if __name__ == "__main__":

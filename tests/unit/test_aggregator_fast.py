@@ -19,27 +19,41 @@ from master_service.aggregator import Aggregator
 KEYS = [f"GET /item/{i}" for i in range(8)]
 
 
-def _delta(rng: np.random.Generator, key: str, n: int) -> worker_pb2.MetricDelta:
+def _delta(
+    rng: np.random.Generator, key: str, n: int, compressed: bool = True
+) -> worker_pb2.MetricDelta:
     hist, service = Histogram(), Histogram()
     latency_us = rng.lognormal(np.log(2_000), 0.6, n).astype(np.int64)
     hist.record_many(latency_us)
     service.record_many(latency_us // 2)
     return worker_pb2.MetricDelta(
         key=key,
-        hdr=hist.encode(),
-        service_hdr=service.encode(),
+        hdr=hist.encode(compressed),
+        service_hdr=service.encode(compressed),
         count=n,
         errors=n // 100,
         errors_by_kind={"http_5xx": n // 100} if n >= 100 else {},
     )
 
 
-def _reports(seed: int, workers: int, intervals: int) -> list[tuple[str, worker_pb2.WorkerReport]]:
+def _reports(
+    seed: int, workers: int, intervals: int, compressed: bool | None = True
+) -> list[tuple[str, worker_pb2.WorkerReport]]:
+    """Reports with compressed or uncompressed deltas (None: each delta either, at random)."""
     rng = np.random.default_rng(seed)
+    coin = np.random.default_rng(seed + 1)  # apart, so the values do not depend on the forms
     out = []
     for seq in range(1, intervals + 1):
         for w in range(workers):
-            metrics = [_delta(rng, key, int(rng.integers(0, 300))) for key in KEYS]
+            metrics = [
+                _delta(
+                    rng,
+                    key,
+                    int(rng.integers(0, 300)),
+                    bool(coin.integers(0, 2)) if compressed is None else compressed,
+                )
+                for key in KEYS
+            ]
             report = worker_pb2.WorkerReport(
                 sequence=seq,
                 metrics=metrics,
@@ -87,6 +101,35 @@ def test_same_result_as_decode_and_add() -> None:
     assert fast.result() == reference.result()
     assert fast.progress() == reference.progress()
     assert fast.completed_by_worker() == reference.completed_by_worker()
+
+
+@pytest.mark.parametrize("compressed", [False, None])
+def test_uncompressed_deltas_give_the_same_result(compressed: bool | None) -> None:
+    # Same seed, so the same values: only the deltas' encoding differs.
+    fast, reference = Aggregator(), _DecodingAggregator()
+    for worker_id, report in _reports(seed=3, workers=5, intervals=3, compressed=compressed):
+        fast.add_report(worker_id, report)
+    for worker_id, report in _reports(seed=3, workers=5, intervals=3):
+        reference.add_report(worker_id, report)
+    result = fast.result()
+    assert result == reference.result()
+    assert fast.progress() == reference.progress()
+    # What users get stays compressed.
+    assert all(m.hdr[:4] == b"\x1c\x84\x93\x14" for m in result.metrics)
+
+
+def test_malformed_uncompressed_histogram_merges_nothing_of_the_report() -> None:
+    rng = np.random.default_rng(6)
+    agg = Aggregator()
+    agg.add_report("a", worker_pb2.WorkerReport(sequence=1, metrics=[_delta(rng, "k", 50)]))
+    before = agg.result()
+    bad = worker_pb2.WorkerReport(
+        sequence=2, metrics=[_delta(rng, k, 50, compressed=False) for k in KEYS]
+    )
+    bad.metrics[6].hdr = bad.metrics[6].hdr[:-1]  # truncated
+    with pytest.raises(ValueError, match="length"):
+        agg.add_report("a", bad)
+    assert agg.result() == before
 
 
 def test_malformed_histogram_raises_and_merges_nothing_of_the_report() -> None:

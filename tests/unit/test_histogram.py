@@ -1,4 +1,7 @@
-"""_fastpath.histogram against hdrh (the PyPI reference) and against tests/unit/_ref_hdr.py."""
+"""_fastpath.histogram against hdrh (the PyPI reference) and against tests/unit/_ref_hdr.py.
+
+hdrh reads only the compressed V2 encoding; the uncompressed one (``encode(compressed=False)``)
+is checked against the payload that hdrh's compressed encoding wraps."""
 
 from __future__ import annotations
 
@@ -95,6 +98,8 @@ def test_our_encoding_is_hdrh_encoding(values: list[int]) -> None:
     encoded = ours.encode()
     # Same bytes as the reference (same zero-run rule, same zlib defaults)...
     assert encoded == base64.b64decode(theirs.encode())
+    # The uncompressed form is the payload the compressed one wraps (hdrh cannot read it).
+    assert ours.encode(compressed=False) == zlib.decompress(encoded[8:])
     # ...and hdrh reads them.
     decoded = HdrHistogram.decode(base64.b64encode(encoded))
     assert decoded.get_total_count() == ours.total_count
@@ -136,6 +141,23 @@ def test_round_trip(values: list[int]) -> None:
         assert back.percentiles(PERCENTILES) == ours.percentiles(PERCENTILES)
 
 
+@MEDIUM
+@given(values_lists, st.sampled_from([(1, HIGHEST, 3), (1, 10**6, 2), (1000, 10**12, 3)]))
+def test_uncompressed_round_trip_equals_compressed(
+    values: list[int], layout: tuple[int, int, int]
+) -> None:
+    ours = _filled(layout, values)
+    via_compressed = Histogram.decode(ours.encode())
+    raw = ours.encode(compressed=False)
+    assert raw == zlib.decompress(ours.encode()[8:])
+    text = base64.b64encode(raw)
+    for data in (raw, text, text.decode("ascii"), bytearray(raw), memoryview(raw)):
+        back = Histogram.decode(data)
+        assert _state(back) == _state(via_compressed)
+        assert back.significant_figures == ours.significant_figures
+        assert back.percentiles(PERCENTILES) == via_compressed.percentiles(PERCENTILES)
+
+
 def test_encoding_layout() -> None:
     h = Histogram()
     h.record(5)
@@ -146,6 +168,8 @@ def test_encoding_layout() -> None:
     payload = zlib.decompress(data[8:])
     header = struct.unpack_from(">IIIIQQd", payload)
     assert header == (0x1C849313, len(payload) - 40, 0, 3, 1, HIGHEST, 1.0)
+    assert h.encode(compressed=False) == payload
+    assert h.encode(True) == data  # the default is unchanged
 
 
 def test_large_counts_use_nine_byte_varints() -> None:
@@ -154,6 +178,9 @@ def test_large_counts_use_nine_byte_varints() -> None:
     back = Histogram.decode(h.encode())
     assert back._counts() == h._counts() and back.total_count == 2**62 - 1
     assert RefHistogram.decode(h.encode()).counts == list(h._counts())
+    raw = h.encode(compressed=False)
+    assert Histogram.decode(raw)._counts() == h._counts()
+    assert Histogram().add_encoded(raw) == 2**62 - 1
 
 
 # --- merge -------------------------------------------------------------------------------------
@@ -224,8 +251,14 @@ def _payload(header: tuple, body: bytes = b"") -> bytes:
     return struct.pack(">II", 0x1C849314, len(compressed)) + compressed
 
 
+def _bare(header: tuple, body: bytes = b"") -> bytes:
+    """An uncompressed encoding: the payload itself."""
+    return struct.pack(">IIIIQQd", *header) + body
+
+
 _GOOD = _ours([0, 1, 5, 5, 999, 2048, 123_456, 10**9, HIGHEST]).encode()
-_GOOD_PAYLOAD = zlib.decompress(_GOOD[8:])
+_GOOD_PAYLOAD = zlib.decompress(_GOOD[8:])  # also the uncompressed encoding
+assert _GOOD_PAYLOAD == _ours([0, 1, 5, 5, 999, 2048, 123_456, 10**9, HIGHEST]).encode(False)
 
 
 # (input, what decode's ValueError says; None: it decodes)
@@ -266,11 +299,57 @@ _MALFORMED = [
         struct.pack(">II", 0x1C849314, len(_GOOD) - 8 + 3) + _GOOD[8:] + b"abc",
         "trailing",
     ),
-    (_GOOD_PAYLOAD, "uncompressed"),
+]
+
+# The same damage to the uncompressed encoding, and what only it can have wrong: its length.
+_MALFORMED_UNCOMPRESSED = [
+    (b"\x1c\x84\x93\x13\x00", "truncated"),
+    (_GOOD_PAYLOAD[:39], "truncated HdrHistogram payload header"),
+    (base64.b64encode(_GOOD_PAYLOAD[:39]), "truncated HdrHistogram payload header"),
+    (_GOOD_PAYLOAD[:40], "length"),
+    (_GOOD_PAYLOAD[:-1], "length"),
+    (_GOOD_PAYLOAD + b"\x02", "length"),
+    (base64.b64encode(_GOOD_PAYLOAD + b"\x00"), "length"),
+    (struct.pack(">I", 0x1C849303) + _GOOD_PAYLOAD[4:-2], "length"),  # the cookie without 0x10
+    (_bare((0x1C849313, 0, 0, 0, 1, HIGHEST, 1.0)), "significant figures"),
+    (_bare((0x1C849313, 0, 0, 6, 1, HIGHEST, 1.0)), "significant figures"),
+    (_bare((0x1C849313, 0, 0, 3, 0, HIGHEST, 1.0)), "bounds"),
+    (_bare((0x1C849313, 0, 0, 3, 10, 19, 1.0)), "bounds"),
+    (_bare((0x1C849313, 0, 0, 3, 1, 2**64 - 1, 1.0)), "bounds"),
+    (_bare((0x1C849313, 0, 0, 5, 1, 2**63 - 1, 1.0)), "too large"),
+    (_bare((0x1C849313, 0, 0, 3, 2**61, 2**63 - 1, 1.0)), "too large"),
+    (_bare((0x1C849313, 0, 7, 3, 1, HIGHEST, 1.0)), "normalizing"),
+    (_bare((0x1C849313, 2**31, 0, 3, 1, HIGHEST, 1.0)), "too large"),
+    (_bare((0x1C849313, 2**32 - 1, 0, 3, 1, HIGHEST, 1.0), b"\x02"), "too large"),
+    (_bare((0x1C849313, 5, 0, 3, 1, HIGHEST, 1.0), b"\x02"), "length"),
+    (_bare((0x1C849313, 1, 0, 3, 1, HIGHEST, 1.0), b"\x02\x02"), "length"),
+    (_bare((0x1C849313, 1, 0, 3, 1, HIGHEST, 1.0), b"\x82"), "truncated varint"),
+    (_bare((0x1C849313, 4, 0, 3, 1, 1000, 1.0), b"\xff\xff\x03\x02"), "more than"),
+    # One count past the last slot (2048 at 1..1000, 3 figures), in one-byte varints only.
+    # (a run of 64 is 0x7f, of 62 is 0x7b)
+    (_bare((0x1C849313, 34, 0, 3, 1, 1000, 1.0), b"\x02" + b"\x7f" * 32 + b"\x02"), "more than"),
+    (  # fine: the second count in the last slot
+        _bare((0x1C849313, 34, 0, 3, 1, 1000, 1.0), b"\x02" + b"\x7f" * 31 + b"\x7b\x02"),
+        None,
+    ),
+    (_bare((0x1C849313, 2, 0, 3, 1, 1000, 1.0), b"\x02" * 2), None),  # fine
+    (
+        _bare((0x1C849313, 10, 0, 3, 1, HIGHEST, 1.0), b"\xfe" + b"\xff" * 7 + b"\xff" * 2),
+        "truncated varint",
+    ),
+    (
+        _bare((0x1C849313, 18, 0, 3, 1, HIGHEST, 1.0), (b"\xfe" + b"\xff" * 8) * 2),
+        "overflows",
+    ),
+    # Overflowing only through the one-byte counts after a huge one.
+    (
+        _bare((0x1C849313, 11, 0, 3, 1, HIGHEST, 1.0), b"\xfc" + b"\xff" * 8 + b"\x02\x02"),
+        "overflows",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("data", "message"), _MALFORMED)
+@pytest.mark.parametrize(("data", "message"), _MALFORMED + _MALFORMED_UNCOMPRESSED)
 def test_decode_rejects_malformed(data: bytes | str, message: str | None) -> None:
     if message is None:
         assert Histogram.decode(data).total_count == 2
@@ -299,6 +378,8 @@ def _decode_or_value_error(data: bytes) -> None:
 def test_decode_garbage_raises_value_error_only(data: bytes) -> None:
     _decode_or_value_error(data)
     _decode_or_value_error(b"\x1c\x84\x93\x14" + data)
+    _decode_or_value_error(b"\x1c\x84\x93\x13" + data)
+    _decode_or_value_error(_GOOD_PAYLOAD[:40] + data)  # a good header, garbage varints
     _decode_or_value_error(base64.b64encode(data))
 
 
@@ -307,7 +388,7 @@ def test_decode_garbage_raises_value_error_only(data: bytes) -> None:
 def test_decode_mutated_encoding_raises_value_error_only(data: st.DataObject) -> None:
     # Mutate the outer bytes (mostly caught by zlib) and, re-compressed, the payload itself so
     # the header checks and the varint decoder see the damage.
-    for blob, wrap in ((_GOOD, lambda b: b), (_GOOD_PAYLOAD, _recompress)):
+    for blob, wrap in _MUTATED_FORMS:
         mutated = bytearray(blob)
         kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
         at = data.draw(st.integers(0, len(mutated) - 1))
@@ -327,6 +408,23 @@ def _recompress(payload: bytes) -> bytes:
     return struct.pack(">II", 0x1C849314, len(compressed)) + compressed
 
 
+def _as_is(blob: bytes) -> bytes:
+    return blob
+
+
+# (encoding, how the mutated bytes are sent): the compressed bytes themselves, its payload
+# re-compressed, and that payload as the uncompressed encoding.
+_MUTATED_FORMS = ((_GOOD, _as_is), (_GOOD_PAYLOAD, _recompress), (_GOOD_PAYLOAD, _as_is))
+
+
+def test_every_truncation_raises_value_error() -> None:
+    for blob in (_GOOD, _GOOD_PAYLOAD):
+        for end in range(len(blob)):
+            for read in (Histogram.decode, Histogram().add_encoded, InflatedHistogram):
+                with pytest.raises(ValueError):
+                    read(blob[:end])
+
+
 # --- basics ------------------------------------------------------------------------------------
 
 
@@ -337,6 +435,9 @@ def test_empty_histogram() -> None:
     assert h.percentiles([50, 99.9]) == [0, 0]
     assert h.percentiles([]) == []
     assert Histogram.decode(h.encode()).total_count == 0
+    raw = h.encode(compressed=False)
+    assert len(raw) == 40 and Histogram.decode(raw).total_count == 0
+    assert Histogram().add_encoded(raw) == 0 and InflatedHistogram(raw).total_count == 0
 
 
 def test_reset_and_copy() -> None:
@@ -452,10 +553,14 @@ def test_add_encoded_equals_decode_and_add(
     before: list[int], delta: list[int], layout: tuple[int, int, int]
 ) -> None:
     target = _filled(layout, before)
-    encoded = _filled(layout, delta).encode()
-    decode, encoded_way, inflated = _add_all_ways(target, encoded)
+    compressed = _filled(layout, delta).encode()
+    decode, encoded_way, inflated = _add_all_ways(target, compressed)
     assert decode == encoded_way == inflated
     assert decode[0] == len(delta)
+    # The uncompressed encoding, raw or base64, adds exactly what the compressed one does.
+    raw = _filled(layout, delta).encode(compressed=False)
+    for data in (raw, base64.b64encode(raw), bytearray(raw)):
+        assert _add_all_ways(target, data) == [decode] * 3
 
 
 @MEDIUM
@@ -477,10 +582,11 @@ def test_add_encoded_layouts() -> None:
     # Another layout: add's ValueError, nothing changed.
     for other in (Histogram(1, 10**6, 3), Histogram(1, HIGHEST, 2), Histogram(2, HIGHEST, 3)):
         other.record(100)
-        with pytest.raises(ValueError, match="different layouts"):
-            h.add_encoded(other.encode())
-        with pytest.raises(ValueError, match="different layouts"):
-            h.add_inflated(InflatedHistogram(other.encode()))
+        for compressed in (True, False):
+            with pytest.raises(ValueError, match="different layouts"):
+                h.add_encoded(other.encode(compressed))
+            with pytest.raises(ValueError, match="different layouts"):
+                h.add_inflated(InflatedHistogram(other.encode(compressed)))
         assert _state(h) == before
     # Another highest with the same slots is compatible, as for add.
     near = Histogram(1, HIGHEST - 1, 3)
@@ -511,6 +617,27 @@ def test_add_encoded_empty_and_repeated() -> None:
     assert _state(a) == _state(b) and a.total_count == 9
 
 
+def test_inflated_uncompressed_keeps_its_bytes() -> None:
+    # An uncompressed encoding is scanned where it lies: the InflatedHistogram must keep those
+    # bytes alive, whether it was given bytes (shared) or another buffer (copied).
+    import gc
+
+    expected = Histogram()
+    expected.add_encoded(_GOOD)
+    deltas = [
+        InflatedHistogram(bytes(bytearray(_GOOD_PAYLOAD))),
+        InflatedHistogram(bytearray(_GOOD_PAYLOAD)),
+        InflatedHistogram(memoryview(bytearray(_GOOD_PAYLOAD))),
+        InflatedHistogram(base64.b64encode(_GOOD_PAYLOAD).decode("ascii")),
+    ]
+    gc.collect()
+    _ = [bytes(len(_GOOD_PAYLOAD)) for _ in range(1000)]  # reuse freed memory, if any
+    for delta in deltas:
+        h = Histogram()
+        assert h.add_inflated(delta) == 9
+        assert _state(h) == _state(expected)
+
+
 def test_add_encoded_refuses_total_overflow() -> None:
     h = Histogram()
     h.record(10, 2**63 - 2)
@@ -519,11 +646,15 @@ def test_add_encoded_refuses_total_overflow() -> None:
         h.add_encoded(_ours([1, 2]).encode())
     with pytest.raises(ValueError, match="overflow"):
         h.add_inflated(InflatedHistogram(_ours([1, 2]).encode()))
+    with pytest.raises(ValueError, match="overflow"):
+        h.add_encoded(_ours([1, 2]).encode(compressed=False))
+    with pytest.raises(ValueError, match="overflow"):
+        h.add_inflated(InflatedHistogram(_ours([1, 2]).encode(compressed=False)))
     assert _state(h) == before
     assert h.add_encoded(_ours([1]).encode()) == 1
 
 
-@pytest.mark.parametrize(("data", "message"), _MALFORMED)
+@pytest.mark.parametrize(("data", "message"), _MALFORMED + _MALFORMED_UNCOMPRESSED)
 def test_add_encoded_rejects_malformed_as_decode(data: bytes | str, message: str | None) -> None:
     target = _ours([1, 2_000, 70_000])
     before = _state(target)
@@ -563,7 +694,7 @@ def test_add_encoded_mutated_as_decode(data: st.DataObject) -> None:
     # The same damage as test_decode_mutated_encoding_raises_value_error_only; whatever decode
     # says (an error, or a histogram), the fast paths say the same and change nothing on error.
     target = _ours([1, 5, 2048])
-    for blob, wrap in ((_GOOD, lambda b: b), (_GOOD_PAYLOAD, _recompress)):
+    for blob, wrap in _MUTATED_FORMS:
         mutated = bytearray(blob)
         kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]))
         at = data.draw(st.integers(0, len(mutated) - 1))
@@ -579,19 +710,23 @@ def test_add_encoded_mutated_as_decode(data: st.DataObject) -> None:
         assert decode == encoded_way == inflated
 
 
+@pytest.mark.parametrize("compressed", [True, False])
 @pytest.mark.parametrize("layout", [(1, HIGHEST, 3), (1, 10**7, 4)])
-def test_add_encoded_from_threads(layout: tuple[int, int, int]) -> None:
-    # Realistic deltas (about 1 KB) keep the GIL; the 4-figure ones (about 19 KB) release it,
-    # and threads adding into their own histograms must not disturb each other.
+def test_add_encoded_from_threads(layout: tuple[int, int, int], compressed: bool) -> None:
+    # Realistic deltas (about 1 KB compressed, 2 KB not) keep the GIL; the 4-figure ones
+    # (about 19 KB compressed, over 64 KiB not) release it, and threads adding into their own
+    # histograms must not disturb each other.
     import threading
 
     rng = np.random.default_rng(11)
     if layout[2] == 3:
         samples = [rng.lognormal(np.log(2_000), 0.6, 2_000).astype(np.int64) for _ in range(20)]
     else:
-        samples = [rng.integers(0, 10**7, 50_000) for _ in range(4)]
-        assert len(_filled(layout, samples[0].tolist()).encode()) >= 16 * 1024
-    deltas = [_filled(layout, s.tolist()).encode() for s in samples]
+        n = 50_000 if compressed else 200_000
+        samples = [rng.integers(0, 10**7, n) for _ in range(4)]
+        big = _filled(layout, samples[0].tolist()).encode(compressed)
+        assert len(big) >= (16 * 1024 if compressed else 64 * 1024 + 1)
+    deltas = [_filled(layout, s.tolist()).encode(compressed) for s in samples]
     expected = Histogram(*layout)
     for d in deltas:
         expected.add(Histogram.decode(d))

@@ -6,7 +6,7 @@ the OpenSSL objects it points to (one ``SSL_CTX`` per thread, one ``SSL`` per TL
 one resumable ``SSL_SESSION`` per session slot: see ``tls.pxd`` for who frees what).
 """
 
-from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 from _fastpath.histogram cimport hdr_core
 from _fastpath.http1 cimport h1_parser
@@ -37,6 +37,13 @@ cdef enum:
     ST_DONE = 6
     ST_FREE = 7         # open model: an unused slot (it may keep a keep-alive connection)
     ST_HANDSHAKING = 8  # TLS handshake after the TCP connect (under the connect deadline)
+    ST_STARTING = 9     # parked in the heap by the session's start delay (no op run yet)
+
+# Which ops a session is running (``op_end`` is the end of that phase's slice of ``ops``).
+cdef enum:
+    PH_RUN = 0          # the scenario's ops, over and over (closed model) or once (open model)
+    PH_INIT = 1         # init ops, once before the first iteration (measured)
+    PH_TEARDOWN = 2     # teardown ops, once after the last iteration (not measured)
 
 cdef enum:
     C_OP_HTTP = 1
@@ -66,7 +73,7 @@ cdef extern from *:
 cdef struct op_t:
     int32_t kind
     int32_t target
-    int32_t metric
+    int32_t metric          # -1: not measured (teardown ops): no latency, count or error
     int32_t no_body
     const char* req
     size_t req_len
@@ -97,8 +104,10 @@ cdef struct stage_t:
     double n1
 
 cdef struct config_t:
-    op_t* ops
-    int32_t nops
+    op_t* ops               # init ops, then the run ops, then the teardown ops
+    int32_t nops            # all of them
+    int32_t run_first       # = the number of init ops
+    int32_t run_end         # the teardown ops are [run_end, nops)
     int32_t nmetrics
     target_t* targets
     int64_t iterations
@@ -111,6 +120,10 @@ cdef struct config_t:
     stage_t* stages
     int32_t nstages
     int64_t total_ns        # open model: length of the schedule
+    int64_t scenario_timeout_ns     # 0: none
+    int64_t start_delay_ns
+    int64_t start_random_delay_ns
+    int64_t teardown_end_ns # end_ns + request_timeout_ns (saturated): the cut-off of teardowns
     int cancel
 
 cdef struct session_t:
@@ -120,8 +133,14 @@ cdef struct session_t:
     int32_t target          # target of the open connection, -1 without one
     int32_t epout           # EPOLLOUT is armed
     uint32_t index          # within its thread
-    int32_t fresh           # open model: arrived, first op not started (exempt from end_ns)
+    int32_t fresh           # open model: arrived, first op not started (exempt from stop_ns)
+    int32_t phase           # PH_*
+    int32_t op_end          # end of the current phase's ops
     int64_t iters
+    int64_t stop_ns         # between two ops, stop (slow path) from then on: the earlier of
+                            # end_ns and run_deadline_ns (teardown: teardown_end_ns)
+    int64_t run_deadline_ns # scenario timeout of the current run (INT64_MAX: none); in
+                            # teardown, teardown_end_ns. In-flight ops past it are abandoned.
     int64_t op_start_ns     # actual start of the current op (connect or send)
     int64_t intended_ns     # intended start of the current op (arrival, or previous completion + delays)
     int64_t deadline_ns     # of the in-flight phase (connect or request)
@@ -132,6 +151,9 @@ cdef struct session_t:
     tls_conn tls
     tls_resume resume       # the last session the server offered, tag = target index
 
+# A session has at most one heap entry, exactly while it is DELAY, YIELD or STARTING; only the
+# entry's wake-up moves it on (it wakes early, at its stop_ns, to be stopped), so no entry is
+# ever stale and the heap never holds more than ``nsessions`` entries.
 cdef struct heap_ent:
     int64_t wake_ns
     uint32_t index
@@ -153,12 +175,14 @@ cdef struct thread_t:
     epoll_event* events
     int use_pwait2          # epoll_pwait2 (ns timeout) works; cleared on ENOSYS
     int64_t next_scan_ns
+    uint64_t rng            # xorshift64* state of the start delays (never 0)
     uint32_t* free_slots    # open model: stack of free session indices
     int32_t nfree
     int32_t stage           # stage of the next arrival
     int64_t next_k          # global index of this thread's next arrival
     int64_t next_due_ns     # its due time (absolute), INT64_MAX when the schedule is over
     int64_t sessions_dropped
+    int64_t sessions_timed_out
     int64_t sessions_started
     int64_t sessions_completed
     int64_t requests_sent
@@ -187,7 +211,8 @@ cdef class Engine:
     cdef dict final_stats
     cdef object _final_tls_error
 
-    cdef _allocate(self, list addrs, list plan, int32_t nsessions, int32_t nthreads,
+    cdef _allocate(self, list addrs, list plan, int32_t ninit, int32_t nteardown,
+                   int32_t nsessions, int32_t nthreads,
                    int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
                    list stages, object tls_ca_file, bint tls_insecure)
     cdef void _free(self) noexcept

@@ -27,8 +27,46 @@ life in ``thread_loop`` without the GIL). A session runs the ops in order. Two l
   and a 1 us timer slack, so pacing is precise at low rates too.
 
 The end (``duration_ns``, or the stages' sum): no new arrivals; a session stops between two
-ops (an op in flight completes or times out), so the run ends within the request timeout. An
-open-model arrival due before the end always gets its first op, however late it is started.
+ops (an op in flight completes or times out), then runs its teardown ops (below), so the run
+ends within the request timeout. An open-model arrival due before the end always gets its
+first op, however late it is started (but see start delays below).
+
+Session rules (Chaperon's scenario parts and timeouts; all off by default). The plan is one op
+array, ``init_ops | ops | teardown_ops``; a session walks one slice of it at a time (its
+*phase*: ``op_index`` runs up to ``op_end``):
+
+* **Start delay**: before its first op a session waits ``start_delay_ns`` plus a uniform
+  random part in [0, ``start_random_delay_ns``) (xorshift64*, one generator per thread seeded
+  from os.urandom), parked in the heap like a delay op. Closed model: counted from the run's
+  start. Open model: from the arrival; the slot is taken while it waits, and the first op's
+  intended start is arrival + delay, so the corrected latency still counts from the arrival's
+  schedule (a late arrival or a late wake-up is charged to the first op) but not the delay
+  itself. A session whose delayed start falls at or after the end runs nothing (no init, no
+  teardown) and just ends.
+* **Init ops** run once per session before its first iteration and are measured like any op.
+* **Teardown ops** run once per session after its last iteration, however it ended (done,
+  timed out, or stopped by the end of the run), if the session ran any op. They are *not
+  measured*: no latency, no count, no error, in no metric (a key that only teardown ops use
+  gets no row; a key shared with measured ops holds the measured ones only) and not in
+  ``stats()``' requests_sent/responses/errors either. Each is bounded by the connect and
+  request timeouts, and all teardown is cut off at end + request timeout (duration runs), so
+  the run still ends within the request timeout after its end; on cancel it is abandoned.
+* **Scenario timeout** (``scenario_timeout_ns``): each run of the scenario must end within it
+  from its start. Closed model: each iteration, the first one together with the init ops,
+  counted from the session's (delayed) start, later ones from the previous iteration's end.
+  Open model: the session's init + run, from its intended start (arrival + start delay). A run
+  that overruns is ended: an in-flight op is abandoned (connection closed, nothing recorded),
+  a parked session is woken; it is counted in ``stats()["sessions_timed_out"]`` and as a run
+  towards ``iterations`` (not in ``stats()["iterations"]``, which counts completed runs). The
+  session then goes on with its next iteration, or to its teardown if that was its last (open
+  model: always; the slot is freed after the teardown). Teardown is not under the timeout.
+
+How they stay off the hot path: a session carries ``stop_ns`` (the earlier of the end and its
+run deadline; in teardown, the cut-off), compared between ops where ``end_ns`` was before; the
+periodic timeout scan also compares in-flight sessions with ``run_deadline_ns``; a session
+parked in the heap is pushed with ``min(wake-up, stop_ns)``, so it wakes by itself to be
+stopped (at most one heap entry per session, never a stale one). Phase changes and every
+stop are slow-path functions (``sess_stop``, ``sess_finish``, ``sess_phase_end``).
 
 One engine thread owns a slice of the sessions, one epoll set (level-triggered), one receive
 buffer shared by its sessions (responses are parsed as they arrive by the sans-IO parser of
@@ -74,7 +112,8 @@ needs no ``epoll_ctl``. Nothing is allocated per request or per arrival.
 Timeouts (defaults: connect 5 s, request 30 s, from the send to the end of the response) are
 not in the heap: every ``SCAN_NS`` the thread scans its sessions for an in-flight phase past
 its deadline (cheap, and keeps the per-request path free of heap operations); a connect (with
-its TLS handshake) that times out counts as ``timeout``, a refused one as ``connect``.
+its TLS handshake) that times out counts as ``timeout``, a refused one as ``connect``. The same
+scan abandons in-flight ops past the scenario timeout, so that one is kept to within SCAN_NS.
 ``epoll`` sleeps until the next timer or arrival, capped at ``MAX_WAIT_MS`` so cancel and the
 end of the run are noticed.
 
@@ -158,6 +197,7 @@ cdef extern from *:
 
 OP_HTTP = 1
 OP_DELAY = 2
+_MAX_START_DELAY_NS = 100 * 365 * 86400 * 1_000_000_000   # start delays: a century at most
 ERROR_KINDS = ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx", "tls")
 
 # ------------------------------------------------------------------------------ nogil core
@@ -222,7 +262,10 @@ cdef inline void close_conn(session_t* s) noexcept nogil:
 
 
 cdef inline void record_error(thread_t* t, int32_t metric, int kind) noexcept nogil:
-    cdef mstats_t* m = &t.rec[metric]
+    cdef mstats_t* m
+    if metric < 0:
+        return              # a teardown op: not measured
+    m = &t.rec[metric]
     m.errors += 1
     m.by_kind[kind] += 1
     t.errors += 1
@@ -363,8 +406,138 @@ cdef int sess_start_tls(thread_t* t, session_t* s) noexcept nogil:
 cdef inline int sess_send_request(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept nogil:
     s.wpos = 0
     s.deadline_ns = now + t.cfg.request_timeout_ns
-    t.requests_sent += 1
+    if op.metric >= 0:
+        t.requests_sent += 1
     return sess_write(t, s, op)
+
+
+# ------------------------------------------------------------------------------ session rules
+# The slow paths of a session's life: start delay, init -> run -> teardown, scenario timeout,
+# the end of the run. The per-request path only compares ``op_index`` with ``op_end`` and
+# ``now`` with ``stop_ns``; everything else happens here.
+
+cdef inline int64_t sat_add(int64_t a, int64_t b) noexcept nogil:
+    """a + b for b >= 0, saturated at INT64_MAX."""
+    return INT64_MAX if b > INT64_MAX - a else a + b
+
+
+cdef inline uint64_t rng_next(thread_t* t) noexcept nogil:
+    """xorshift64* (Vigna): cheap and good enough to spread start times."""
+    cdef uint64_t x = t.rng
+    x ^= x >> 12
+    x ^= x << 25
+    x ^= x >> 27
+    t.rng = x
+    return x * <uint64_t>0x2545F4914F6CDD1D
+
+
+cdef inline int64_t rng_below(thread_t* t, int64_t n) noexcept nogil:
+    """Uniform in [0, n), n > 0 (53 random bits scaled; exact enough for delays)."""
+    cdef int64_t r = <int64_t>(<double>(rng_next(t) >> 11) * (1.0 / 9007199254740992.0) * <double>n)
+    return r if r < n else n - 1
+
+
+cdef inline void set_window(thread_t* t, session_t* s, int64_t start_ns) noexcept nogil:
+    """A run of the scenario (re)starts: its scenario-timeout window counts from start_ns."""
+    cdef config_t* cfg = t.cfg
+    s.run_deadline_ns = INT64_MAX
+    if cfg.scenario_timeout_ns > 0:
+        s.run_deadline_ns = sat_add(start_ns, cfg.scenario_timeout_ns)
+    s.stop_ns = cfg.end_ns if cfg.end_ns < s.run_deadline_ns else s.run_deadline_ns
+
+
+cdef void sess_begin(thread_t* t, session_t* s, int64_t now, int64_t intended) noexcept nogil:
+    """The session's first op is due (intended at ``intended``): init ops first, if any."""
+    cdef config_t* cfg = t.cfg
+    s.state = ST_IDLE
+    s.iters = 0
+    s.op_index = 0
+    if cfg.run_first > 0:
+        s.phase = PH_INIT
+        s.op_end = cfg.run_first
+    else:
+        s.phase = PH_RUN
+        s.op_end = cfg.run_end
+    s.fresh = cfg.open_model
+    s.intended_ns = intended
+    set_window(t, s, intended)
+    sess_run(t, s, now)
+
+
+cdef void sess_start(thread_t* t, session_t* s, int64_t now, int64_t base) noexcept nogil:
+    """A session starts (closed model: at the run's start; open model: at its arrival, due at
+    ``base``): it waits its start delay in the heap, then begins."""
+    cdef config_t* cfg = t.cfg
+    cdef int64_t delay = cfg.start_delay_ns
+    if cfg.start_random_delay_ns > 0:
+        delay += rng_below(t, cfg.start_random_delay_ns)
+    if delay > 0:
+        s.state = ST_STARTING
+        s.intended_ns = sat_add(base, delay)
+        heap_push(t, s.intended_ns if s.intended_ns < cfg.end_ns else cfg.end_ns, s.index)
+        return
+    sess_begin(t, s, now, base)
+
+
+cdef bint sess_finish(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """The session's last run is over (done, timed out, or stopped by the end): teardown ops
+    if there are any and the session ran an op, else the end. True if the session ended."""
+    cdef config_t* cfg = t.cfg
+    if (cfg.run_end < cfg.nops and now < cfg.teardown_end_ns
+            and (s.iters > 0 or s.op_index > 0)):
+        s.phase = PH_TEARDOWN
+        s.op_index = cfg.run_end
+        s.op_end = cfg.nops
+        s.run_deadline_ns = cfg.teardown_end_ns
+        s.stop_ns = cfg.teardown_end_ns
+        s.intended_ns = now
+        s.fresh = 0
+        return False
+    end_session(t, s)
+    return True
+
+
+cdef bint sess_stop(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """``now >= s.stop_ns`` and no op is in flight (between two ops, or one just abandoned):
+    the scenario timeout, the end of the run, or teardown's cut-off. True if the session
+    ended; False if it goes on (a new iteration or its teardown) with a valid op_index."""
+    cdef config_t* cfg = t.cfg
+    s.state = ST_IDLE
+    if s.phase == PH_TEARDOWN:
+        end_session(t, s)       # past end_ns + request timeout: the rest is abandoned
+        return True
+    if now >= s.run_deadline_ns:
+        # This run overran: it counts as a run (towards ``iterations``) but not a completed one.
+        t.sessions_timed_out += 1
+        s.iters += 1
+        if cfg.open_model or (cfg.iterations > 0 and s.iters >= cfg.iterations) or now >= cfg.end_ns:
+            return sess_finish(t, s, now)
+        s.phase = PH_RUN
+        s.op_index = cfg.run_first
+        s.op_end = cfg.run_end
+        s.intended_ns = now
+        set_window(t, s, now)
+        return False
+    return sess_finish(t, s, now)   # the end of the run
+
+
+cdef bint sess_phase_end(thread_t* t, session_t* s) noexcept nogil:
+    """The init or teardown ops are done (an iteration's end is inline in ``sess_run``).
+    True if the session ended."""
+    if s.phase == PH_INIT:
+        s.phase = PH_RUN                # op_index == run_first already
+        s.op_end = t.cfg.run_end
+        return False
+    end_session(t, s)
+    return True
+
+
+cdef void sess_abandon(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """The in-flight op ran past ``run_deadline_ns`` (scenario timeout, or teardown's cut-off):
+    drop its connection without counting an error, and stop."""
+    close_conn(s)
+    if not sess_stop(t, s, now):
+        sess_run(t, s, now)
 
 
 cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
@@ -374,16 +547,24 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     cdef int steps = 0
     cdef int rc
     while True:
-        if s.op_index >= cfg.nops:
-            s.op_index = 0
-            s.iters += 1
-            t.iterations += 1
-            if cfg.open_model or (cfg.iterations > 0 and s.iters >= cfg.iterations):
-                end_session(t, s)
+        if s.op_index >= s.op_end:
+            if s.phase == PH_RUN:
+                # inline: once per iteration in the plain closed loop
+                s.op_index = cfg.run_first
+                s.iters += 1
+                t.iterations += 1
+                if cfg.open_model or (cfg.iterations > 0 and s.iters >= cfg.iterations):
+                    if sess_finish(t, s, now):
+                        return
+                elif cfg.scenario_timeout_ns > 0:
+                    set_window(t, s, now)
+            elif sess_phase_end(t, s):
                 return
-        if now >= cfg.end_ns and not s.fresh:
-            end_session(t, s)
-            return
+            continue
+        if now >= s.stop_ns and not s.fresh:
+            if sess_stop(t, s, now):
+                return
+            continue
         steps += 1
         if steps > MAX_STEPS:
             s.state = ST_YIELD
@@ -393,9 +574,10 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         s.fresh = 0
         if op.kind == C_OP_DELAY:
             # Timed from the intended start, so a late wake-up does not push later ops back.
+            # Woken at stop_ns at the latest, to be stopped (scenario timeout, end of the run).
             s.state = ST_DELAY
-            s.intended_ns += op.delay_ns
-            heap_push(t, s.intended_ns, s.index)
+            s.intended_ns = sat_add(s.intended_ns, op.delay_ns)
+            heap_push(t, s.intended_ns if s.intended_ns < s.stop_ns else s.stop_ns, s.index)
             return
         s.op_start_ns = now
         h1_init(&s.parser, op.no_body)
@@ -448,19 +630,21 @@ cdef void fail_op(thread_t* t, session_t* s, int kind, int64_t now) noexcept nog
 cdef void complete(thread_t* t, session_t* s, int64_t now, bint reusable) noexcept nogil:
     """A response was read completely: record its latency (and service time) and go on."""
     cdef const op_t* op = &t.cfg.ops[s.op_index]
-    cdef mstats_t* m = &t.rec[op.metric]
+    cdef mstats_t* m
     cdef int32_t status = s.parser.status
-    if t.cfg.open_model:
-        hdr_core_record(&m.hist, (now - s.intended_ns) // 1000)
-        hdr_core_record(&m.service, (now - s.op_start_ns) // 1000)
-    else:
-        hdr_core_record(&m.hist, (now - s.op_start_ns) // 1000)
-    m.count += 1
-    t.responses += 1
-    if status >= 400:
-        m.errors += 1
-        m.by_kind[K_5XX if status >= 500 else K_4XX] += 1
-        t.errors += 1
+    if op.metric >= 0:      # not a teardown op
+        m = &t.rec[op.metric]
+        if t.cfg.open_model:
+            hdr_core_record(&m.hist, (now - s.intended_ns) // 1000)
+            hdr_core_record(&m.service, (now - s.op_start_ns) // 1000)
+        else:
+            hdr_core_record(&m.hist, (now - s.op_start_ns) // 1000)
+        m.count += 1
+        t.responses += 1
+        if status >= 400:
+            m.errors += 1
+            m.by_kind[K_5XX if status >= 500 else K_4XX] += 1
+            t.errors += 1
     if not reusable or not s.parser.keep_alive:
         close_conn(s)
     s.state = ST_IDLE
@@ -624,13 +808,19 @@ cdef void on_event(thread_t* t, epoll_event* ev, int64_t now) noexcept nogil:
 
 
 cdef void scan_timeouts(thread_t* t, int64_t now) noexcept nogil:
+    """In-flight ops past their deadline fail as ``timeout``; past the session's run deadline
+    (scenario timeout, teardown's cut-off) they are abandoned. Parked sessions need no scan:
+    they wake at their stop_ns at the latest."""
     cdef int32_t i
     cdef session_t* s
     for i in range(t.nsessions):
         s = &t.sessions[i]
         if (s.state == ST_CONNECTING or s.state == ST_WRITING or s.state == ST_READING
-                or s.state == ST_HANDSHAKING) and now >= s.deadline_ns:
-            fail_op(t, s, K_TIMEOUT, now)
+                or s.state == ST_HANDSHAKING):
+            if now >= s.run_deadline_ns:
+                sess_abandon(t, s, now)
+            elif now >= s.deadline_ns:
+                fail_op(t, s, K_TIMEOUT, now)
 
 
 cdef void run_timers(thread_t* t, int64_t now) noexcept nogil:
@@ -641,16 +831,17 @@ cdef void run_timers(thread_t* t, int64_t now) noexcept nogil:
     while budget > 0 and t.heap_len > 0 and t.heap[0].wake_ns <= now:
         budget -= 1
         s = &t.sessions[heap_pop(t)]
-        if s.state == ST_DELAY:
-            s.op_index += 1
+        if s.state == ST_STARTING:
+            # woken at its intended start, or at the end of the run if that came first
+            if s.intended_ns >= t.cfg.end_ns:
+                end_session(t, s)
+            else:
+                sess_begin(t, s, now, s.intended_ns)
+            continue
+        if s.state == ST_DELAY and now >= s.intended_ns:
+            s.op_index += 1     # else woken early, at stop_ns: sess_run stops the session
         s.state = ST_IDLE
         sess_run(t, s, now)
-
-
-cdef void end_parked(thread_t* t) noexcept nogil:
-    """The duration has passed: sessions waiting on a timer would only stop at their next op."""
-    while t.heap_len > 0:
-        end_session(t, &t.sessions[heap_pop(t)])
 
 
 # ------------------------------------------------------------------------------ open model
@@ -715,13 +906,9 @@ cdef void start_arrivals(thread_t* t) noexcept nogil:
             continue
         t.nfree -= 1
         s = &t.sessions[t.free_slots[t.nfree]]
-        s.state = ST_IDLE
-        s.op_index = 0
-        s.fresh = 1
-        s.intended_ns = due
         t.active += 1
         t.sessions_started += 1
-        sess_run(t, s, now)
+        sess_start(t, s, now, due)
         now = now_ns()
 
 
@@ -761,14 +948,13 @@ cdef int thread_loop(thread_t* t) noexcept nogil:
     else:
         for i in range(t.nsessions):
             t.sessions_started += 1
-            t.sessions[i].intended_ns = now
-            sess_run(t, &t.sessions[i], now)
+            sess_start(t, &t.sessions[i], now, now)
     pthread_mutex_unlock(&t.lock)
 
     while (t.active > 0 or t.next_due_ns != INT64_MAX) and not chaperon_load_int(&cfg.cancel):
         now = now_ns()
         d = t.next_scan_ns - now
-        if cfg.end_ns - now < d:
+        if now < cfg.end_ns and cfg.end_ns - now < d:   # past the end: no busy wait
             d = cfg.end_ns - now
         d_timer = t.next_due_ns - now       # INT64_MAX - now at worst: no overflow
         if t.heap_len > 0 and t.heap[0].wake_ns - now < d_timer:
@@ -791,8 +977,6 @@ cdef int thread_loop(thread_t* t) noexcept nogil:
         if now >= t.next_scan_ns:
             scan_timeouts(t, now)
             t.next_scan_ns = now + SCAN_NS
-        if now >= cfg.end_ns:
-            end_parked(t)
         pthread_mutex_unlock(&t.lock)
 
     for i in range(t.nsessions):
@@ -818,7 +1002,9 @@ cdef class Engine:
 
     Engine(targets, metric_keys, ops, sessions=1, threads=1, iterations=0, duration_ns=0,
            connect_timeout_ns=5e9, request_timeout_ns=30e9,
-           arrival_rate_per_s=0.0, rate_stages=[], tls_ca_file=None, tls_insecure=False)
+           arrival_rate_per_s=0.0, rate_stages=[], tls_ca_file=None, tls_insecure=False,
+           scenario_timeout_ns=0, start_delay_ns=0, start_random_delay_ns=0,
+           init_ops=[], teardown_ops=[])
 
     targets      [(ip literal, port)] (HTTP) or [(ip literal, port, tls, server_name)]:
                  with ``tls`` true, HTTPS to ``server_name`` (a host name, sent as SNI, or an
@@ -841,6 +1027,22 @@ cdef class Engine:
     tls_insecure no certificate verification at all (the CA file is then not loaded).
                  Both matter only when some target uses TLS; a CA file OpenSSL cannot load
                  is a ValueError here, with OpenSSL's reason.
+    scenario_timeout_ns  0 (none), or the time each run of the scenario may take (closed
+                 model: an iteration, the first one with the init ops; open model: init +
+                 run, from arrival + start delay). Overruns are ended and counted in
+                 ``stats()["sessions_timed_out"]``; their in-flight op is not an error.
+    start_delay_ns, start_random_delay_ns  each session waits start_delay_ns + uniform
+                 [0, start_random_delay_ns) before its first op (open model: after its
+                 arrival; its latency counts from arrival + delay).
+    init_ops     ops (as ``ops``) run once per session before the first iteration, measured.
+    teardown_ops ops run once per session after the last iteration (also after a timed-out
+                 one, or the end of the duration: cut off at end + request timeout), NOT
+                 measured: their metric indices are validated, nothing is recorded for them.
+                 Skipped for a session that never ran an op; abandoned on cancel.
+
+    ``stats()``: sessions_started, sessions_completed (ended, timed out or not),
+    sessions_dropped, sessions_timed_out, requests_sent, responses and errors (measured ops
+    only), iterations (completed runs of ``ops``).
     """
 
     def __cinit__(self):
@@ -854,7 +1056,8 @@ cdef class Engine:
     def __init__(self, targets, metric_keys, ops, sessions=1, threads=1, iterations=0,
                  duration_ns=0, connect_timeout_ns=5_000_000_000,
                  request_timeout_ns=30_000_000_000, arrival_rate_per_s=0.0, rate_stages=(),
-                 tls_ca_file=None, tls_insecure=False):
+                 tls_ca_file=None, tls_insecure=False, scenario_timeout_ns=0, start_delay_ns=0,
+                 start_random_delay_ns=0, init_ops=(), teardown_ops=()):
         if self.initialized:
             raise RuntimeError("Engine is already initialized")
         sessions = _check_int("sessions", sessions, 1)
@@ -863,6 +1066,14 @@ cdef class Engine:
         duration_ns = _check_int("duration_ns", duration_ns, 0)
         connect_timeout_ns = _check_int("connect_timeout_ns", connect_timeout_ns, 1)
         request_timeout_ns = _check_int("request_timeout_ns", request_timeout_ns, 1)
+        scenario_timeout_ns = _check_int("scenario_timeout_ns", scenario_timeout_ns, 0)
+        start_delay_ns = _check_int("start_delay_ns", start_delay_ns, 0)
+        start_random_delay_ns = _check_int("start_random_delay_ns", start_random_delay_ns, 0)
+        if start_delay_ns + start_random_delay_ns > _MAX_START_DELAY_NS:
+            raise ValueError(
+                f"start_delay_ns + start_random_delay_ns = "
+                f"{start_delay_ns + start_random_delay_ns} is unreasonably long"
+            )
         stages, duration_ns, iterations = _open_schedule(
             arrival_rate_per_s, rate_stages, duration_ns, iterations)
         if not stages and iterations == 0 and duration_ns == 0:
@@ -878,6 +1089,10 @@ cdef class Engine:
         plan = [_parse_op(i, op, len(addrs), len(keys)) for i, op in enumerate(_as_list("ops", ops))]
         if not plan:
             raise ValueError("ops must not be empty")
+        init = [_parse_op(i, op, len(addrs), len(keys), "init_ops")
+                for i, op in enumerate(_as_list("init_ops", init_ops))]
+        teardown = [_parse_op(i, op, len(addrs), len(keys), "teardown_ops")
+                    for i, op in enumerate(_as_list("teardown_ops", teardown_ops))]
         if not isinstance(tls_insecure, bool):
             raise TypeError(f"tls_insecure must be a bool, not {type(tls_insecure).__name__}")
         if tls_ca_file is not None:
@@ -890,11 +1105,16 @@ cdef class Engine:
                 raise ValueError(f"tls_ca_file={tls_ca_file!r} is not a valid path")
         self.keys = keys
         self.duration_ns = duration_ns
-        self._allocate(addrs, plan, sessions, threads, iterations, connect_timeout_ns,
-                       request_timeout_ns, stages, tls_ca_file, tls_insecure)
+        self._allocate(addrs, init + plan + teardown, len(init), len(teardown), sessions,
+                       threads, iterations, connect_timeout_ns, request_timeout_ns, stages,
+                       tls_ca_file, tls_insecure)
+        self.cfg.scenario_timeout_ns = scenario_timeout_ns
+        self.cfg.start_delay_ns = start_delay_ns
+        self.cfg.start_random_delay_ns = start_random_delay_ns
         self.initialized = True
 
-    cdef _allocate(self, list addrs, list plan, int32_t nsessions, int32_t nthreads,
+    cdef _allocate(self, list addrs, list plan, int32_t ninit, int32_t nteardown,
+                   int32_t nsessions, int32_t nthreads,
                    int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
                    list stages, object tls_ca_file, bint tls_insecure):
         cdef int32_t i, j, per, extra, first
@@ -910,11 +1130,14 @@ cdef class Engine:
         cdef const unsigned char* packed
         cdef config_t* cfg = &self.cfg
         cfg.nops = len(plan)
+        cfg.run_first = ninit
+        cfg.run_end = cfg.nops - nteardown
         cfg.nmetrics = len(self.keys)
         cfg.iterations = iterations
         cfg.connect_timeout_ns = connect_timeout_ns
         cfg.request_timeout_ns = request_timeout_ns
         cfg.end_ns = INT64_MAX
+        cfg.teardown_end_ns = INT64_MAX
         cfg.nthreads = nthreads
         cfg.open_model = 1 if stages else 0
         cfg.total_ns = self.duration_ns if stages else 0
@@ -982,7 +1205,7 @@ cdef class Engine:
                 req = p[3]
                 cfg.ops[i].kind = C_OP_HTTP
                 cfg.ops[i].target = p[1]
-                cfg.ops[i].metric = p[2]
+                cfg.ops[i].metric = p[2] if i < cfg.run_end else -1   # teardown: not measured
                 cfg.ops[i].no_body = p[4]
                 memcpy(self.reqbuf + off, PyBytes_AS_STRING(req), len(req))
                 cfg.ops[i].req = self.reqbuf + off
@@ -1002,6 +1225,7 @@ cdef class Engine:
             t.nsessions = per + (1 if i < extra else 0)
             t.active = 0 if cfg.open_model else t.nsessions
             t.use_pwait2 = 1
+            t.rng = int.from_bytes(os.urandom(8), "little") | 1   # xorshift needs a state != 0
             t.next_k = i
             t.next_due_ns = INT64_MAX
             for j in range(t.nsessions):
@@ -1116,6 +1340,7 @@ cdef class Engine:
         self.cfg.start_ns = now
         if self.duration_ns > 0:
             self.cfg.end_ns = now + self.duration_ns if self.duration_ns < INT64_MAX - now else INT64_MAX
+            self.cfg.teardown_end_ns = sat_add(self.cfg.end_ns, self.cfg.request_timeout_ns)
         self.started = True
         self.py_threads = [
             threading.Thread(target=self._run_thread, args=(i,), name=f"chaperon-engine-{i}", daemon=True)
@@ -1177,6 +1402,7 @@ cdef class Engine:
             out["iterations"] += t.iterations
             out["errors"] += t.errors
             out["sessions_dropped"] += t.sessions_dropped
+            out["sessions_timed_out"] += t.sessions_timed_out
         return out
 
     @property
@@ -1295,8 +1521,8 @@ cdef class Engine:
 
 def _zero_stats() -> dict:
     return dict.fromkeys(
-        ("sessions_started", "sessions_completed", "sessions_dropped", "requests_sent", "responses",
-         "iterations", "errors"), 0
+        ("sessions_started", "sessions_completed", "sessions_dropped", "sessions_timed_out",
+         "requests_sent", "responses", "iterations", "errors"), 0
     )
 
 
@@ -1469,34 +1695,35 @@ def _server_name(i, server_name, ip_text) -> bytes:
     return name
 
 
-def _parse_op(i, op, int ntargets, int nmetrics):
+def _parse_op(i, op, int ntargets, int nmetrics, str name="ops"):
+    where = f"{name}[{i}]"
     if not isinstance(op, tuple) or not op:
-        raise TypeError(f"ops[{i}] must be a tuple, got {op!r}")
+        raise TypeError(f"{where} must be a tuple, got {op!r}")
     kind = op[0]
     if kind == OP_HTTP and not isinstance(kind, bool):
         if len(op) != 5:
             raise ValueError(
-                f"ops[{i}]: an HTTP op is (OP_HTTP, target_index, metric_index, request_bytes, no_body)"
+                f"{where}: an HTTP op is (OP_HTTP, target_index, metric_index, request_bytes, no_body)"
             )
         _, target, metric, request, no_body = op
-        target = _check_int(f"ops[{i}] target_index", target, 0)
+        target = _check_int(f"{where} target_index", target, 0)
         if target >= ntargets:
-            raise ValueError(f"ops[{i}]: target_index {target} out of range (have {ntargets} targets)")
-        metric = _check_int(f"ops[{i}] metric_index", metric, 0)
+            raise ValueError(f"{where}: target_index {target} out of range (have {ntargets} targets)")
+        metric = _check_int(f"{where} metric_index", metric, 0)
         if metric >= nmetrics:
-            raise ValueError(f"ops[{i}]: metric_index {metric} out of range (have {nmetrics} metric keys)")
+            raise ValueError(f"{where}: metric_index {metric} out of range (have {nmetrics} metric keys)")
         if isinstance(request, (bytearray, memoryview)):
             request = bytes(request)
         if not isinstance(request, bytes):
-            raise TypeError(f"ops[{i}]: request_bytes must be bytes, not {type(request).__name__}")
+            raise TypeError(f"{where}: request_bytes must be bytes, not {type(request).__name__}")
         if not request:
-            raise ValueError(f"ops[{i}]: request_bytes is empty")
+            raise ValueError(f"{where}: request_bytes is empty")
         return (OP_HTTP, target, metric, request, 1 if no_body else 0)
     if kind == OP_DELAY and not isinstance(kind, bool):
         if len(op) != 2:
-            raise ValueError(f"ops[{i}]: a delay op is (OP_DELAY, delay_ns)")
-        return (OP_DELAY, _check_int(f"ops[{i}] delay_ns", op[1], 0))
-    raise ValueError(f"ops[{i}]: unknown op kind {kind!r} (expected OP_HTTP or OP_DELAY)")
+            raise ValueError(f"{where}: a delay op is (OP_DELAY, delay_ns)")
+        return (OP_DELAY, _check_int(f"{where} delay_ns", op[1], 0))
+    raise ValueError(f"{where}: unknown op kind {kind!r} (expected OP_HTTP or OP_DELAY)")
 
 
 def _raise_nofile_limit(int64_t needed):

@@ -42,6 +42,7 @@ class _WorkerTotals:
     sessions_started: int = 0
     sessions_completed: int = 0
     sessions_dropped: int = 0
+    sessions_timed_out: int = 0
     elapsed_s: float = 0.0
     final: bool = False
 
@@ -83,6 +84,7 @@ class Aggregator:
             totals.sessions_started = max(totals.sessions_started, report.sessions_started)
             totals.sessions_completed = max(totals.sessions_completed, report.sessions_completed)
             totals.sessions_dropped = max(totals.sessions_dropped, report.sessions_dropped)
+            totals.sessions_timed_out = max(totals.sessions_timed_out, report.sessions_timed_out)
             totals.elapsed_s = max(totals.elapsed_s, report.elapsed_s)
             totals.final = totals.final or report.final
 
@@ -114,6 +116,7 @@ class Aggregator:
                 sessions_started=sum(w.sessions_started for w in self._workers.values()),
                 sessions_completed=sum(w.sessions_completed for w in self._workers.values()),
                 sessions_dropped=sum(w.sessions_dropped for w in self._workers.values()),
+                sessions_timed_out=sum(w.sessions_timed_out for w in self._workers.values()),
                 duration_s=elapsed,
                 workers=sorted({wid for wid, _ in self._workers}),
                 lost_workers=lost_workers or [],

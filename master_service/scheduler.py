@@ -506,7 +506,7 @@ class Scheduler:
             for wid in set(active.lost)
         )
         if timed_out:
-            result.sessions_timed_out = max(
+            result.sessions_timed_out += max(
                 0, result.sessions_started - result.sessions_completed - result.sessions_lost
             )
         run.result.CopyFrom(result)

@@ -154,7 +154,6 @@ def _check_entry(
         value = getattr(e, name)
         if value:
             c.duration(f"{p}.{name}", value)
-            c.unimplemented.append(f"{p}.{name}")
     if len(e.session_name) > MAX_NAME_LEN:
         c.bad(f"{p}.session_name", f"is longer than {MAX_NAME_LEN} characters")
     if spec == "scenario":
@@ -198,10 +197,6 @@ def _check_arrival_rate(c: _Collector, p: str, e: loadtest_pb2.ScenarioEntry) ->
 def _check_scenario(c: _Collector, p: str, s: loadtest_pb2.Scenario, cfg: dict[str, Any]) -> None:
     if not s.run:
         c.bad(f"{p}.run", "needs at least one step")
-    if s.init:
-        c.unimplemented.append(f"{p}.init (init steps)")
-    if s.teardown:
-        c.unimplemented.append(f"{p}.teardown (teardown steps)")
     total = len(s.init) + len(s.run) + len(s.teardown)
     if total > MAX_STEPS:
         c.too_big.append(f"{p}: more than {MAX_STEPS} steps")

@@ -57,6 +57,13 @@ class EnginePlan:
     # HTTPS: a PEM CA bundle on the worker (None: the system's), or no verification at all.
     tls_ca_file: str | None = None
     tls_insecure: bool = False
+    # Per-session rules: init ops once before, teardown ops once after (not measured), a limit
+    # on each run of the scenario, and an initial delay (fixed + uniform random part).
+    init_ops: list[tuple[Any, ...]] = field(default_factory=list)
+    teardown_ops: list[tuple[Any, ...]] = field(default_factory=list)
+    scenario_timeout_ns: int = 0
+    start_delay_ns: int = 0
+    start_random_delay_ns: int = 0
 
     @property
     def open_model(self) -> bool:
@@ -69,6 +76,13 @@ class EnginePlan:
         if any(len(t) > 2 and t[2] for t in self.targets):
             extra["tls_ca_file"] = self.tls_ca_file
             extra["tls_insecure"] = self.tls_insecure
+        # Only what is used, so plain plans keep the engine's plain path.
+        for name in ("init_ops", "teardown_ops"):
+            if getattr(self, name):
+                extra[name] = getattr(self, name)
+        for name in ("scenario_timeout_ns", "start_delay_ns", "start_random_delay_ns"):
+            if getattr(self, name):
+                extra[name] = getattr(self, name)
         return {
             **extra,
             "targets": self.targets,
@@ -93,6 +107,7 @@ def resolve(host: str, port: int) -> str:
 class _Compiler:
     def __init__(self, entry_index: int, config: dict[str, Any], allow: AllowList) -> None:
         self.allow = allow
+        self.out: list[tuple[Any, ...]] = []
         self.plan = EnginePlan(entry_index=entry_index)
         self.path = f"scenarios[{entry_index}]"
         self.config = config
@@ -129,7 +144,7 @@ class _Compiler:
         if action == "http":
             self.http(step.http, f"{p}.http")
         elif action == "delay":
-            self.plan.ops.append((OP_DELAY, parse_duration_ns(step.delay.duration)))
+            self.out.append((OP_DELAY, parse_duration_ns(step.delay.duration)))
         else:
             raise Unimplemented(f"{p}: step {action!r} is not supported by this worker")
 
@@ -158,7 +173,7 @@ class _Compiler:
         if body or method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(body)}")
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
-        self.plan.ops.append(
+        self.out.append(
             (
                 OP_HTTP,
                 self.target_index(target, field_path),
@@ -207,9 +222,21 @@ def compile_assignment(
         if entry.WhichOneof("spec") != "scenario":
             raise Unimplemented(f"scenarios[{share.entry_index}]: only inline scenarios run yet")
         c = _Compiler(share.entry_index, effective_config(lt, entry), allow)
-        for j, step in enumerate(entry.scenario.run):
-            c.step(step, f"scenarios[{share.entry_index}].scenario.run[{j}]")
         plan = c.plan
+        for part, out in (
+            ("init", plan.init_ops),
+            ("run", plan.ops),
+            ("teardown", plan.teardown_ops),
+        ):
+            c.out = out
+            for j, step in enumerate(getattr(entry.scenario, part)):
+                c.step(step, f"scenarios[{share.entry_index}].scenario.{part}[{j}]")
+        if entry.scenario_timeout:
+            plan.scenario_timeout_ns = parse_duration_ns(entry.scenario_timeout)
+        if entry.delay:
+            plan.start_delay_ns = parse_duration_ns(entry.delay)
+        if entry.random_delay:
+            plan.start_random_delay_ns = parse_duration_ns(entry.random_delay)
         plan.sessions = int(share.sessions)
         plan.duration_ns = parse_duration_ns(entry.duration) if entry.duration else 0
         plan.iterations = int(entry.iterations)

@@ -91,12 +91,13 @@ class AssignmentRunner:
                 delta.errors += errors
                 for kind, n in by_kind.items():
                     delta.by_kind[kind] = delta.by_kind.get(kind, 0) + n
-        started_n = completed_n = dropped_n = 0
+        started_n = completed_n = dropped_n = timed_out_n = 0
         for engine in self._engines:
             stats = engine.stats()
             started_n += int(stats.get("sessions_started", 0))
             completed_n += int(stats.get("sessions_completed", 0))
             dropped_n += int(stats.get("sessions_dropped", 0))
+            timed_out_n += int(stats.get("sessions_timed_out", 0))
         self._sequence += 1
         report = worker_pb2.WorkerReport(
             assignment_id=self.assignment_id,
@@ -105,6 +106,7 @@ class AssignmentRunner:
             sessions_started=started_n,
             sessions_completed=completed_n,
             sessions_dropped=dropped_n,
+            sessions_timed_out=timed_out_n,
             elapsed_s=time.monotonic() - started,
             cancelled=self.cancelled,
         )

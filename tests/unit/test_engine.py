@@ -213,6 +213,7 @@ def test_exact_iterations_server_count_equals_engine_count() -> None:
             "sessions_started": 10,
             "sessions_completed": 10,
             "sessions_dropped": 0,
+            "sessions_timed_out": 0,
             "requests_sent": 200,
             "responses": 200,
             "iterations": 200,

@@ -124,9 +124,25 @@ def test_limits_answer_resource_exhausted() -> None:
 
 
 def test_parts_not_implemented_yet_say_so() -> None:
-    lt = _lt(scenarios__0__scenario__init=[{"delay": {"duration": "1s"}}])
-    with pytest.raises(Unimplemented, match="init"):
+    lt = _lt()
+    lt.scenarios[0].sequence.scenarios.add().run.add().delay.duration = "1s"
+    assert lt.scenarios[0].WhichOneof("spec") == "sequence"
+    with pytest.raises(Unimplemented, match="sequence"):
         validate_load_test(lt)
+
+
+def test_session_rules_are_checked() -> None:
+    lt = _lt(
+        scenarios__0__scenario_timeout="2s",
+        scenarios__0__delay="100ms",
+        scenarios__0__random_delay="1s",
+        scenarios__0__scenario__init=[{"http": {"method": "POST", "path": "/login"}}],
+        scenarios__0__scenario__teardown=[{"http": {"method": "POST", "path": "/logout"}}],
+    )
+    validate_load_test(lt)
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(_lt(scenarios__0__scenario_timeout="soon"))
+    assert "scenarios[0].scenario_timeout" in _fields(info.value)
 
 
 def _open(**arrival: Any) -> Any:

@@ -9,7 +9,7 @@ import pytest
 
 from chaperon.loadtest import load_test_from_dict
 from chaperon.status import InvalidArgument
-from chaperon.v1 import worker_pb2
+from chaperon.v1 import loadtest_pb2, worker_pb2
 from worker_service.plan import OP_DELAY, OP_HTTP, compile_assignment
 
 
@@ -112,3 +112,26 @@ def test_bad_shares_are_refused() -> None:
     del a.shares[:]
     with pytest.raises(InvalidArgument):
         compile_assignment(a)
+
+
+def test_init_teardown_and_session_rules_reach_the_engine() -> None:
+    lt_assignment = _assignment(
+        [{"http": {"method": "GET", "path": "/"}}],
+        scenario_timeout="2s",
+        delay="100ms",
+        random_delay="1s",
+    )
+    scenario = lt_assignment.load_test.scenarios[0].scenario
+    scenario.init.add().http.CopyFrom(loadtest_pb2.HttpStep(method="POST", path="/login"))
+    scenario.teardown.add().http.CopyFrom(loadtest_pb2.HttpStep(method="POST", path="/logout"))
+    (plan,) = compile_assignment(lt_assignment)
+    kwargs = plan.engine_kwargs(1)
+    assert [op[3].split(b" ")[1] for op in kwargs["init_ops"]] == [b"/api/login"]
+    assert [op[3].split(b" ")[1] for op in kwargs["teardown_ops"]] == [b"/api/logout"]
+    assert plan.metric_keys == ["POST /login", "GET /", "POST /logout"]
+    assert kwargs["scenario_timeout_ns"] == 2_000_000_000
+    assert kwargs["start_delay_ns"] == 100_000_000
+    assert kwargs["start_random_delay_ns"] == 1_000_000_000
+    plain = compile_assignment(_assignment([{"http": {"method": "GET", "path": "/"}}]))
+    assert "init_ops" not in plain[0].engine_kwargs(1)
+    assert "scenario_timeout_ns" not in plain[0].engine_kwargs(1)

@@ -1,0 +1,505 @@
+"""The engine's per-session rules: scenario timeout, start delays, init and teardown ops.
+
+Against real servers on 127.0.0.1: the selector server of ``test_engine`` where answers are
+immediate, and ``LogServer`` below (a thread per connection, so one slow answer delays nobody
+else) where an answer must come late. ``LogServer`` logs every request with its connection and
+arrival time, which shows the order of a session's ops (a session keeps its connection) and
+when sessions really started. Every wait is bounded; servers are stopped in ``finally``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from test_engine import free_port, get
+
+from _fastpath.engine import OP_DELAY, OP_HTTP, Engine
+
+S = 1_000_000_000
+MS = 1_000_000
+SILENT = -1.0  # a LogServer delay: never answer
+
+
+class LogServer:
+    """Keep-alive HTTP/1.1 server (GET only), one thread per connection.
+
+    ``delays`` maps a path to how long its answer takes (``SILENT``: none comes)."""
+
+    def __init__(self, delays: dict[bytes, float] | None = None) -> None:
+        self.delays = delays or {}
+        self.log: list[tuple[int, bytes, float]] = []  # (connection id, path, monotonic s)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(256)
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(target=self._accept, name="test-log-server")
+        self._acceptor.start()
+
+    def _accept(self) -> None:
+        cid = 0
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            cid += 1
+            th = threading.Thread(target=self._serve, args=(conn, cid), daemon=True)
+            self._threads.append(th)
+            th.start()
+
+    def _serve(self, conn: socket.socket, cid: int) -> None:
+        conn.settimeout(0.05)
+        buf = b""
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    path = head.split(b" ", 2)[1]
+                    with self._lock:
+                        self.log.append((cid, path, time.monotonic()))
+                    delay = self.delays.get(path, 0.0)
+                    if delay == SILENT:
+                        continue
+                    if self._stop.wait(delay):
+                        return
+                    try:
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                    except OSError:
+                        return
+
+    def count(self, path: bytes) -> int:
+        with self._lock:
+            return sum(1 for _, p, _ in self.log if p == path)
+
+    def times(self, path: bytes) -> list[float]:
+        with self._lock:
+            return [t for _, p, t in self.log if p == path]
+
+    def by_connection(self) -> dict[int, list[bytes]]:
+        out: dict[int, list[bytes]] = {}
+        with self._lock:
+            for cid, path, _ in self.log:
+                out.setdefault(cid, []).append(path)
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._acceptor.join(5)
+        for th in self._threads:
+            th.join(5)
+
+
+@contextmanager
+def log_server(delays: dict[bytes, float] | None = None) -> Iterator[LogServer]:
+    srv = LogServer(delays)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def http(metric: int, path: bytes, target: int = 0) -> tuple:
+    return (OP_HTTP, target, metric, get(path), False)
+
+
+def engine(port: int, ops: list, keys: list[str], **kw) -> Engine:
+    return Engine(targets=[("127.0.0.1", port)], metric_keys=keys, ops=ops, **kw)
+
+
+def run(eng: Engine, timeout_s: float = 10.0) -> tuple[dict[str, tuple], dict[str, int], float]:
+    """Start, wait (bounded), swap, close -> ({key: (hist, count, errors, kinds)}, stats,
+    elapsed seconds from start to the end of the run)."""
+    try:
+        t0 = time.monotonic()
+        eng.start()
+        assert eng.wait(timeout_s), "engine did not finish in time"
+        elapsed = time.monotonic() - t0
+        rows = {k: (h, c, e, kinds) for k, h, c, e, kinds, _ in eng.swap()}
+        return rows, eng.stats(), elapsed
+    finally:
+        eng.close()
+
+
+# ---------------------------------------------------------------- scenario timeout
+
+
+def test_scenario_timeout_ends_a_slow_iteration() -> None:
+    with log_server({b"/slow": 0.5}) as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/slow")],
+            ["GET /slow"],
+            sessions=2,
+            iterations=2,
+            scenario_timeout_ns=100 * MS,
+        )
+        rows, st, elapsed = run(eng)
+        # each session: two iterations of 100 ms, each ended by the timeout
+        assert st["sessions_timed_out"] == 4
+        assert st["iterations"] == 0  # none completed
+        assert st["sessions_completed"] == 2
+        assert st["errors"] == 0 and st["responses"] == 0
+        assert rows == {}  # an abandoned op is neither a response nor an error
+        assert 0.19 < elapsed < 0.45  # two windows and the 10 ms scan, not 2 x 500 ms
+        assert srv.count(b"/slow") == 4
+
+
+def test_scenario_timeout_in_a_duration_run_starts_the_next_iteration() -> None:
+    with log_server({b"/slow": 0.5}) as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/fast"), http(1, b"/slow")],
+            ["fast", "slow"],
+            sessions=2,
+            duration_ns=350 * MS,
+            scenario_timeout_ns=100 * MS,
+        )
+        rows, st, elapsed = run(eng)
+        assert elapsed < 0.6  # the end of the run does not wait for the 500 ms answers
+        assert 6 <= st["sessions_timed_out"] <= 8  # 3 or 4 windows per session
+        assert rows["fast"][1:3] == (st["sessions_timed_out"], 0)
+        assert "slow" not in rows
+        assert st["errors"] == 0
+
+
+def test_scenario_timeout_during_a_delay_op() -> None:
+    with log_server() as srv:
+        ops = [http(0, b"/first"), (OP_DELAY, 10 * S), http(1, b"/after")]
+        eng = engine(
+            srv.port,
+            ops,
+            ["first", "after"],
+            sessions=2,
+            iterations=2,
+            scenario_timeout_ns=150 * MS,
+        )
+        rows, st, elapsed = run(eng)
+        assert 0.29 < elapsed < 1.0  # woken from the 10 s delay at each window's end
+        assert st["sessions_timed_out"] == 4 and st["iterations"] == 0
+        assert rows["first"][1:3] == (4, 0)
+        assert srv.count(b"/after") == 0
+
+
+def test_completed_iterations_are_not_timed_out() -> None:
+    with log_server() as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/a"), (OP_DELAY, 20 * MS)],
+            ["a"],
+            sessions=2,
+            iterations=5,
+            scenario_timeout_ns=500 * MS,
+        )
+        rows, st, _ = run(eng)
+        assert st["sessions_timed_out"] == 0 and st["iterations"] == 10
+        assert rows["a"][1] == 10
+
+
+def test_open_model_scenario_timeout_frees_the_slot() -> None:
+    with log_server({b"/slow": 0.5}) as srv:
+        # one slot; arrivals every 125 ms; each session is ended after 50 ms, so the slot is
+        # free again for every arrival (without the timeout, 3 of the 4 would be dropped)
+        eng = engine(
+            srv.port,
+            [http(0, b"/slow")],
+            ["slow"],
+            sessions=1,
+            arrival_rate_per_s=8,
+            duration_ns=500 * MS,
+            scenario_timeout_ns=50 * MS,
+        )
+        rows, st, elapsed = run(eng)
+        assert st["sessions_started"] == st["sessions_completed"] == 4
+        assert st["sessions_dropped"] == 0
+        assert st["sessions_timed_out"] == 4 and st["errors"] == 0
+        assert rows == {}
+        assert elapsed < 0.9
+        assert srv.count(b"/slow") == 4
+
+
+# ---------------------------------------------------------------- start delays
+
+
+def test_fixed_start_delay() -> None:
+    with log_server() as srv:
+        eng = engine(
+            srv.port, [http(0, b"/")], ["k"], sessions=3, iterations=2, start_delay_ns=200 * MS
+        )
+        t0 = time.monotonic()
+        rows, st, _ = run(eng)
+        assert rows["k"][1] == 6
+        firsts = srv.times(b"/")
+        assert len(firsts) == 6
+        assert min(firsts) - t0 >= 0.2  # no request before the delay
+
+
+def test_random_start_delay_spreads_the_sessions_within_bounds() -> None:
+    with log_server() as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/")],
+            ["k"],
+            sessions=40,
+            threads=2,
+            iterations=1,
+            start_delay_ns=100 * MS,
+            start_random_delay_ns=300 * MS,
+        )
+        t0 = time.monotonic()
+        rows, st, _ = run(eng)
+        assert rows["k"][1:3] == (40, 0)
+        offsets = sorted(t - t0 for t in srv.times(b"/"))
+        assert len(offsets) == 40
+        assert offsets[0] >= 0.1
+        assert offsets[-1] < 0.4 + 0.1  # the window, plus a little for the loop and server
+        # uniform over [100, 400) ms: each 100 ms third holds some (P(empty) ~ 1e-7)
+        thirds = Counter(min(2, int((o - 0.1) / 0.1)) for o in offsets)
+        assert all(thirds[i] >= 3 for i in range(3)), thirds
+
+
+def test_open_model_start_delay_shifts_the_start_not_the_latency() -> None:
+    with log_server() as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/")],
+            ["k"],
+            sessions=8,
+            arrival_rate_per_s=20,
+            duration_ns=500 * MS,
+            start_delay_ns=150 * MS,
+        )
+        t0 = time.monotonic()
+        rows, st, elapsed = run(eng)
+        hist, count, errors, _ = rows["k"]
+        # arrivals at 0, 50, ... 450 ms; those whose delayed start (+150 ms) is at or past the
+        # end (500 ms) end without running anything
+        assert (count, errors) == (7, 0)
+        assert st["sessions_started"] == st["sessions_completed"] == 10
+        assert min(srv.times(b"/")) - t0 >= 0.15
+        # the latency counts from arrival + delay: the delay itself is not in it
+        assert hist.max < 100_000
+        assert elapsed < 1.0
+
+
+def test_start_delay_past_the_end_runs_nothing() -> None:
+    with log_server() as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/")],
+            ["k"],
+            teardown_ops=[http(0, b"/logout")],
+            sessions=3,
+            duration_ns=100 * MS,
+            start_delay_ns=10 * S,
+        )
+        rows, st, elapsed = run(eng)
+        assert elapsed < 0.5
+        assert rows == {} and st["sessions_completed"] == 3
+        assert srv.log == []  # not even the teardown: the session never began
+
+
+# ---------------------------------------------------------------- init and teardown
+
+
+def test_init_ops_run_once_per_session_and_are_measured() -> None:
+    with log_server() as srv:
+        eng = engine(
+            srv.port,
+            [http(1, b"/work")],
+            ["login", "work"],
+            init_ops=[http(0, b"/login"), (OP_DELAY, MS)],
+            sessions=3,
+            iterations=4,
+        )
+        rows, st, _ = run(eng)
+        assert srv.count(b"/login") == 3 and srv.count(b"/work") == 12
+        assert rows["login"][1:3] == (3, 0) and rows["work"][1:3] == (12, 0)
+        assert st["iterations"] == 12 and st["responses"] == 15
+        for paths in srv.by_connection().values():  # a session keeps its connection
+            assert paths == [b"/login"] + [b"/work"] * 4
+
+
+def test_teardown_ops_run_once_per_session_unmeasured() -> None:
+    refused = free_port()
+    with log_server() as srv:
+        eng = Engine(
+            targets=[("127.0.0.1", srv.port), ("127.0.0.1", refused)],
+            metric_keys=["work", "logout"],
+            ops=[http(0, b"/work")],
+            # the rule: a teardown op records nothing, whatever key it names; a key used only
+            # by teardown ops has no row, a shared one holds the measured ops alone
+            teardown_ops=[http(1, b"/logout"), http(0, b"/work"), http(1, b"/x", target=1)],
+            sessions=3,
+            iterations=2,
+        )
+        rows, st, _ = run(eng)
+        assert set(rows) == {"work"}
+        assert rows["work"][1:3] == (6, 0)
+        assert st["responses"] == st["requests_sent"] == 6
+        assert st["errors"] == 0  # the refused connect of the third teardown op is not counted
+        assert st["iterations"] == 6 and st["sessions_completed"] == 3
+        assert srv.count(b"/logout") == 3
+        for paths in srv.by_connection().values():
+            assert paths == [b"/work", b"/work", b"/logout", b"/work"]
+
+
+def test_open_model_runs_init_run_teardown_in_order() -> None:
+    with log_server() as srv:
+        eng = engine(
+            srv.port,
+            [http(1, b"/work")],
+            ["login", "work"],
+            init_ops=[http(0, b"/login")],
+            teardown_ops=[http(0, b"/logout")],
+            sessions=4,
+            arrival_rate_per_s=20,
+            duration_ns=500 * MS,
+        )
+        rows, st, _ = run(eng)
+        assert st["sessions_started"] == st["sessions_completed"] == 10
+        assert rows["login"][1] == rows["work"][1] == 10
+        assert srv.count(b"/logout") == 10
+        # slots keep their connections: each one carries whole sessions, one after another
+        for paths in srv.by_connection().values():
+            assert len(paths) % 3 == 0
+            assert paths == [b"/login", b"/work", b"/logout"] * (len(paths) // 3)
+
+
+def test_teardown_runs_after_a_duration_stop() -> None:
+    with log_server() as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/work"), (OP_DELAY, 10 * MS)],
+            ["work"],
+            teardown_ops=[(OP_DELAY, 20 * MS), http(0, b"/logout")],
+            sessions=2,
+            duration_ns=300 * MS,
+        )
+        rows, st, elapsed = run(eng)
+        assert 0.3 < elapsed < 0.8
+        assert srv.count(b"/logout") == 2
+        for paths in srv.by_connection().values():
+            assert paths[-1] == b"/logout" and paths.count(b"/logout") == 1
+        assert rows["work"][1] == srv.count(b"/work")
+
+
+def test_teardown_after_the_end_is_cut_off_at_end_plus_request_timeout() -> None:
+    with log_server({b"/logout": SILENT}) as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/work")],
+            ["work"],
+            teardown_ops=[http(0, b"/logout"), (OP_DELAY, 10 * S), http(0, b"/never")],
+            sessions=2,
+            duration_ns=200 * MS,
+            request_timeout_ns=200 * MS,
+        )
+        rows, st, elapsed = run(eng)
+        # the silent /logout times out (not counted), the 10 s delay is cut at end + 200 ms
+        assert 0.35 < elapsed < 0.8
+        assert srv.count(b"/logout") == 2 and srv.count(b"/never") == 0
+        assert st["errors"] == 0 and rows["work"][2] == 0
+
+
+def test_teardown_runs_after_a_timed_out_last_iteration() -> None:
+    with log_server({b"/slow": 0.5}) as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/slow")],
+            ["slow"],
+            teardown_ops=[http(0, b"/logout")],
+            sessions=2,
+            iterations=1,
+            scenario_timeout_ns=100 * MS,
+        )
+        rows, st, elapsed = run(eng)
+        assert st["sessions_timed_out"] == 2
+        assert srv.count(b"/logout") == 2
+        assert elapsed < 0.45
+        assert rows == {}
+
+
+def test_cancel_abandons_teardown() -> None:
+    with log_server({b"/logout": SILENT}) as srv:
+        eng = engine(
+            srv.port,
+            [http(0, b"/work")],
+            ["work"],
+            teardown_ops=[http(0, b"/logout"), (OP_DELAY, 10 * S), http(0, b"/never")],
+            sessions=2,
+            iterations=1,
+        )
+        try:
+            eng.start()
+            deadline = time.monotonic() + 5
+            while srv.count(b"/logout") < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert srv.count(b"/logout") == 2  # both sessions wait in their teardown
+            assert not eng.wait(0.1)
+            t0 = time.monotonic()
+            eng.cancel()
+            assert eng.wait(1.0)
+            assert time.monotonic() - t0 < 1.0
+        finally:
+            eng.close()
+        assert srv.count(b"/never") == 0
+        assert eng.stats()["iterations"] == 2
+
+
+# ---------------------------------------------------------------- API
+
+GOOD = dict(
+    targets=[("127.0.0.1", 80)],
+    metric_keys=["k"],
+    ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\n\r\n", False)],
+    sessions=1,
+    iterations=1,
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        ({"scenario_timeout_ns": -1}, ValueError, "scenario_timeout_ns"),
+        ({"scenario_timeout_ns": 0.5}, TypeError, "scenario_timeout_ns"),
+        ({"start_delay_ns": -1}, ValueError, "start_delay_ns"),
+        ({"start_random_delay_ns": True}, TypeError, "start_random_delay_ns"),
+        ({"start_delay_ns": 2**62, "start_random_delay_ns": 2**62}, ValueError, "long"),
+        ({"init_ops": "GET /"}, TypeError, "init_ops"),
+        ({"init_ops": [(OP_HTTP, 0, 5, b"x", False)]}, ValueError, r"init_ops\[0\]"),
+        ({"teardown_ops": [(OP_DELAY, -1)]}, ValueError, r"teardown_ops\[0\] delay_ns"),
+        ({"teardown_ops": [(OP_HTTP, 2, 0, b"x", False)]}, ValueError, "target_index"),
+    ],
+)
+def test_validation(change: dict, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        Engine(**{**GOOD, **change})
+
+
+def test_defaults_and_stats_key() -> None:
+    eng = Engine(**GOOD, scenario_timeout_ns=0, init_ops=[], teardown_ops=())
+    assert eng.stats()["sessions_timed_out"] == 0
+    eng.close()
+    assert eng.stats()["sessions_timed_out"] == 0

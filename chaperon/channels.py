@@ -1,4 +1,4 @@
-"""gRPC channels and server ports, plaintext or TLS, with readable errors for bad files.
+"""gRPC channels and servers, plaintext or TLS, with readable errors for bad files.
 
 Every process of the cluster opens its channels and ports here, so the TLS rules are the same
 everywhere: a server given ``--tls-cert``/``--tls-key`` serves TLS only; a client given
@@ -8,10 +8,14 @@ host it is dialled by, e.g. an IP SAN of 127.0.0.1).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 
 class TlsConfigError(ValueError):
@@ -71,3 +75,57 @@ def add_port(
     if bound == 0:
         raise OSError(f"cannot listen on {target} (port in use or address not available)")
     return bound
+
+
+@dataclass
+class GrpcServer:
+    """A gRPC server with health and reflection beside its one service."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_name: str
+
+    def start(self) -> None:
+        """Start serving and report SERVING for the server and its service."""
+        self.server.start()
+        for name in ("", self.service_name):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def build_server(
+    service_name: str,
+    add_service: Callable[[grpc.Server], None],
+    *,
+    host: str,
+    port: int,
+    creds: grpc.ServerCredentials | None,
+    interceptors: Sequence[grpc.ServerInterceptor],
+    max_workers: int,
+    max_receive_bytes: int,
+    thread_prefix: str,
+) -> GrpcServer:
+    """A server (not started) serving one of our services plus grpc.health.v1.Health and
+    server reflection on host:port; OSError if the port cannot be bound."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_prefix),
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", max_receive_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    add_service(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            service_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    bound = add_port(server, host, port, creds)
+    return GrpcServer(server, bound, health_servicer, service_name)

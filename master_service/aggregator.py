@@ -135,31 +135,27 @@ def _metric(key: str, agg: _KeyAggregate, elapsed_s: float) -> results_pb2.Metri
         errors_by_kind=agg.errors_by_kind,
         rate_per_s=agg.count / elapsed_s if elapsed_s > 0 else 0.0,
     )
+    _fill_latency(m, hist)
     if hist.total_count:
-        m.min_us = float(hist.min)
-        m.max_us = float(hist.max)
-        m.mean_us = float(hist.mean)
         m.stddev_us = float(hist.stddev)
-        values = hist.percentiles(list(PERCENTILES))
-        m.percentiles.extend(
-            results_pb2.Percentile(percentile=p, value_us=float(v))
-            for p, v in zip(PERCENTILES, values, strict=True)
-        )
-    m.hdr = hist.encode()
-    service = agg.service
-    if service.total_count:
-        stats = m.service_time
-        stats.count = service.total_count
-        stats.min_us = float(service.min)
-        stats.max_us = float(service.max)
-        stats.mean_us = float(service.mean)
-        values = service.percentiles(list(PERCENTILES))
-        stats.percentiles.extend(
-            results_pb2.Percentile(percentile=p, value_us=float(v))
-            for p, v in zip(PERCENTILES, values, strict=True)
-        )
-        stats.hdr = service.encode()
+    if agg.service.total_count:
+        m.service_time.count = agg.service.total_count
+        _fill_latency(m.service_time, agg.service)
     return m
+
+
+def _fill_latency(out: results_pb2.Metric | results_pb2.LatencyStats, hist: Histogram) -> None:
+    """min, mean, max, Chaperon's percentiles and the encoded histogram (always set)."""
+    if hist.total_count:
+        out.min_us = float(hist.min)
+        out.max_us = float(hist.max)
+        out.mean_us = float(hist.mean)
+        values = hist.percentiles(list(PERCENTILES))
+        out.percentiles.extend(
+            results_pb2.Percentile(percentile=p, value_us=float(v))
+            for p, v in zip(PERCENTILES, values, strict=True)
+        )
+    out.hdr = hist.encode()
 
 
 _LATENCY_STATS = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99.9": 99.9}

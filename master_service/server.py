@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from chaperon.allowlist import AllowList
 from chaperon.auth import TokenAuthInterceptor
-from chaperon.channels import add_port, read_ca, server_credentials
+from chaperon.channels import build_server, read_ca, server_credentials
 from chaperon.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc
 from master_service.registry import WorkerRegistry
@@ -74,36 +72,24 @@ def start_master(
     store = SqliteStore(db_path)
     registry = WorkerRegistry()
     scheduler = Scheduler(store, registry, transport, report_interval_s, worker_wait_s, allow=allow)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="master-rpc"),
-        interceptors=[DecodeErrorInterceptor(), TokenAuthInterceptor(token, cluster_token)],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
-    )
-    master_pb2_grpc.add_MasterServicer_to_server(
-        MasterServicer(scheduler, registry, transport), server
-    )
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_name = master_pb2.DESCRIPTOR.services_by_name["Master"].full_name
-    reflection.enable_server_reflection(
-        (
-            service_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    servicer = MasterServicer(scheduler, registry, transport)
     try:
-        bound = add_port(server, host, port, creds)
+        grpc_server = build_server(
+            master_pb2.DESCRIPTOR.services_by_name["Master"].full_name,
+            lambda server: master_pb2_grpc.add_MasterServicer_to_server(servicer, server),
+            host=host,
+            port=port,
+            creds=creds,
+            interceptors=[DecodeErrorInterceptor(), TokenAuthInterceptor(token, cluster_token)],
+            max_workers=max_workers,
+            max_receive_bytes=MAX_MESSAGE_BYTES,
+            thread_prefix="master-rpc",
+        )
     except OSError:
         store.close()
         raise
-    server.start()
+    grpc_server.start()
     scheduler.start()
-    for name in ("", service_name):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return MasterServer(server, bound, host, scheduler, store, transport, health_servicer)
+    return MasterServer(
+        grpc_server.server, grpc_server.port, host, scheduler, store, transport, grpc_server.health
+    )

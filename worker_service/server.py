@@ -11,17 +11,15 @@ import logging
 import os
 import random
 import threading
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from chaperon._version import __version__
 from chaperon.allowlist import AllowList
 from chaperon.auth import TokenAuthInterceptor, bearer_metadata
-from chaperon.channels import add_port, make_channel, read_ca, server_credentials
+from chaperon.channels import build_server, make_channel, read_ca, server_credentials
 from chaperon.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc, worker_pb2, worker_pb2_grpc
 from worker_service.plan import default_threads
@@ -166,33 +164,24 @@ def start_worker(
     creds = server_credentials(tls_cert, tls_key)
     master_ca = read_ca(tls_ca)
     state = WorkerState(threads or default_threads(), master)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="worker-rpc"),
+    if not advertise and host in ("0.0.0.0", "::", ""):
+        raise ValueError("listening on all interfaces: give --advertise HOST:PORT for the master")
+    servicer = WorkerServicer(state, allow)
+    grpc_server = build_server(
+        worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name,
+        lambda server: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server),
+        host=host,
+        port=port,
+        creds=creds,
         interceptors=[DecodeErrorInterceptor(), TokenAuthInterceptor(token)],
-        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+        max_workers=16,
+        max_receive_bytes=16 * 1024 * 1024,
+        thread_prefix="worker-rpc",
     )
-    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(state, allow), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    service_name = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
-    reflection.enable_server_reflection(
-        (
-            service_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    bound = add_port(server, host, port, creds)
-    server.start()
-    for name in ("", service_name):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    grpc_server.start()
+    bound = grpc_server.port
     if not advertise:
-        if host in ("0.0.0.0", "::", ""):
-            raise ValueError(
-                "listening on all interfaces: give --advertise HOST:PORT for the master"
-            )
         advertise = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
     membership = Membership(master, advertise, state, token, creds is not None, master_ca)
     membership.start()
-    return WorkerServer(server, bound, host, state, membership, health_servicer)
+    return WorkerServer(grpc_server.server, bound, host, state, membership, grpc_server.health)

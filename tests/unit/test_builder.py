@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.loadtests import minimal_load_test
 
 from chaperon import LoadTest, Scenario, load_file, load_test_from_dict
 from master_service.validation import validate_load_test
@@ -18,17 +19,7 @@ def test_builder_equals_the_minimal_json_form() -> None:
         .to_proto()
     )
     expected = load_test_from_dict(
-        {
-            "name": "smoke",
-            "config": {"base_url": "http://127.0.0.1:8080"},
-            "scenarios": [
-                {
-                    "concurrency": 50,
-                    "duration": "5s",
-                    "scenario": {"name": "root", "run": [{"http": {"method": "GET", "path": "/"}}]},
-                }
-            ],
-        }
+        minimal_load_test("http://127.0.0.1:8080", concurrency=50, duration="5s")
     )
     assert built == expected
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.loadtests import minimal_load_test
 
 from chaperon.durations import DurationError, parse_duration_ns
 from chaperon.loadtest import (
@@ -19,17 +20,7 @@ from chaperon.loadtest import (
 from chaperon.v1 import loadtest_pb2
 from master_service.registry import split_sessions
 
-MINIMAL = {
-    "name": "smoke",
-    "config": {"base_url": "http://127.0.0.1:8080"},
-    "scenarios": [
-        {
-            "concurrency": 50,
-            "duration": "5s",
-            "scenario": {"name": "root", "run": [{"http": {"method": "GET", "path": "/"}}]},
-        }
-    ],
-}
+MINIMAL = minimal_load_test("http://127.0.0.1:8080", concurrency=50, duration="5s")
 
 
 @pytest.mark.parametrize(

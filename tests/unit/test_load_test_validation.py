@@ -6,22 +6,13 @@ import copy
 from typing import Any
 
 import pytest
+from support.loadtests import minimal_load_test
 
 from chaperon.loadtest import load_test_from_dict
 from chaperon.status import InvalidArgument, ResourceExhausted, Unimplemented
 from master_service.validation import validate_load_test
 
-MINIMAL: dict[str, Any] = {
-    "name": "smoke",
-    "config": {"base_url": "http://127.0.0.1:8080"},
-    "scenarios": [
-        {
-            "concurrency": 50,
-            "duration": "5s",
-            "scenario": {"name": "root", "run": [{"http": {"method": "GET", "path": "/"}}]},
-        }
-    ],
-}
+MINIMAL: dict[str, Any] = minimal_load_test("http://127.0.0.1:8080", concurrency=50, duration="5s")
 
 
 def _lt(**changes: Any) -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.loadtests import minimal_load_test
 
 from _fastpath.histogram import Histogram
 from chaperon.loadtest import load_test_from_dict
@@ -22,17 +23,7 @@ from master_service.registry import WorkerRegistry
 from master_service.scheduler import Scheduler
 from master_service.store import SqliteStore
 
-LT: dict[str, Any] = {
-    "name": "smoke",
-    "config": {"base_url": "http://127.0.0.1:8080"},
-    "scenarios": [
-        {
-            "concurrency": 5,
-            "duration": "1s",
-            "scenario": {"name": "root", "run": [{"http": {"method": "GET", "path": "/"}}]},
-        }
-    ],
-}
+LT: dict[str, Any] = minimal_load_test("http://127.0.0.1:8080", concurrency=5, duration="1s")
 
 
 def _report(

@@ -54,6 +54,7 @@ cdef enum:
     MAX_WAIT_MS = 50
     MAX_STEPS = 32      # ops one session may run synchronously before it yields
     ARRIVAL_BATCH = 4096  # arrivals one wake may start before I/O gets its turn again
+    WARM_WINDOW = 256   # open model warm-up: connects (and handshakes) in flight per thread
 
 cdef extern from *:
     """
@@ -125,6 +126,13 @@ cdef struct config_t:
     int64_t start_random_delay_ns
     int64_t teardown_end_ns # end_ns + request_timeout_ns (saturated): the cut-off of teardowns
     int cancel
+    # Open model warm-up: the threads connect their slots, then the last one to finish sets
+    # start_ns/end_ns/teardown_end_ns and publishes them with ``origin_ready`` (release).
+    int32_t warm_op         # the first HTTP op of init + run (its target is warmed), -1: none
+    int32_t origin_fixed    # start(origin_ns) was given one: start_ns = origin_req
+    int64_t origin_req
+    int warm_pending        # threads still warming up (atomic)
+    int origin_ready        # start_ns and the end are set (atomic; always 1 in the closed model)
 
 cdef struct session_t:
     int fd
@@ -189,6 +197,7 @@ cdef struct thread_t:
     int64_t responses
     int64_t iterations
     int64_t errors
+    int32_t warming         # open model warm-up: slots whose connect/handshake is in flight
     int fatal_errno
     int done
     SSL_CTX* ssl_ctx        # NULL when no target uses TLS
@@ -210,6 +219,7 @@ cdef class Engine:
     cdef list py_threads
     cdef dict final_stats
     cdef object _final_tls_error
+    cdef object _final_origin_ns
 
     cdef _allocate(self, list addrs, list plan, int32_t ninit, int32_t nteardown,
                    int32_t nsessions, int32_t nthreads,

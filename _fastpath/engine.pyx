@@ -25,6 +25,18 @@ life in ``thread_loop`` without the GIL). A session runs the ops in order. Two l
   arrival already due (batched, ``ARRIVAL_BATCH`` at most); it sleeps with ``epoll_pwait2``
   (nanosecond timeout, Linux >= 5.11; ``epoll_wait`` in ms, rounded up, where it is missing)
   and a 1 us timer slack, so pacing is precise at low rates too.
+  **Warm-up** (like k6's pre-allocated VUs): before the schedule, each thread connects every
+  one of its slots to the first HTTP op's target (TCP, and the TLS handshake for an HTTPS
+  target), ``WARM_WINDOW`` connects in flight at a time, for at most the connect timeout;
+  then the last thread to finish sets the *schedule origin* (``start``'s time, ``end`` =
+  origin + duration) and every thread begins. Without it every slot's first session opened
+  a connection at once: at 100k arrivals/s the first ~50-100 ms went to connecting, all slots
+  were busy and thousands of arrivals were dropped. The warm-up is in no latency, count or
+  error: a connect that fails or is unfinished at the deadline is closed, and the session
+  that takes the slot connects (and counts any failure) as it always did. ``origin_ns`` given
+  to ``start`` is kept as it is (the warm-up then eats into the schedule: arrivals due during
+  it start late, charged to their latency). A warmed connection the server closes while idle
+  is noticed (EOF) and dropped without an error, like any kept connection.
 
 The end (``duration_ns``, or the stages' sum): no new arrivals; a session stops between two
 ops (an op in flight completes or times out), then runs its teardown ops (below), so the run
@@ -190,9 +202,11 @@ cdef extern from *:
     """
     static inline int chaperon_load_int(const int* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
     static inline void chaperon_store_int(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline int chaperon_dec_int(int* p) { return __atomic_sub_fetch(p, 1, __ATOMIC_ACQ_REL); }
     """
     int chaperon_load_int(const int* p) nogil
     void chaperon_store_int(int* p, int v) nogil
+    int chaperon_dec_int(int* p) nogil
 
 
 OP_HTTP = 1
@@ -933,18 +947,141 @@ cdef int wait_events(thread_t* t, int64_t d, bint precise) noexcept nogil:
     return epoll_wait(t.epfd, t.events, MAX_EVENTS, <int>((d + 999999) // 1000000))
 
 
+# ------------------------------------------------------------------------------ warm-up
+
+cdef void warm_done(thread_t* t, session_t* s, bint ok) noexcept nogil:
+    """A slot's warm-up connect (and handshake) ended: keep the connection, idle, or drop it
+    (the session that takes the slot connects again and counts any failure then)."""
+    if ok and s.epout and set_events(t, s, False) != 0:
+        ok = False
+    if not ok:
+        close_conn(s)
+    s.state = ST_FREE
+    t.warming -= 1
+
+
+cdef inline void warm_tls(thread_t* t, session_t* s, int rc) noexcept nogil:
+    """After ``sess_start_tls``/``sess_handshake``: > 0 waiting (HANDSHAKING), else done."""
+    if rc <= 0:
+        warm_done(t, s, rc == 0)
+
+
+cdef void warm_event(thread_t* t, epoll_event* ev) noexcept nogil:
+    cdef uint64_t u = ev.data.u64
+    cdef session_t* s = &t.sessions[<uint32_t>(u >> 32)]
+    cdef int err = 0
+    cdef socklen_t len_ = sizeof(err)
+    if s.fd != <int><uint32_t>u:
+        return
+    if s.state == ST_CONNECTING:
+        if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len_) != 0 or err != 0:
+            warm_done(t, s, False)
+        elif t.cfg.targets[s.target].tls:
+            warm_tls(t, s, sess_start_tls(t, s))
+        else:
+            warm_done(t, s, True)
+    elif s.state == ST_HANDSHAKING:
+        warm_tls(t, s, sess_handshake(t, s))
+    else:
+        on_idle_readable(t, s)      # a warmed connection: EOF (dropped) or a TLS ticket (kept)
+
+
+cdef int warm_poll(thread_t* t, int64_t d) noexcept nogil:
+    """One epoll round of the warm-up (at most ``d`` ns, rounded up to ms). -1: fatal."""
+    cdef int n, i
+    if d > <int64_t>MAX_WAIT_MS * 1000000:
+        d = <int64_t>MAX_WAIT_MS * 1000000
+    n = epoll_wait(t.epfd, t.events, MAX_EVENTS, <int>((d + 999999) // 1000000))
+    if n < 0:
+        if errno == EINTR:
+            return 0
+        t.fatal_errno = errno
+        return -1
+    pthread_mutex_lock(&t.lock)
+    for i in range(n):
+        warm_event(t, &t.events[i])
+    pthread_mutex_unlock(&t.lock)
+    return 0
+
+
+cdef int warm_up(thread_t* t) noexcept nogil:
+    """Open model, before the schedule: connect every slot of this thread to the first op's
+    target (TCP, then TLS for an HTTPS target), WARM_WINDOW at a time, within the connect
+    timeout. Failed or unfinished connects are dropped, not counted. -1: fatal."""
+    cdef config_t* cfg = t.cfg
+    cdef const op_t* op
+    cdef session_t* s
+    cdef int32_t i, next_slot = 0
+    cdef int64_t deadline, now
+    cdef int rc
+    if cfg.warm_op < 0:
+        return 0
+    op = &cfg.ops[cfg.warm_op]
+    deadline = sat_add(now_ns(), cfg.connect_timeout_ns)
+    while not chaperon_load_int(&cfg.cancel):
+        pthread_mutex_lock(&t.lock)
+        while next_slot < t.nsessions and t.warming < WARM_WINDOW:
+            s = &t.sessions[next_slot]
+            next_slot += 1
+            rc = sess_connect(t, s, op)
+            if rc < 0:
+                continue
+            t.warming += 1
+            s.state = ST_CONNECTING
+            if rc == 0:
+                if cfg.targets[op.target].tls:
+                    warm_tls(t, s, sess_start_tls(t, s))
+                else:
+                    warm_done(t, s, True)
+        pthread_mutex_unlock(&t.lock)
+        if t.warming == 0 and next_slot >= t.nsessions:
+            break
+        now = now_ns()
+        if now >= deadline:
+            break
+        if warm_poll(t, deadline - now) < 0:
+            break
+    # past the deadline (or cancelled): what is still in flight is dropped
+    for i in range(t.nsessions):
+        s = &t.sessions[i]
+        if s.state == ST_CONNECTING or s.state == ST_HANDSHAKING:
+            close_conn(s)
+            s.state = ST_FREE
+    t.warming = 0
+    return -1 if t.fatal_errno else 0
+
+
+cdef void set_origin(config_t* cfg) noexcept nogil:
+    """The last thread out of the warm-up: the schedule (and the run) count from now, or from
+    the origin given to ``start``."""
+    cdef int64_t origin = cfg.origin_req if cfg.origin_fixed else now_ns()
+    cfg.start_ns = origin
+    cfg.end_ns = sat_add(origin, cfg.total_ns)
+    cfg.teardown_end_ns = sat_add(cfg.end_ns, cfg.request_timeout_ns)
+    chaperon_store_int(&cfg.origin_ready, 1)
+
+
 cdef int thread_loop(thread_t* t) noexcept nogil:
     cdef config_t* cfg = t.cfg
     cdef int32_t i
     cdef int n
     cdef int64_t now, d, d_timer
+    if cfg.open_model:
+        # Warm-up, then wait for the other threads (their idle connections still served).
+        warm_up(t)
+        if chaperon_dec_int(&cfg.warm_pending) == 0:
+            set_origin(cfg)
+        while (not chaperon_load_int(&cfg.origin_ready) and not chaperon_load_int(&cfg.cancel)
+               and not t.fatal_errno):
+            warm_poll(t, 1000000)
     pthread_mutex_lock(&t.lock)
     t.rec = t.stats[t.cur]
     now = now_ns()
     t.next_scan_ns = now + SCAN_NS
     if cfg.open_model:
         prctl(PR_SET_TIMERSLACK, <unsigned long>TIMER_SLACK_NS, 0, 0, 0)
-        next_arrival(t)
+        if chaperon_load_int(&cfg.origin_ready) and not t.fatal_errno:
+            next_arrival(t)     # else cancelled or failed: the loop below ends at once
     else:
         for i in range(t.nsessions):
             t.sessions_started += 1
@@ -1140,6 +1277,11 @@ cdef class Engine:
         cfg.teardown_end_ns = INT64_MAX
         cfg.nthreads = nthreads
         cfg.open_model = 1 if stages else 0
+        cfg.warm_op = -1
+        for i in range(cfg.run_end):
+            if plan[i][0] == OP_HTTP:
+                cfg.warm_op = i
+                break
         cfg.total_ns = self.duration_ns if stages else 0
         if stages:
             cfg.stages = <stage_t*>calloc(len(stages), sizeof(stage_t))
@@ -1318,9 +1460,11 @@ cdef class Engine:
         """Start the engine threads and return at once.
 
         ``origin_ns`` (``time.monotonic_ns()``'s clock, CLOCK_MONOTONIC) is the time the run
-        and its arrival schedule count from; default now. It may lie in the past (e.g. one
-        origin shared by several engines): arrivals already due start at once, late, and
-        their lateness is in their latency."""
+        and its arrival schedule count from; default now (closed model) or the end of the
+        warm-up (open model: the threads connect every slot first; see the module docstring
+        and ``Engine.origin_ns``). It may lie in the past (e.g. one origin shared by several
+        engines): arrivals already due start at once, late, and their lateness is in their
+        latency (in the open model that includes the warm-up)."""
         cdef int32_t i
         cdef int64_t now
         self._check_open()
@@ -1336,11 +1480,19 @@ cdef class Engine:
                 self.threads[i].epfd = epoll_create1(EPOLL_CLOEXEC)
             if self.threads[i].epfd < 0:
                 raise OSError(errno, "epoll_create1 failed")
-        now = now_ns() if origin_ns is None else origin_ns
-        self.cfg.start_ns = now
-        if self.duration_ns > 0:
-            self.cfg.end_ns = now + self.duration_ns if self.duration_ns < INT64_MAX - now else INT64_MAX
-            self.cfg.teardown_end_ns = sat_add(self.cfg.end_ns, self.cfg.request_timeout_ns)
+        if self.cfg.open_model:
+            # the threads warm up first; the last one sets the origin and the end (set_origin)
+            self.cfg.origin_fixed = origin_ns is not None
+            self.cfg.origin_req = 0 if origin_ns is None else origin_ns
+            self.cfg.warm_pending = self.nthreads
+            self.cfg.origin_ready = 0
+        else:
+            now = now_ns() if origin_ns is None else origin_ns
+            self.cfg.start_ns = now
+            if self.duration_ns > 0:
+                self.cfg.end_ns = now + self.duration_ns if self.duration_ns < INT64_MAX - now else INT64_MAX
+                self.cfg.teardown_end_ns = sat_add(self.cfg.end_ns, self.cfg.request_timeout_ns)
+            self.cfg.origin_ready = 1
         self.started = True
         self.py_threads = [
             threading.Thread(target=self._run_thread, args=(i,), name=f"chaperon-engine-{i}", daemon=True)
@@ -1348,6 +1500,15 @@ cdef class Engine:
         ]
         for th in self.py_threads:
             th.start()
+
+    @property
+    def origin_ns(self):
+        """The time (CLOCK_MONOTONIC ns) the run and its schedule count from, or None before it
+        is set: at ``start`` in the closed model; in the open model after the warm-up (or the
+        ``origin_ns`` given to ``start``)."""
+        if not self.started or self.threads == NULL or not chaperon_load_int(&self.cfg.origin_ready):
+            return self._final_origin_ns
+        return self.cfg.start_ns
 
     def _run_thread(self, int32_t i) -> None:
         cdef thread_t* t = &self.threads[i]
@@ -1503,6 +1664,7 @@ cdef class Engine:
         if self.threads != NULL:
             self.final_stats = self.stats()
             self._final_tls_error = self.tls_error
+            self._final_origin_ns = self.origin_ns
         self._free()
         self.closed = True
 

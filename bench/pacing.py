@@ -10,6 +10,8 @@ session) at each target rate for ``--duration`` seconds. Printed per rate:
   the whole run (started / duration);
 * the relative errors of both against the target;
 * dropped sessions (no free slot) and errors;
+* the warm-up: from ``start`` to the schedule's origin (every slot connected first; not in
+  the run's duration nor in any latency);
 * pacing lateness: mean(corrected latency) - mean(service time) = how late, on average, the
   loop started sessions after their due time; and p50/p99 of both latencies.
 
@@ -54,8 +56,12 @@ def child(port: int, rate: float, duration_s: float, slots: int, no_http: bool) 
     )
     samples: list[tuple[float, int]] = []
     try:
-        origin = time.monotonic_ns()
-        eng.start(origin)
+        # The schedule's origin is set after the warm-up (every slot connected first).
+        t0 = time.monotonic_ns()
+        eng.start()
+        while eng.origin_ns is None and not eng.done:
+            time.sleep(0.0005)
+        origin = eng.origin_ns if eng.origin_ns is not None else t0
         while not eng.done:
             time.sleep(0.05)
             samples.append(((time.monotonic_ns() - origin) / 1e9, eng.stats()["sessions_started"]))
@@ -71,6 +77,7 @@ def child(port: int, rate: float, duration_s: float, slots: int, no_http: bool) 
         {
             "rate_mid": slope(middle) if len(middle) > 2 else 0.0,
             "rate_all": stats["sessions_started"] / duration_s,
+            "warmup_ms": (origin - t0) / 1e6,
             "started": stats["sessions_started"],
             "dropped": stats["sessions_dropped"],
             "errors": stats["errors"],
@@ -134,7 +141,7 @@ def main() -> None:
     )
     print(
         f"{'target/s':>10} {'slots':>6} {'achieved(mid)':>14} {'err':>8} {'achieved(all)':>14} "
-        f"{'err':>8} {'dropped':>8} {'errors':>7} {'late us':>8} "
+        f"{'err':>8} {'dropped':>8} {'errors':>7} {'warm ms':>7} {'late us':>8} "
         f"{'corr p50/p99 us':>16} {'serv p50/p99 us':>16}"
     )
     for rate, slots, r in results:
@@ -142,6 +149,7 @@ def main() -> None:
             f"{rate:10,.0f} {slots:6d} {r['rate_mid']:14,.1f} "
             f"{(r['rate_mid'] - rate) / rate:+8.3%} {r['rate_all']:14,.1f} "
             f"{(r['rate_all'] - rate) / rate:+8.3%} {r['dropped']:8d} {r['errors']:7d} "
+            f"{r['warmup_ms']:7.1f} "
             f"{r['lateness_us']:8.1f} {r['corrected_us'][0]:>7}/{r['corrected_us'][1]:<8} "
             f"{r['service_us'][0]:>7}/{r['service_us'][1]:<8}"
         )

@@ -312,7 +312,9 @@ def test_cancel_stops_an_open_run() -> None:
 
 def test_warm_up_connects_every_slot_before_the_schedule() -> None:
     with server() as srv:
-        eng = open_engine(srv.port, arrival_rate_per_s=10, duration_ns=S // 5, sessions=8, threads=2)
+        eng = open_engine(
+            srv.port, arrival_rate_per_s=10, duration_ns=S // 5, sessions=8, threads=2
+        )
         try:
             assert eng.origin_ns is None
             t0 = time.monotonic_ns()

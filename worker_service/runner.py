@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from _fastpath.engine import Engine
 from _fastpath.histogram import Histogram
+from chaperon.status import ResourceExhausted
 from chaperon.v1 import worker_pb2
 from worker_service.plan import EnginePlan
 
@@ -61,7 +62,12 @@ class AssignmentRunner:
         started = time.monotonic()
         try:
             for engine in self._engines:
-                engine.start()
+                try:
+                    engine.start()
+                except RuntimeError as exc:  # too few file descriptors for the sessions
+                    raise ResourceExhausted(
+                        f"this worker cannot run the assignment: {exc}"
+                    ) from None
             next_report = started + self._interval_s
             while True:
                 done = all(e.wait(max(0.0, next_report - time.monotonic())) for e in self._engines)

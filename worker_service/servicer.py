@@ -78,12 +78,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         if violations:
             raise InvalidArgument(violations)
         plans = compile_assignment(request, self._allow)
-        runner = AssignmentRunner(
-            request.assignment_id,
-            plans,
-            request.threads or self._state.threads,
-            request.report_interval_s or 1.0,
-        )
+        try:
+            runner = AssignmentRunner(
+                request.assignment_id,
+                plans,
+                request.threads or self._state.threads,
+                request.report_interval_s or 1.0,
+            )
+        except ValueError as exc:  # e.g. a tls_ca_file this worker cannot load
+            raise InvalidArgument([("load_test.config", str(exc))]) from None
         self._state.begin(runner, request.run_id)
         # The master went away (or cancelled the call): stop the orphaned engines.
         context.add_callback(runner.cancel)

@@ -117,3 +117,12 @@ def test_https_run_verifies_against_the_given_ca(tmp_path: Path) -> None:
         insecure = _run(tmp_path, {"base_url": f"https://localhost:{port}", "tls_insecure": True})
         (metric,) = insecure["result"]["metrics"]
         assert int(metric["count"]) == 30 and int(metric.get("errors", 0)) == 0
+
+
+def test_a_ca_file_the_worker_cannot_read_fails_the_run_clearly(tmp_path: Path) -> None:
+    run = _run(
+        tmp_path,
+        {"base_url": "https://localhost:9", "tls_ca_file": str(tmp_path / "missing.pem")},
+    )
+    assert run["state"] == "FAILED"
+    assert "refused the assignment" in run["error"] and "tls_ca_file" in run["error"]

@@ -48,6 +48,10 @@ cdef enum:
 cdef enum:
     C_OP_HTTP = 1
     C_OP_DELAY = 2
+    C_OP_RANDOM_DELAY = 3
+    C_OP_REPEAT = 4
+    C_OP_LOOP = 5
+    MAX_DEPTH = 8       # nesting of repeat/loop bodies (frames per session)
     MAX_EVENTS = 512
     RBUF_SIZE = 65536
     SERVER_NAME_SIZE = 256  # a DNS name is at most 253 characters
@@ -78,7 +82,9 @@ cdef struct op_t:
     int32_t no_body
     const char* req
     size_t req_len
-    int64_t delay_ns
+    int64_t delay_ns        # DELAY; RANDOM_DELAY: the minimum
+    int64_t arg             # REPEAT: count; LOOP: duration_ns; RANDOM_DELAY: max - min
+    int32_t body_end        # REPEAT/LOOP: the body is (index, body_end); metric: -1 or traced
 
 cdef struct target_t:
     sockaddr_storage addr
@@ -134,6 +140,13 @@ cdef struct config_t:
     int warm_pending        # threads still warming up (atomic)
     int origin_ready        # start_ns and the end are set (atomic; always 1 in the closed model)
 
+# A running repeat/loop body (``session_t.frames``). ``op`` is the REPEAT/LOOP op's index: the
+# body is [op + 1, ops[op].body_end).
+cdef struct frame_t:
+    int64_t left            # REPEAT: iterations still to run after this one; LOOP: its deadline
+    int64_t iter_start_ns   # start of the current iteration (traced repeat)
+    int32_t op
+
 cdef struct session_t:
     int fd
     int32_t state
@@ -143,7 +156,8 @@ cdef struct session_t:
     uint32_t index          # within its thread
     int32_t fresh           # open model: arrived, first op not started (exempt from stop_ns)
     int32_t phase           # PH_*
-    int32_t op_end          # end of the current phase's ops
+    int32_t op_end          # end of the current phase's ops, or of the innermost body
+    int32_t depth           # frames in use (0: not inside a repeat/loop body)
     int64_t iters
     int64_t stop_ns         # between two ops, stop (slow path) from then on: the earlier of
                             # end_ns and run_deadline_ns (teardown: teardown_end_ns)
@@ -158,6 +172,7 @@ cdef struct session_t:
     # as tls.pxd requires while an SSL lives.
     tls_conn tls
     tls_resume resume       # the last session the server offered, tag = target index
+    frame_t frames[MAX_DEPTH]
 
 # A session has at most one heap entry, exactly while it is DELAY, YIELD or STARTING; only the
 # entry's wake-up moves it on (it wakes early, at its stop_ns, to be stopped), so no entry is

@@ -4,8 +4,8 @@ released.
 
 Theory of operation
 -------------------
-The worker compiles a scenario into a *plan*: a flat array of ops, each either an HTTP request
-(pre-rendered bytes, a target and a metric index) or a delay. ``Engine`` copies the plan into
+The worker compiles a scenario into a *plan*: a flat array of ops, each an HTTP request
+(pre-rendered bytes, a target and a metric index), a delay, or a control-flow op (below). ``Engine`` copies the plan into
 C memory and runs sessions on ``threads`` engine threads (Python threads that spend their whole
 life in ``thread_loop`` without the GIL). A session runs the ops in order. Two load models:
 
@@ -79,6 +79,25 @@ periodic timeout scan also compares in-flight sessions with ``run_deadline_ns``;
 parked in the heap is pushed with ``min(wake-up, stop_ns)``, so it wakes by itself to be
 stopped (at most one heap entry per session, never a stale one). Phase changes and every
 stop are slow-path functions (``sess_stop``, ``sess_finish``, ``sess_phase_end``).
+
+Control flow (Chaperon's ``random_delay``, ``repeat``, ``repeat_traced``, ``loop``) stays in
+the flat array. ``(OP_RANDOM_DELAY, min_ns, max_ns)`` is a delay op of uniform length in
+[min, max] (the thread's xorshift64*). ``(OP_REPEAT, count, body_len, metric_index)`` and
+``(OP_LOOP, duration_ns, body_len)`` own the ``body_len`` ops after them (their *body*): a
+repeat runs it ``count`` times (0: skipped); a loop runs it while less than ``duration_ns``
+has passed since the loop began, checked before each iteration (a running one finishes). A
+repeat with a metric index (repeat_traced) records each iteration's duration (from the
+intended start of its first op to the end of its last) in that metric's latency (and service)
+histogram and count, never an error. Bodies nest, ``MAX_DEPTH`` (8) deep; the structure is
+checked at construction, so the threads trust it. A session keeps a fixed stack of
+``frame_t`` (the op, the repeats left or the loop's deadline, the iteration's start); inside a
+body its ``op_end`` is the body's end, so the plain path's ``op_index >= op_end`` test also
+finds a body's end, and only then does ``depth > 0`` send it to the slow path (``body_end``:
+again, or pop and restore the enclosing end). Entering a body is a slow path too, behind the
+``kind != OP_HTTP`` test the delay already needed: a plan without control ops pays nothing
+per op. The stack is emptied whenever a phase or an iteration (re)starts. Control ops are not
+ops of their own for the end of the run, the scenario timeout and cancel: the session checks
+``stop_ns`` before every op, in a body as anywhere, so they cut through loops alike.
 
 One engine thread owns a slice of the sessions, one epoll set (level-triggered), one receive
 buffer shared by its sessions (responses are parsed as they arrive by the sans-IO parser of
@@ -211,6 +230,10 @@ cdef extern from *:
 
 OP_HTTP = 1
 OP_DELAY = 2
+OP_RANDOM_DELAY = 3
+OP_REPEAT = 4
+OP_LOOP = 5
+_CONTROL_OPS = (OP_REPEAT, OP_LOOP)
 _MAX_START_DELAY_NS = 100 * 365 * 86400 * 1_000_000_000   # start delays: a century at most
 ERROR_KINDS = ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx", "tls")
 
@@ -466,6 +489,7 @@ cdef void sess_begin(thread_t* t, session_t* s, int64_t now, int64_t intended) n
     s.state = ST_IDLE
     s.iters = 0
     s.op_index = 0
+    s.depth = 0
     if cfg.run_first > 0:
         s.phase = PH_INIT
         s.op_end = cfg.run_first
@@ -502,6 +526,7 @@ cdef bint sess_finish(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         s.phase = PH_TEARDOWN
         s.op_index = cfg.run_end
         s.op_end = cfg.nops
+        s.depth = 0
         s.run_deadline_ns = cfg.teardown_end_ns
         s.stop_ns = cfg.teardown_end_ns
         s.intended_ns = now
@@ -529,6 +554,7 @@ cdef bint sess_stop(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         s.phase = PH_RUN
         s.op_index = cfg.run_first
         s.op_end = cfg.run_end
+        s.depth = 0
         s.intended_ns = now
         set_window(t, s, now)
         return False
@@ -554,15 +580,84 @@ cdef void sess_abandon(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         sess_run(t, s, now)
 
 
+# ------------------------------------------------------------------------------ control flow
+# repeat / repeat_traced / loop: a body is the ops after the REPEAT/LOOP op; while a session is
+# inside one, ``op_end`` is the body's end, so the plain path's ``op_index >= op_end`` test
+# also finds a body's end and only then (``depth > 0``) comes here.
+
+cdef inline int32_t outer_end(thread_t* t, session_t* s) noexcept nogil:
+    """Where the ops end once the innermost frame is popped (``depth`` already decremented)."""
+    if s.depth > 0:
+        return t.cfg.ops[s.frames[s.depth - 1].op].body_end
+    if s.phase == PH_RUN:
+        return t.cfg.run_end
+    if s.phase == PH_INIT:
+        return t.cfg.run_first
+    return t.cfg.nops
+
+
+cdef void body_enter(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept nogil:
+    """Run a REPEAT/LOOP op (``op_index`` is its index): enter its body, or skip it."""
+    cdef frame_t* f
+    cdef int64_t left
+    if op.kind == C_OP_REPEAT:
+        if op.arg <= 0:
+            s.op_index = op.body_end
+            return
+        left = op.arg - 1
+    else:
+        if op.arg <= 0:
+            s.op_index = op.body_end
+            return
+        left = sat_add(now, op.arg)
+    f = &s.frames[s.depth]          # depth < MAX_DEPTH: checked at construction
+    s.depth += 1
+    f.op = s.op_index
+    f.left = left
+    f.iter_start_ns = s.intended_ns
+    s.op_end = op.body_end
+    s.op_index += 1
+
+
+cdef void body_end(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """The innermost body's iteration is over (``op_index == op_end``): record it (traced),
+    then run it again or leave it."""
+    cdef frame_t* f = &s.frames[s.depth - 1]
+    cdef const op_t* op = &t.cfg.ops[f.op]
+    cdef mstats_t* m
+    cdef bint again
+    if op.metric >= 0:          # repeat_traced (never in teardown: not measured)
+        m = &t.rec[op.metric]
+        hdr_core_record(&m.hist, (now - f.iter_start_ns) // 1000)
+        if t.cfg.open_model:
+            hdr_core_record(&m.service, (now - f.iter_start_ns) // 1000)
+        m.count += 1
+    if op.kind == C_OP_REPEAT:
+        again = f.left > 0
+        if again:
+            f.left -= 1
+    else:
+        again = now < f.left    # the loop's deadline, checked before each iteration
+    if again:
+        s.op_index = f.op + 1
+        f.iter_start_ns = s.intended_ns
+        return
+    s.depth -= 1                # op_index == op.body_end: go on after the body
+    s.op_end = outer_end(t, s)
+
+
 cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     """Run the session from its current op until it waits for I/O or a timer, or ends."""
     cdef config_t* cfg = t.cfg
     cdef const op_t* op
     cdef int steps = 0
     cdef int rc
+    cdef int64_t delay
     while True:
         if s.op_index >= s.op_end:
-            if s.phase == PH_RUN:
+            if s.depth > 0:
+                body_end(t, s, now)     # once per body iteration: a loop's slow path
+            elif s.phase == PH_RUN:
                 # inline: once per iteration in the plain closed loop
                 s.op_index = cfg.run_first
                 s.iters += 1
@@ -585,14 +680,22 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
             heap_push(t, now_ns() + 1, s.index)
             return
         op = &cfg.ops[s.op_index]
-        s.fresh = 0
-        if op.kind == C_OP_DELAY:
+        if op.kind != C_OP_HTTP:
+            if op.kind == C_OP_DELAY:
+                delay = op.delay_ns
+            elif op.kind == C_OP_RANDOM_DELAY:
+                delay = op.delay_ns + rng_below(t, op.arg + 1)     # uniform in [min, max]
+            else:
+                body_enter(t, s, op, now)   # not an op of its own: ``fresh`` stays
+                continue
+            s.fresh = 0
             # Timed from the intended start, so a late wake-up does not push later ops back.
             # Woken at stop_ns at the latest, to be stopped (scenario timeout, end of the run).
             s.state = ST_DELAY
-            s.intended_ns = sat_add(s.intended_ns, op.delay_ns)
+            s.intended_ns = sat_add(s.intended_ns, delay)
             heap_push(t, s.intended_ns if s.intended_ns < s.stop_ns else s.stop_ns, s.index)
             return
+        s.fresh = 0
         s.op_start_ns = now
         h1_init(&s.parser, op.no_body)
         if s.fd >= 0 and s.target != op.target:
@@ -1149,7 +1252,10 @@ cdef class Engine:
                  them.
     metric_keys  [str]; ops index them.
     ops          [(OP_HTTP, target_index, metric_index, request_bytes, no_body)
-                  | (OP_DELAY, delay_ns)].
+                  | (OP_DELAY, delay_ns) | (OP_RANDOM_DELAY, min_ns, max_ns)
+                  | (OP_REPEAT, count, body_len, metric_index or -1)
+                  | (OP_LOOP, duration_ns, body_len)]: a repeat/loop's body is the
+                 ``body_len`` ops after it (nested 8 deep at most); see the module docstring.
     sessions     closed model: concurrent sessions; open model: session slots (the cap on
                  concurrent sessions), both split evenly over the threads.
     threads      engine threads (at most ``sessions``).
@@ -1223,13 +1329,15 @@ cdef class Engine:
             raise ValueError("targets must not be empty")
         keys = [str(k) if isinstance(k, str) else _bad_key(i, k)
                 for i, k in enumerate(_as_list("metric_keys", metric_keys))]
-        plan = [_parse_op(i, op, len(addrs), len(keys)) for i, op in enumerate(_as_list("ops", ops))]
+        plan = _check_bodies(
+            [_parse_op(i, op, len(addrs), len(keys)) for i, op in enumerate(_as_list("ops", ops))])
         if not plan:
             raise ValueError("ops must not be empty")
-        init = [_parse_op(i, op, len(addrs), len(keys), "init_ops")
-                for i, op in enumerate(_as_list("init_ops", init_ops))]
-        teardown = [_parse_op(i, op, len(addrs), len(keys), "teardown_ops")
-                    for i, op in enumerate(_as_list("teardown_ops", teardown_ops))]
+        init = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "init_ops")
+                              for i, op in enumerate(_as_list("init_ops", init_ops))], "init_ops")
+        teardown = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "teardown_ops")
+                                  for i, op in enumerate(_as_list("teardown_ops", teardown_ops))],
+                                 "teardown_ops")
         if not isinstance(tls_insecure, bool):
             raise TypeError(f"tls_insecure must be a bool, not {type(tls_insecure).__name__}")
         if tls_ca_file is not None:
@@ -1353,9 +1461,20 @@ cdef class Engine:
                 cfg.ops[i].req = self.reqbuf + off
                 cfg.ops[i].req_len = len(req)
                 off += len(req)
-            else:
+            elif p[0] == OP_DELAY:
                 cfg.ops[i].kind = C_OP_DELAY
                 cfg.ops[i].delay_ns = p[1]
+            elif p[0] == OP_RANDOM_DELAY:
+                cfg.ops[i].kind = C_OP_RANDOM_DELAY
+                cfg.ops[i].delay_ns = p[1]
+                cfg.ops[i].arg = p[2] - p[1]
+            else:   # REPEAT / LOOP: body_len is relative, body_end absolute in the plan
+                cfg.ops[i].kind = C_OP_REPEAT if p[0] == OP_REPEAT else C_OP_LOOP
+                cfg.ops[i].arg = p[1]
+                cfg.ops[i].body_end = i + 1 + p[2]
+                cfg.ops[i].metric = -1
+                if p[0] == OP_REPEAT and i < cfg.run_end:   # teardown: not measured
+                    cfg.ops[i].metric = p[3]
 
         per = nsessions // nthreads
         extra = nsessions % nthreads
@@ -1881,11 +2000,64 @@ def _parse_op(i, op, int ntargets, int nmetrics, str name="ops"):
         if not request:
             raise ValueError(f"{where}: request_bytes is empty")
         return (OP_HTTP, target, metric, request, 1 if no_body else 0)
-    if kind == OP_DELAY and not isinstance(kind, bool):
+    if isinstance(kind, bool):
+        kind = None
+    if kind == OP_DELAY:
         if len(op) != 2:
             raise ValueError(f"{where}: a delay op is (OP_DELAY, delay_ns)")
         return (OP_DELAY, _check_int(f"{where} delay_ns", op[1], 0))
-    raise ValueError(f"{where}: unknown op kind {kind!r} (expected OP_HTTP or OP_DELAY)")
+    if kind == OP_RANDOM_DELAY:
+        if len(op) != 3:
+            raise ValueError(f"{where}: a random delay op is (OP_RANDOM_DELAY, min_ns, max_ns)")
+        lo = _check_int(f"{where} min_ns", op[1], 0)
+        hi = _check_int(f"{where} max_ns", op[2], 0)
+        if hi < lo:
+            raise ValueError(f"{where}: max_ns {hi} < min_ns {lo}")
+        if hi > _MAX_START_DELAY_NS:
+            raise ValueError(f"{where}: max_ns {hi} is unreasonably long")
+        return (OP_RANDOM_DELAY, lo, hi)
+    if kind == OP_REPEAT:
+        if len(op) != 4:
+            raise ValueError(
+                f"{where}: a repeat op is (OP_REPEAT, count, body_len, metric_index or -1)")
+        count = _check_int(f"{where} count", op[1], 0)
+        body_len = _check_int(f"{where} body_len", op[2], 1)
+        metric = _check_int(f"{where} metric_index", op[3], -1)
+        if metric >= nmetrics:
+            raise ValueError(f"{where}: metric_index {metric} out of range (have {nmetrics} metric keys)")
+        return (OP_REPEAT, count, body_len, metric)
+    if kind == OP_LOOP:
+        if len(op) != 3:
+            raise ValueError(f"{where}: a loop op is (OP_LOOP, duration_ns, body_len)")
+        return (OP_LOOP, _check_int(f"{where} duration_ns", op[1], 0),
+                _check_int(f"{where} body_len", op[2], 1))
+    raise ValueError(
+        f"{where}: unknown op kind {op[0]!r} "
+        "(expected OP_HTTP, OP_DELAY, OP_RANDOM_DELAY, OP_REPEAT or OP_LOOP)"
+    )
+
+
+def _check_bodies(list ops, str name="ops"):
+    """Repeat/loop bodies must fit inside the list and inside their enclosing body, nested
+    at most MAX_DEPTH deep."""
+    ends = []       # ends of the enclosing bodies, innermost last
+    for i, op in enumerate(ops):
+        while ends and ends[len(ends) - 1] <= i:
+            ends.pop()
+        if op[0] not in _CONTROL_OPS:
+            continue
+        end = i + 1 + op[2]
+        if end > len(ops):
+            raise ValueError(
+                f"{name}[{i}]: body_len {op[2]} runs past the end of {name} ({len(ops)} ops)")
+        if ends and end > ends[len(ends) - 1]:
+            raise ValueError(
+                f"{name}[{i}]: body_len {op[2]} runs past the end of the enclosing body "
+                f"(which ends before {name}[{ends[len(ends) - 1]}])")
+        ends.append(end)
+        if len(ends) > MAX_DEPTH:
+            raise ValueError(f"{name}[{i}]: repeat/loop nested deeper than {MAX_DEPTH}")
+    return ops
 
 
 def _raise_nofile_limit(int64_t needed):

@@ -93,6 +93,32 @@ class Scenario:
         """Wait, e.g. ``delay("250ms")``."""
         return self._step({"delay": {"duration": duration}})
 
+    def random_delay(self, max_duration: str, min_duration: str | None = None) -> Scenario:
+        """Wait a uniform random time up to ``max_duration`` (from ``min_duration``)."""
+        step: dict[str, Any] = {"max": max_duration}
+        if min_duration is not None:
+            step["min"] = min_duration
+        return self._step({"random_delay": step})
+
+    def repeat(
+        self, count: int, body: Scenario, *, traced: bool = False, metric: str | None = None
+    ) -> Scenario:
+        """Run ``body``'s steps ``count`` times; ``traced`` records each iteration's
+        duration under ``metric`` (default "repeat"), like Chaperon's repeat_traced."""
+        step: dict[str, Any] = {"count": count, "steps": [dict(s) for s in body.steps]}
+        if traced:
+            step["traced"] = True
+        if metric:
+            step["metric"] = metric
+        return self._step({"repeat": step})
+
+    def repeat_traced(self, count: int, body: Scenario, metric: str | None = None) -> Scenario:
+        return self.repeat(count, body, traced=True, metric=metric)
+
+    def loop(self, duration: str, body: Scenario) -> Scenario:
+        """Run ``body``'s steps again and again for ``duration``."""
+        return self._step({"loop": {"duration": duration, "steps": [dict(s) for s in body.steps]}})
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "run": [dict(s) for s in self.steps]}
 

@@ -31,6 +31,8 @@ MAX_STEPS = 10_000
 MAX_ITERATIONS = 1_000_000_000
 MAX_RATE_PER_S = 10_000_000.0
 MAX_STAGES = 1_000
+MAX_REPEAT = 1_000_000
+MAX_NESTING = 8
 MAX_NAME_LEN = 200
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _CONFIG_DURATIONS = ("connect_timeout", "request_timeout")
@@ -207,7 +209,9 @@ def _check_scenario(c: _Collector, p: str, s: loadtest_pb2.Scenario, cfg: dict[s
             _check_step(c, f"{p}.{part}[{j}]", step, base_url)
 
 
-def _check_step(c: _Collector, p: str, step: loadtest_pb2.Step, base_url: Any) -> None:
+def _check_step(
+    c: _Collector, p: str, step: loadtest_pb2.Step, base_url: Any, depth: int = 0
+) -> None:
     action = step.WhichOneof("action")
     if action is None:
         c.bad(p, "is empty: set one action such as 'http' or 'delay'")
@@ -215,6 +219,28 @@ def _check_step(c: _Collector, p: str, step: loadtest_pb2.Step, base_url: Any) -
         c.duration(f"{p}.delay.duration", step.delay.duration, required=True)
     elif action == "http":
         _check_http(c, f"{p}.http", step.http, base_url)
+    elif action == "random_delay":
+        low = c.duration(f"{p}.random_delay.min", step.random_delay.min) or 0
+        high = c.duration(f"{p}.random_delay.max", step.random_delay.max, required=True)
+        if high is not None and low > high:
+            c.bad(f"{p}.random_delay.min", "must not be more than max")
+    elif action in ("repeat", "loop"):
+        body = step.repeat if action == "repeat" else step.loop
+        q = f"{p}.{action}"
+        if action == "repeat":
+            if not 0 <= step.repeat.count <= MAX_REPEAT:
+                c.bad(f"{q}.count", f"must be between 0 and {MAX_REPEAT}")
+        else:
+            ns = c.duration(f"{q}.duration", step.loop.duration, required=True)
+            if ns == 0:
+                c.bad(f"{q}.duration", "must be > 0")
+        if not body.steps:
+            c.bad(f"{q}.steps", "needs at least one step")
+        if depth + 1 >= MAX_NESTING:
+            c.bad(q, f"repeat and loop nest at most {MAX_NESTING} deep")
+            return
+        for k, inner in enumerate(body.steps):
+            _check_step(c, f"{q}.steps[{k}]", inner, base_url, depth + 1)
 
 
 def _check_http(c: _Collector, p: str, h: loadtest_pb2.HttpStep, base_url: Any) -> None:

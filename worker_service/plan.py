@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 from google.protobuf import json_format
 
-from _fastpath.engine import OP_DELAY, OP_HTTP
+from _fastpath.engine import OP_DELAY, OP_HTTP, OP_LOOP, OP_RANDOM_DELAY, OP_REPEAT
 from chaperon._version import __version__
 from chaperon.allowlist import AllowList
 from chaperon.durations import parse_duration_ns
@@ -145,6 +145,32 @@ class _Compiler:
             self.http(step.http, f"{p}.http")
         elif action == "delay":
             self.out.append((OP_DELAY, parse_duration_ns(step.delay.duration)))
+        elif action == "random_delay":
+            low = step.random_delay.min
+            self.out.append(
+                (
+                    OP_RANDOM_DELAY,
+                    parse_duration_ns(low) if low else 0,
+                    parse_duration_ns(step.random_delay.max),
+                )
+            )
+        elif action in ("repeat", "loop"):
+            # A block op followed by its body, flattened: (kind, ..., body_len, ...).
+            outer = self.out
+            body: list[tuple[Any, ...]] = []
+            self.out = body
+            block = step.repeat if action == "repeat" else step.loop
+            for k, inner in enumerate(block.steps):
+                self.step(inner, f"{p}.{action}.steps[{k}]")
+            self.out = outer
+            if action == "repeat":
+                metric = -1
+                if step.repeat.traced:
+                    metric = self.key_index(step.repeat.metric or step.name or "repeat")
+                outer.append((OP_REPEAT, int(step.repeat.count), len(body), metric))
+            else:
+                outer.append((OP_LOOP, parse_duration_ns(step.loop.duration), len(body)))
+            outer.extend(body)
         else:
             raise Unimplemented(f"{p}: step {action!r} is not supported by this worker")
 

@@ -96,3 +96,42 @@ def test_scenario_timeout_ends_slow_runs_and_counts_them(master_stub, workers) -
     assert run.result.sessions_completed == 2
     assert all(m.count == 0 and m.errors == 0 for m in run.result.metrics)
     assert run.result.duration_s < 3
+
+
+def test_repeat_loop_and_random_delay_through_the_cluster(master_stub, workers, nginx) -> None:
+    from chaperon.v1 import results_pb2
+
+    get_root = {"http": {"method": "GET", "path": "/"}}
+    get_201 = {"http": {"method": "GET", "path": "/status/201"}}
+    load_test = {
+        "name": "control",
+        "config": {"base_url": nginx.base_url},
+        "scenarios": [
+            {
+                "concurrency": 2,
+                "iterations": 2,
+                "scenario": {
+                    "run": [
+                        {
+                            "name": "outer",
+                            "repeat": {
+                                "count": 3,
+                                "traced": True,
+                                "steps": [get_root, {"repeat": {"count": 2, "steps": [get_201]}}],
+                            },
+                        },
+                        {"random_delay": {"min": "1ms", "max": "5ms"}},
+                        {"loop": {"duration": "100ms", "steps": [{"delay": {"duration": "40ms"}}]}},
+                    ]
+                },
+            }
+        ],
+    }
+    run = _run(master_stub, load_test)
+    assert run.state == results_pb2.SUCCEEDED, run.error
+    assert metric(run, "GET /").count == 12  # 2 sessions x 2 iterations x 3
+    assert metric(run, "GET /status/201").count == 24
+    assert metric(run, "outer").count == 12  # one traced value per iteration of the repeat
+    nginx.wait_for_served(36)
+    served = Counter(line.split()[2] for line in nginx.log_lines())
+    assert served == {"/": 12, "/status/201": 24}

@@ -95,3 +95,21 @@ def test_chaperon_run_takes_a_script(tmp_path: Path) -> None:
         )
     )
     assert load_file(str(script)) == load_file(str(tmp_path / "same.json"))
+
+
+def test_control_flow_builders() -> None:
+    body = Scenario("b").get("/")
+    s = (
+        Scenario("s")
+        .repeat(3, body)
+        .repeat_traced(2, body, metric="two gets")
+        .loop("1s", body.delay("10ms"))
+        .random_delay("20ms", "5ms")
+    )
+    lt = LoadTest("x", base_url="http://127.0.0.1:1").add(s, concurrency=1).to_proto()
+    run = lt.scenarios[0].scenario.run
+    assert run[0].repeat.count == 3 and len(run[0].repeat.steps) == 1
+    assert run[1].repeat.traced and run[1].repeat.metric == "two gets"
+    assert run[2].loop.duration == "1s" and len(run[2].loop.steps) == 2
+    assert (run[3].random_delay.min, run[3].random_delay.max) == ("5ms", "20ms")
+    validate_load_test(lt)

@@ -187,3 +187,57 @@ def test_thresholds_are_checked() -> None:
     with pytest.raises(InvalidArgument) as info:
         validate_load_test(lt)
     assert "thresholds[0].stat" in _fields(info.value)
+
+
+def _with_run(steps: list[dict[str, Any]]) -> Any:
+    return _lt(scenarios__0__scenario__run=steps)
+
+
+def test_control_flow_steps_are_valid() -> None:
+    get = {"http": {"method": "GET", "path": "/"}}
+    validate_load_test(
+        _with_run(
+            [
+                {"repeat": {"count": 3, "traced": True, "steps": [get]}},
+                {"loop": {"duration": "1s", "steps": [{"repeat": {"count": 2, "steps": [get]}}]}},
+                {"random_delay": {"min": "10ms", "max": "20ms"}},
+            ]
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("step", "field"),
+    [
+        (
+            {"repeat": {"count": -1, "steps": [{"delay": {"duration": "1ms"}}]}},
+            "scenarios[0].scenario.run[0].repeat.count",
+        ),
+        ({"repeat": {"count": 1}}, "scenarios[0].scenario.run[0].repeat.steps"),
+        (
+            {"loop": {"steps": [{"delay": {"duration": "1ms"}}]}},
+            "scenarios[0].scenario.run[0].loop.duration",
+        ),
+        (
+            {"loop": {"duration": "1s", "steps": [{"http": {"method": "NOPE", "path": "/"}}]}},
+            "scenarios[0].scenario.run[0].loop.steps[0].http.method",
+        ),
+        (
+            {"random_delay": {"min": "2s", "max": "1s"}},
+            "scenarios[0].scenario.run[0].random_delay.min",
+        ),
+        ({"random_delay": {}}, "scenarios[0].scenario.run[0].random_delay.max"),
+    ],
+)
+def test_bad_control_flow_names_the_field(step: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(_with_run([step]))
+    assert field in _fields(info.value), info.value.violations
+
+
+def test_nesting_is_bounded() -> None:
+    step: dict[str, Any] = {"delay": {"duration": "1ms"}}
+    for _ in range(9):
+        step = {"repeat": {"count": 1, "steps": [step]}}
+    with pytest.raises(InvalidArgument, match="nest at most 8"):
+        validate_load_test(_with_run([step]))

@@ -135,3 +135,35 @@ def test_init_teardown_and_session_rules_reach_the_engine() -> None:
     plain = compile_assignment(_assignment([{"http": {"method": "GET", "path": "/"}}]))
     assert "init_ops" not in plain[0].engine_kwargs(1)
     assert "scenario_timeout_ns" not in plain[0].engine_kwargs(1)
+
+
+def test_control_flow_is_flattened_with_body_lengths() -> None:
+    from worker_service.plan import OP_LOOP, OP_RANDOM_DELAY, OP_REPEAT
+
+    get = {"http": {"method": "GET", "path": "/"}}
+    (plan,) = compile_assignment(
+        _assignment(
+            [
+                {"repeat": {"count": 3, "steps": [get, {"repeat": {"count": 2, "steps": [get]}}]}},
+                {"loop": {"duration": "1s", "steps": [{"random_delay": {"max": "5ms"}}]}},
+                {"name": "login", "repeat": {"count": 2, "traced": True, "steps": [get]}},
+            ]
+        )
+    )
+    kinds = [op[0] for op in plan.ops]
+    assert kinds == [
+        OP_REPEAT,
+        OP_HTTP,
+        OP_REPEAT,
+        OP_HTTP,
+        OP_LOOP,
+        OP_RANDOM_DELAY,
+        OP_REPEAT,
+        OP_HTTP,
+    ]
+    assert plan.ops[0][1:] == (3, 3, -1)
+    assert plan.ops[2][1:] == (2, 1, -1)
+    assert plan.ops[4][1:] == (1_000_000_000, 1)
+    assert plan.ops[5][1:] == (0, 5_000_000)
+    assert plan.ops[6][1:3] == (2, 1)
+    assert plan.metric_keys[plan.ops[6][3]] == "login"

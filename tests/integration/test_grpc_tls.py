@@ -40,7 +40,7 @@ def _wait_tls_health(addr: str, ca: bytes, proc: ManagedProcess, timeout_s: floa
                 time.sleep(0.1)
 
 
-def test_master_worker_and_client_over_tls(tmp_path: Path, nginx) -> None:
+def test_master_worker_and_client_over_tls(tmp_path: Path, nginx, grpcurl) -> None:
     from chaperon.v1 import master_pb2, master_pb2_grpc
 
     certs = make_certs(tmp_path / "certs")
@@ -116,7 +116,7 @@ def test_master_worker_and_client_over_tls(tmp_path: Path, nginx) -> None:
         assert nginx.wait_for_served(30) == 30
 
         listed = subprocess.run(
-            ["grpcurl", "-cacert", str(certs.ca_cert), master_addr, "list"],
+            [grpcurl, "-cacert", str(certs.ca_cert), master_addr, "list"],
             capture_output=True,
             text=True,
             timeout=30,

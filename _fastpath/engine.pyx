@@ -770,6 +770,14 @@ cdef void complete(thread_t* t, session_t* s, int64_t now, bint reusable) noexce
     sess_run(t, s, now)
 
 
+cdef inline void on_eof(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """The peer closed: a response that ends at EOF is complete, anything else failed."""
+    if h1_feed_eof(&s.parser) == H1_DONE:
+        complete(t, s, now_ns(), False)
+    else:
+        fail_op(t, s, K_CLOSED, now)
+
+
 cdef void on_readable_tls(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     """``on_readable`` over TLS. Level-triggered epoll cannot see bytes OpenSSL already holds
     (read-ahead), so go back to epoll only when tls.pxd's drain rule says so."""
@@ -792,10 +800,7 @@ cdef void on_readable_tls(thread_t* t, session_t* s, int64_t now) noexcept nogil
             if n < RBUF_SIZE and tls_drained(&s.tls):
                 break
         elif n == TLS_CLOSED:
-            if h1_feed_eof(&s.parser) == H1_DONE:
-                complete(t, s, now_ns(), False)
-            else:
-                fail_op(t, s, K_CLOSED, now)
+            on_eof(t, s, now)
             return
         elif n == TLS_WANT_READ:
             break
@@ -834,10 +839,7 @@ cdef void on_readable(thread_t* t, session_t* s, int64_t now) noexcept nogil:
             if n < RBUF_SIZE:
                 return          # drained; level-triggered epoll reports the rest
         elif n == 0:
-            if h1_feed_eof(&s.parser) == H1_DONE:
-                complete(t, s, now_ns(), False)
-            else:
-                fail_op(t, s, K_CLOSED, now)
+            on_eof(t, s, now)
             return
         elif errno == EINTR:
             continue

@@ -60,11 +60,16 @@ def make_channel(
     return grpc.insecure_channel(address, list(options))
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC targets want it (IPv6 literals in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def add_port(
     server: grpc.Server, host: str, port: int, creds: grpc.ServerCredentials | None
 ) -> int:
     """Bind host:port (plaintext or TLS); the bound port, or OSError with the reason."""
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = host_port(host, port)
     try:
         if creds is not None:
             bound = server.add_secure_port(target, creds)

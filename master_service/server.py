@@ -10,7 +10,7 @@ from grpc_health.v1 import health
 
 from chaperon.allowlist import AllowList
 from chaperon.auth import TokenAuthInterceptor
-from chaperon.channels import build_server, read_ca, server_credentials
+from chaperon.channels import build_server, host_port, read_ca, server_credentials
 from chaperon.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc
 from master_service.registry import WorkerRegistry
@@ -36,7 +36,7 @@ class MasterServer:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
+        return host_port(self.host, self.port)
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()

@@ -19,7 +19,13 @@ from grpc_health.v1 import health
 from chaperon._version import __version__
 from chaperon.allowlist import AllowList
 from chaperon.auth import TokenAuthInterceptor, bearer_metadata
-from chaperon.channels import build_server, make_channel, read_ca, server_credentials
+from chaperon.channels import (
+    build_server,
+    host_port,
+    make_channel,
+    read_ca,
+    server_credentials,
+)
 from chaperon.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc, worker_pb2, worker_pb2_grpc
 from worker_service.plan import default_threads
@@ -131,7 +137,7 @@ class WorkerServer:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
+        return host_port(self.host, self.port)
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()
@@ -181,7 +187,7 @@ def start_worker(
     grpc_server.start()
     bound = grpc_server.port
     if not advertise:
-        advertise = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        advertise = host_port(host, bound)
     membership = Membership(master, advertise, state, token, creds is not None, master_ca)
     membership.start()
     return WorkerServer(grpc_server.server, bound, host, state, membership, grpc_server.health)

@@ -75,7 +75,7 @@ def _uses_openssl(ext: Extension) -> bool:
                     text = f.read()
             except FileNotFoundError:
                 continue
-            if "includes.openssl" in text or "_fastpath.tls " in text:
+            if "includes.openssl" in text or "includes.crypto" in text or "_fastpath.tls " in text:
                 return True
     return False
 
@@ -115,10 +115,15 @@ def extensions() -> list:
         Extension("_fastpath.histogram", ["_fastpath/histogram.pyx"], extra_compile_args=flags),
         Extension("_fastpath.http1", ["_fastpath/http1.pyx"], extra_compile_args=flags),
         Extension(
+            "_fastpath.ws", ["_fastpath/ws.pyx"], extra_compile_args=flags, libraries=["crypto"]
+        ),
+        Extension("_fastpath.extract", ["_fastpath/extract.pyx"], extra_compile_args=flags),
+        Extension(
             "_fastpath.engine",
             ["_fastpath/engine.pyx"],
             extra_compile_args=flags,
-            libraries=["pthread"],
+            # crypto: the WebSocket handshake's SHA-1 (ws.pxd)
+            libraries=["pthread", "crypto"],
         ),
         Extension(
             "_fastpath.tls",

@@ -15,6 +15,8 @@ from _fastpath.includes.pthread cimport pthread_mutex_t
 from _fastpath.includes.socket cimport sockaddr_storage, socklen_t
 from _fastpath.includes.openssl cimport SSL_CTX
 from _fastpath.tls cimport tls_conn, tls_resume, TLS_ERRTEXT_SIZE
+from _fastpath.extract cimport jp_step
+from _fastpath.includes.regex cimport regex_t
 
 
 cdef enum:
@@ -25,7 +27,11 @@ cdef enum:
     K_4XX = 4
     K_5XX = 5
     K_TLS = 6           # handshake, certificate verification or TLS protocol failure
-    NKINDS = 7
+    K_EXTRACT = 7       # an extraction found nothing, or a template used an unset variable
+    K_ABORT = 8         # an abort step
+    K_PROTOCOL = 9      # WebSocket handshake or framing violation
+    K_PYTHON = 10       # a python step raised
+    NKINDS = 11
 
 cdef enum:
     ST_IDLE = 0
@@ -38,12 +44,15 @@ cdef enum:
     ST_FREE = 7         # open model: an unused slot (it may keep a keep-alive connection)
     ST_HANDSHAKING = 8  # TLS handshake after the TCP connect (under the connect deadline)
     ST_STARTING = 9     # parked in the heap by the session's start delay (no op run yet)
+    ST_WAIT = 10        # waiting for a child, a signal or a WebSocket message (scanned: deadline_ns)
+    ST_WS = 11          # a WebSocket connect, send or close in flight (scanned: deadline_ns)
 
 # Which ops a session is running (``op_end`` is the end of that phase's slice of ``ops``).
 cdef enum:
     PH_RUN = 0          # the scenario's ops, over and over (closed model) or once (open model)
     PH_INIT = 1         # init ops, once before the first iteration (measured)
     PH_TEARDOWN = 2     # teardown ops, once after the last iteration (not measured)
+    PH_CHILD = 3        # a child session (async, cc_spread): its body, once
 
 cdef enum:
     C_OP_HTTP = 1
@@ -51,6 +60,31 @@ cdef enum:
     C_OP_RANDOM_DELAY = 3
     C_OP_REPEAT = 4
     C_OP_LOOP = 5
+    C_OP_ASSIGN = 6
+    C_OP_UPDATE_ADD = 7
+    C_OP_UNSET = 8
+    C_OP_RETRY = 9
+    C_OP_ADD_METRIC = 10
+    C_OP_ABORT = 11
+    C_OP_PYTHON = 12
+    C_OP_ASYNC = 13
+    C_OP_AWAIT = 14
+    C_OP_AWAIT_ALL = 15
+    C_OP_SPREAD = 16
+    C_OP_SIGNAL = 17
+    C_OP_AWAIT_SIGNAL = 18
+    C_OP_WS_CONNECT = 19
+    C_OP_WS_SEND = 20
+    C_OP_WS_RECV = 21
+    C_OP_WS_AWAIT_RECV = 22
+    C_OP_WS_CLOSE = 23
+    C_VAR_SESSION_ID = -1
+    C_VAR_ITERATION = -2
+    W_CHILD = 1         # ST_WAIT: for child ``wait_arg`` to end
+    W_ALL = 2           # for every child to end
+    W_SIGNAL = 3        # for signal ``wait_arg``
+    W_WS = 4            # for a message on connection ``wait_arg`` (ws_recv, ws_await_recv)
+    W_SLOT = 5          # for child ``wait_arg`` to end before it is started again
     MAX_DEPTH = 8       # nesting of repeat/loop bodies (frames per session)
     MAX_EVENTS = 512
     RBUF_SIZE = 65536
@@ -59,6 +93,8 @@ cdef enum:
     MAX_STEPS = 32      # ops one session may run synchronously before it yields
     ARRIVAL_BATCH = 4096  # arrivals one wake may start before I/O gets its turn again
     WARM_WINDOW = 256   # open model warm-up: connects (and handshakes) in flight per thread
+    JAR_SIZE = 4096     # cookie jar (the Cookie header's value) per session
+    MAX_VAR_BYTES = 1048576  # a variable's value at most
 
 cdef extern from *:
     """
@@ -75,16 +111,45 @@ cdef extern from *:
     const long TIMER_SLACK_NS "CHAPERON_TIMER_SLACK_NS"
 
 
+# A template: literal bytes and variables, in order (``engine_state.pxi``).
+cdef struct part_t:
+    const char* data        # a literal; NULL: the variable ``var``
+    int64_t len
+    int32_t var             # slot >= 0, or C_VAR_SESSION_ID / C_VAR_ITERATION
+
+cdef struct tmpl_t:
+    part_t* parts
+    int32_t nparts
+
+cdef struct extract_t:
+    int32_t var
+    int32_t kind            # EX_* (engine.pyx)
+    int32_t optional
+    int32_t nsteps          # JSON path
+    jp_step* steps
+    regex_t* re             # regex (compiled at construction, freed in _free)
+    const char* name        # header name
+    size_t name_len
+
 cdef struct op_t:
     int32_t kind
     int32_t target
     int32_t metric          # -1: not measured (teardown ops): no latency, count or error
     int32_t no_body
-    const char* req
+    const char* req         # plain HTTP: the request; NULL for a templated one
     size_t req_len
-    int64_t delay_ns        # DELAY; RANDOM_DELAY: the minimum
-    int64_t arg             # REPEAT: count; LOOP: duration_ns; RANDOM_DELAY: max - min
-    int32_t body_end        # REPEAT/LOOP: the body is (index, body_end); metric: -1 or traced
+    int64_t delay_ns        # DELAY; RANDOM_DELAY: the minimum; RETRY: backoff; waits: timeout
+    int64_t arg             # REPEAT: count; LOOP: duration_ns; RANDOM_DELAY: max - min; ...
+    int32_t body_end        # REPEAT/LOOP/RETRY/ASYNC/SPREAD: the body is (index, body_end)
+    int32_t a               # variable slot, child, connection, signal or opcode (per kind)
+    int32_t b
+    int32_t has_body        # templated HTTP: ``body`` is sent with a Content-Length
+    int32_t cookies         # HTTP: the session's cookie jar is sent and updated
+    int32_t nextract
+    tmpl_t head             # templated HTTP head, ASSIGN value, WS connect head, WS payload
+    tmpl_t body             # templated HTTP body; WS_AWAIT_RECV: expected message
+    extract_t* extract
+    void* pyfunc            # PYTHON: the callable (a borrowed reference: Engine keeps it)
 
 cdef struct target_t:
     sockaddr_storage addr
@@ -139,6 +204,14 @@ cdef struct config_t:
     int64_t origin_req
     int warm_pending        # threads still warming up (atomic)
     int origin_ready        # start_ns and the end are set (atomic; always 1 in the closed model)
+    # The stateful language (engine_state.pxi); all 0 for plain plans (no ``sx_t`` then).
+    int32_t stateful        # sessions carry an ``sx_t``
+    int32_t nvars
+    int32_t nchildren       # child slots per session
+    int32_t nconns          # WebSocket connections per session
+    int32_t nsignals
+    int32_t has_retry       # some op is a RETRY: errors look for a retry frame
+    size_t max_capture      # bytes of a response kept for extraction
 
 # A running repeat/loop body (``session_t.frames``). ``op`` is the REPEAT/LOOP op's index: the
 # body is [op + 1, ops[op].body_end).
@@ -173,6 +246,42 @@ cdef struct session_t:
     tls_conn tls
     tls_resume resume       # the last session the server offered, tag = target index
     frame_t frames[MAX_DEPTH]
+    const char* req         # the request being written: op.req, or rendered into x.wbuf
+    size_t req_len
+    int32_t failed          # an error was recorded since the last op began (retry_on_error)
+    sx_t* x                 # NULL for plain plans
+
+cdef struct var_t:
+    char* data              # malloc'd, grown by realloc; freed in Engine._free
+    int64_t len             # -1: unset
+    int64_t cap
+
+# The stateful part of a session (only when ``config_t.stateful``): variables, the buffer a
+# templated request or frame is rendered into, the captured response, the cookie jar,
+# WebSocket connections, received signals and the parent/child links. Owned by Engine.
+cdef struct sx_t:
+    var_t* vars
+    char* wbuf
+    size_t wcap
+    char* cap               # the response being captured (extraction, cookies), NUL-terminated
+    size_t cap_len
+    size_t cap_size
+    int32_t capturing
+    int32_t capture_over    # more than max_capture arrived: the rest was not kept
+    char* jar               # Cookie header value, JAR_SIZE bytes
+    size_t jar_len
+    void* ws                # ws_conn_t[nconns] (engine_ws.pxi)
+    int32_t* sigs           # received, not yet awaited, per signal value
+    int32_t parent          # the parent's index in the thread (children), -1 for a session
+    int32_t child_base      # index of child 0 in the thread (sessions), -1 for children
+    int32_t child_end       # children: the end of their body
+    int32_t running         # children: started and not ended
+    int32_t wait_kind       # ST_WAIT: W_*
+    int32_t wait_arg
+    int32_t queued          # on the thread's ready stack
+    int32_t spread_first    # waiting for a cc_spread: its children [first, first + count)
+    int32_t spread_count
+    int64_t session_id      # unique within the engine
 
 # A session has at most one heap entry, exactly while it is DELAY, YIELD or STARTING; only the
 # entry's wake-up moves it on (it wakes early, at its stop_ns, to be stopped), so no entry is
@@ -184,7 +293,10 @@ cdef struct heap_ent:
 cdef struct thread_t:
     config_t* cfg
     session_t* sessions
-    int32_t nsessions
+    int32_t nsessions       # sessions (closed) or slots (open); children follow them
+    int32_t nslots          # nsessions * (1 + nchildren)
+    uint32_t* ready         # stack of sessions woken by another one (child end, signal)
+    int32_t nready
     int32_t active
     int epfd
     int32_t cur             # stats[cur] is recorded into; flipped by swap under ``lock``
@@ -206,6 +318,7 @@ cdef struct thread_t:
     int64_t next_due_ns     # its due time (absolute), INT64_MAX when the schedule is over
     int64_t sessions_dropped
     int64_t sessions_timed_out
+    int64_t sessions_failed
     int64_t sessions_started
     int64_t sessions_completed
     int64_t requests_sent
@@ -235,11 +348,15 @@ cdef class Engine:
     cdef dict final_stats
     cdef object _final_tls_error
     cdef object _final_origin_ns
+    cdef sx_t* sx
+    cdef list var_names
+    cdef list _keep             # Python objects ops point into (templates, regexes, callables)
 
     cdef _allocate(self, list addrs, list plan, int32_t ninit, int32_t nteardown,
                    int32_t nsessions, int32_t nthreads,
                    int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
                    list stages, object tls_ca_file, bint tls_insecure)
+    cdef _allocate_state(self, int32_t nslots)
     cdef void _free(self) noexcept
     cdef _raise_fatal(self)
     cdef _check_open(self)

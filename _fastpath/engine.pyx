@@ -233,9 +233,38 @@ OP_DELAY = 2
 OP_RANDOM_DELAY = 3
 OP_REPEAT = 4
 OP_LOOP = 5
+# The stateful session language (see engine_state.pxi)
+OP_ASSIGN = 6
+OP_UPDATE_ADD = 7
+OP_UNSET = 8
+OP_RETRY = 9
+OP_ADD_METRIC = 10
+OP_ABORT = 11
+OP_PYTHON = 12
+OP_ASYNC = 13
+OP_AWAIT = 14
+OP_AWAIT_ALL = 15
+OP_SPREAD = 16
+OP_SIGNAL = 17
+OP_AWAIT_SIGNAL = 18
+OP_WS_CONNECT = 19
+OP_WS_SEND = 20
+OP_WS_RECV = 21
+OP_WS_AWAIT_RECV = 22
+OP_WS_CLOSE = 23
+# Extraction sources of an HTTP op's "extract" list
+EX_JSON = 1
+EX_REGEX = 2
+EX_HEADER = 3
+EX_STATUS = 4
+EX_BODY = 5
+# Built-in variables in templates (variable slots are >= 0)
+VAR_SESSION_ID = -1
+VAR_ITERATION = -2
 _CONTROL_OPS = (OP_REPEAT, OP_LOOP)
 _MAX_START_DELAY_NS = 100 * 365 * 86400 * 1_000_000_000   # start delays: a century at most
-ERROR_KINDS = ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx", "tls")
+ERROR_KINDS = ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx", "tls",
+               "extract", "abort", "protocol", "python")
 
 # ------------------------------------------------------------------------------ nogil core
 
@@ -298,8 +327,9 @@ cdef inline void close_conn(session_t* s) noexcept nogil:
     s.epout = 0
 
 
-cdef inline void record_error(thread_t* t, int32_t metric, int kind) noexcept nogil:
+cdef inline void record_error(thread_t* t, session_t* s, int32_t metric, int kind) noexcept nogil:
     cdef mstats_t* m
+    s.failed = 1            # for retry_on_error (engine_state.pxi)
     if metric < 0:
         return              # a teardown op: not measured
     m = &t.rec[metric]
@@ -312,6 +342,8 @@ cdef inline void end_session(thread_t* t, session_t* s) noexcept nogil:
     """The session is over (its iterations ran, or the run's end came between two ops)."""
     t.active -= 1
     t.sessions_completed += 1
+    if s.x != NULL:
+        ws_close_all(t, s)
     if t.cfg.open_model:
         # The slot, with its keep-alive connection, waits for the next arrival.
         s.state = ST_FREE
@@ -330,9 +362,9 @@ cdef inline int set_events(thread_t* t, session_t* s, bint want_out) noexcept no
     return epoll_ctl(t.epfd, EPOLL_CTL_MOD, s.fd, &ev)
 
 
-cdef int sess_connect(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
-    """0: connected, 1: in progress (EPOLLOUT armed), -1: failed."""
-    cdef target_t* tg = &t.cfg.targets[op.target]
+cdef int tcp_open(thread_t* t, const target_t* tg, uint32_t index, int* fd_out) noexcept nogil:
+    """A non-blocking connect, registered for session ``index``: 0 connected, 1 in progress
+    (EPOLLOUT armed), -1 failed. The HTTP connection and the WebSocket ones use it."""
     cdef int one = 1
     cdef int fd, rc
     cdef epoll_event ev
@@ -345,14 +377,24 @@ cdef int sess_connect(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
         close(fd)
         return -1
     ev.events = EPOLLIN | (EPOLLOUT if rc != 0 else 0)
-    ev.data.u64 = ((<uint64_t>s.index) << 32) | <uint32_t>fd
+    ev.data.u64 = ((<uint64_t>index) << 32) | <uint32_t>fd
     if epoll_ctl(t.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
         close(fd)
+        return -1
+    fd_out[0] = fd
+    return 1 if rc != 0 else 0
+
+
+cdef int sess_connect(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
+    """0: connected, 1: in progress (EPOLLOUT armed), -1: failed."""
+    cdef int fd = -1
+    cdef int rc = tcp_open(t, &t.cfg.targets[op.target], s.index, &fd)
+    if rc < 0:
         return -1
     s.fd = fd
     s.target = op.target
     s.epout = rc != 0
-    return 1 if rc != 0 else 0
+    return rc
 
 
 cdef int tls_kind(thread_t* t, session_t* s, int rc) noexcept nogil:
@@ -376,8 +418,8 @@ cdef inline int want_events(thread_t* t, session_t* s, ssize_t want) noexcept no
 cdef int sess_write_tls(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
     """``sess_write`` over TLS: retried with the same bytes whatever it waited for."""
     cdef ssize_t n
-    while s.wpos < op.req_len:
-        n = tls_write(&s.tls, op.req + s.wpos, op.req_len - s.wpos)
+    while s.wpos < s.req_len:
+        n = tls_write(&s.tls, s.req + s.wpos, s.req_len - s.wpos)
         if n > 0:
             s.wpos += <size_t>n
             continue
@@ -398,8 +440,8 @@ cdef int sess_write(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
     cdef ssize_t n
     if s.tls.ssl != NULL:
         return sess_write_tls(t, s, op)
-    while s.wpos < op.req_len:
-        n = send(s.fd, op.req + s.wpos, op.req_len - s.wpos, MSG_NOSIGNAL)
+    while s.wpos < s.req_len:
+        n = send(s.fd, s.req + s.wpos, s.req_len - s.wpos, MSG_NOSIGNAL)
         if n >= 0:
             s.wpos += <size_t>n
             continue
@@ -498,6 +540,8 @@ cdef void sess_begin(thread_t* t, session_t* s, int64_t now, int64_t intended) n
         s.op_end = cfg.run_end
     s.fresh = cfg.open_model
     s.intended_ns = intended
+    if s.x != NULL:
+        sx_reset(t, s)
     set_window(t, s, intended)
     sess_run(t, s, now)
 
@@ -542,6 +586,9 @@ cdef bint sess_stop(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     ended; False if it goes on (a new iteration or its teardown) with a valid op_index."""
     cdef config_t* cfg = t.cfg
     s.state = ST_IDLE
+    if s.phase == PH_CHILD:
+        child_finish(t, s, now)
+        return True
     if s.phase == PH_TEARDOWN:
         end_session(t, s)       # past end_ns + request timeout: the rest is abandoned
         return True
@@ -568,6 +615,9 @@ cdef bint sess_phase_end(thread_t* t, session_t* s) noexcept nogil:
         s.phase = PH_RUN                # op_index == run_first already
         s.op_end = t.cfg.run_end
         return False
+    if s.phase == PH_CHILD:
+        child_finish(t, s, now_ns())
+        return True
     end_session(t, s)
     return True
 
@@ -593,6 +643,8 @@ cdef inline int32_t outer_end(thread_t* t, session_t* s) noexcept nogil:
         return t.cfg.run_end
     if s.phase == PH_INIT:
         return t.cfg.run_first
+    if s.phase == PH_CHILD:
+        return s.x.child_end
     return t.cfg.nops
 
 
@@ -605,6 +657,8 @@ cdef void body_enter(thread_t* t, session_t* s, const op_t* op, int64_t now) noe
             s.op_index = op.body_end
             return
         left = op.arg - 1
+    elif op.kind == C_OP_RETRY:
+        left = op.arg           # retries left
     else:
         if op.arg <= 0:
             s.op_index = op.body_end
@@ -636,8 +690,10 @@ cdef void body_end(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         again = f.left > 0
         if again:
             f.left -= 1
-    else:
+    elif op.kind == C_OP_LOOP:
         again = now < f.left    # the loop's deadline, checked before each iteration
+    else:
+        again = False           # RETRY: the body went through
     if again:
         s.op_index = f.op + 1
         f.iter_start_ns = s.intended_ns
@@ -654,6 +710,10 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     cdef int rc
     cdef int64_t delay
     while True:
+        if s.failed:
+            s.failed = 0
+            if s.depth > 0 and cfg.has_retry and retry_frame(t, s, now):
+                return
         if s.op_index >= s.op_end:
             if s.depth > 0:
                 body_end(t, s, now)     # once per body iteration: a loop's slow path
@@ -685,8 +745,13 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
                 delay = op.delay_ns
             elif op.kind == C_OP_RANDOM_DELAY:
                 delay = op.delay_ns + rng_below(t, op.arg + 1)     # uniform in [min, max]
-            else:
+            elif op.kind <= C_OP_LOOP or op.kind == C_OP_RETRY:
                 body_enter(t, s, op, now)   # not an op of its own: ``fresh`` stays
+                continue
+            else:
+                s.fresh = 0
+                if state_op(t, s, op, now):
+                    return
                 continue
             s.fresh = 0
             # Timed from the intended start, so a late wake-up does not push later ops back.
@@ -698,6 +763,11 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         s.fresh = 0
         s.op_start_ns = now
         h1_init(&s.parser, op.no_body)
+        if op.req != NULL:
+            s.req = op.req
+            s.req_len = op.req_len
+        elif http_prepare(t, s, op, now):
+            return
         if s.fd >= 0 and s.target != op.target:
             close_conn(s)
         if s.fd < 0:
@@ -707,7 +777,7 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
                 s.deadline_ns = now + cfg.connect_timeout_ns
                 return
             if rc < 0:
-                record_error(t, op.metric, K_CONNECT)
+                record_error(t, s, op.metric, K_CONNECT)
                 s.op_index += 1
                 now = now_ns()
                 s.intended_ns = now
@@ -718,7 +788,7 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
                 if rc > 0:
                     return
                 if rc < 0:
-                    record_error(t, op.metric, -1 - rc)
+                    record_error(t, s, op.metric, -1 - rc)
                     close_conn(s)
                     s.op_index += 1
                     now = now_ns()
@@ -727,7 +797,7 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         rc = sess_send_request(t, s, op, now)
         if rc >= 0:
             return
-        record_error(t, op.metric, -1 - rc)
+        record_error(t, s, op.metric, -1 - rc)
         close_conn(s)
         s.op_index += 1
         now = now_ns()
@@ -736,7 +806,9 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
 
 cdef void fail_op(thread_t* t, session_t* s, int kind, int64_t now) noexcept nogil:
     """The in-flight op failed: count it, drop the connection, go on with the next op."""
-    record_error(t, t.cfg.ops[s.op_index].metric, kind)
+    record_error(t, s, t.cfg.ops[s.op_index].metric, kind)
+    if s.x != NULL:
+        s.x.capturing = 0
     close_conn(s)
     s.state = ST_IDLE
     s.op_index += 1
@@ -762,9 +834,14 @@ cdef void complete(thread_t* t, session_t* s, int64_t now, bint reusable) noexce
             m.errors += 1
             m.by_kind[K_5XX if status >= 500 else K_4XX] += 1
             t.errors += 1
+    if status >= 400:
+        s.failed = 1
     if not reusable or not s.parser.keep_alive:
         close_conn(s)
     s.state = ST_IDLE
+    if (op.nextract > 0 or op.cookies) and after_response(t, s, op, status) != 0:
+        sess_fail(t, s, op.metric, K_EXTRACT, now)
+        return
     s.op_index += 1
     s.intended_ns = now
     sess_run(t, s, now)
@@ -788,6 +865,8 @@ cdef void on_readable_tls(thread_t* t, session_t* s, int64_t now) noexcept nogil
         n = tls_read(&s.tls, t.rbuf, RBUF_SIZE)
         if n > 0:
             rc = h1_feed(&s.parser, t.rbuf, <size_t>n, &consumed)
+            if s.x != NULL and s.x.capturing:
+                capture(t, s, t.rbuf, consumed)
             if rc == H1_DONE:
                 # Reusable only if nothing followed the response (not even a close or an
                 # error kept for the next call).
@@ -828,6 +907,8 @@ cdef void on_readable(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         n = read(s.fd, t.rbuf, RBUF_SIZE)
         if n > 0:
             rc = h1_feed(&s.parser, t.rbuf, <size_t>n, &consumed)
+            if s.x != NULL and s.x.capturing:
+                capture(t, s, t.rbuf, consumed)
             if rc == H1_DONE:
                 # Extra bytes, or a response before the request was fully sent: the
                 # connection's state is unknown, so it is not reused.
@@ -904,7 +985,9 @@ cdef void on_event(thread_t* t, epoll_event* ev, int64_t now) noexcept nogil:
     cdef int32_t st
     cdef int rc
     if s.fd != fd:
-        return              # stale: that connection is gone
+        if s.x != NULL and s.x.ws != NULL:
+            ws_event(t, s, fd, ev.events, now)
+        return              # else stale: that connection is gone
     st = s.state
     if st == ST_READING:
         on_readable(t, s, now)
@@ -932,7 +1015,7 @@ cdef void scan_timeouts(thread_t* t, int64_t now) noexcept nogil:
     they wake at their stop_ns at the latest."""
     cdef int32_t i
     cdef session_t* s
-    for i in range(t.nsessions):
+    for i in range(t.nslots):
         s = &t.sessions[i]
         if (s.state == ST_CONNECTING or s.state == ST_WRITING or s.state == ST_READING
                 or s.state == ST_HANDSHAKING):
@@ -940,6 +1023,10 @@ cdef void scan_timeouts(thread_t* t, int64_t now) noexcept nogil:
                 sess_abandon(t, s, now)
             elif now >= s.deadline_ns:
                 fail_op(t, s, K_TIMEOUT, now)
+        elif s.state == ST_WAIT:
+            scan_wait(t, s, now)
+        elif s.state == ST_WS:
+            ws_scan(t, s, now)
 
 
 cdef void run_timers(thread_t* t, int64_t now) noexcept nogil:
@@ -1027,6 +1114,8 @@ cdef void start_arrivals(thread_t* t) noexcept nogil:
         s = &t.sessions[t.free_slots[t.nfree]]
         t.active += 1
         t.sessions_started += 1
+        if s.x != NULL:
+            s.x.session_id = t.next_k - t.cfg.nthreads     # the arrival's number
         sess_start(t, s, now, due)
         now = now_ns()
 
@@ -1201,6 +1290,8 @@ cdef int thread_loop(thread_t* t) noexcept nogil:
         d_timer = t.next_due_ns - now       # INT64_MAX - now at worst: no overflow
         if t.heap_len > 0 and t.heap[0].wake_ns - now < d_timer:
             d_timer = t.heap[0].wake_ns - now
+        if t.nready > 0:
+            d_timer = 0
         n = wait_events(t, d_timer if d_timer < d else d, d_timer < d)
         if n < 0:
             if errno != EINTR:
@@ -1219,12 +1310,21 @@ cdef int thread_loop(thread_t* t) noexcept nogil:
         if now >= t.next_scan_ns:
             scan_timeouts(t, now)
             t.next_scan_ns = now + SCAN_NS
+        if t.nready > 0:
+            drain_ready(t, now)
         pthread_mutex_unlock(&t.lock)
 
-    for i in range(t.nsessions):
+    for i in range(t.nslots):
         close_conn(&t.sessions[i])
+        if t.sessions[i].x != NULL:
+            ws_close_all(t, &t.sessions[i])
     chaperon_store_int(&t.done, 1)
     return 0
+
+
+include "engine_state.pxi"
+include "engine_ws.pxi"
+include "engine_build.pxi"
 
 
 # ------------------------------------------------------------------------------ Python API
@@ -1302,7 +1402,8 @@ cdef class Engine:
                  duration_ns=0, connect_timeout_ns=5_000_000_000,
                  request_timeout_ns=30_000_000_000, arrival_rate_per_s=0.0, rate_stages=(),
                  tls_ca_file=None, tls_insecure=False, scenario_timeout_ns=0, start_delay_ns=0,
-                 start_random_delay_ns=0, init_ops=(), teardown_ops=()):
+                 start_random_delay_ns=0, init_ops=(), teardown_ops=(), var_names=(),
+                 nchildren=0, nconns=0, nsignals=0, max_capture=1 << 20):
         if self.initialized:
             raise RuntimeError("Engine is already initialized")
         sessions = _check_int("sessions", sessions, 1)
@@ -1331,15 +1432,38 @@ cdef class Engine:
             raise ValueError("targets must not be empty")
         keys = [str(k) if isinstance(k, str) else _bad_key(i, k)
                 for i, k in enumerate(_as_list("metric_keys", metric_keys))]
-        plan = _check_bodies(
-            [_parse_op(i, op, len(addrs), len(keys)) for i, op in enumerate(_as_list("ops", ops))])
+        var_names = [str(v) if isinstance(v, str) else _bad_key(i, v)
+                     for i, v in enumerate(_as_list("var_names", var_names))]
+        limits = {
+            "nvars": len(var_names),
+            "nchildren": _check_int("nchildren", nchildren, 0),
+            "nconns": _check_int("nconns", nconns, 0),
+            "nsignals": _check_int("nsignals", nsignals, 0),
+        }
+        for what, limit in (("nvars", _MAX_VARS), ("nchildren", _MAX_CHILDREN),
+                            ("nconns", _MAX_CONNS), ("nsignals", _MAX_SIGNALS)):
+            if limits[what] > limit:
+                raise ValueError(f"{what}={limits[what]} is over the limit of {limit}")
+        max_capture = _check_int("max_capture", max_capture, 0)
+        plan = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "ops", limits)
+                              for i, op in enumerate(_as_list("ops", ops))])
         if not plan:
             raise ValueError("ops must not be empty")
-        init = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "init_ops")
+        init = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "init_ops", limits)
                               for i, op in enumerate(_as_list("init_ops", init_ops))], "init_ops")
-        teardown = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "teardown_ops")
+        teardown = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "teardown_ops", limits)
                                   for i, op in enumerate(_as_list("teardown_ops", teardown_ops))],
                                  "teardown_ops")
+        stateful = any(p[0] in _STATE_KINDS or len(p) == 6 for p in init + plan + teardown)
+        self.var_names = var_names
+        self._keep = []
+        self.cfg.nvars = limits["nvars"]
+        self.cfg.nchildren = limits["nchildren"]
+        self.cfg.nconns = limits["nconns"]
+        self.cfg.nsignals = limits["nsignals"]
+        self.cfg.max_capture = max_capture
+        self.cfg.stateful = 1 if stateful or self.cfg.nvars or self.cfg.nchildren else 0
+        self.cfg.has_retry = any(p[0] == OP_RETRY for p in init + plan + teardown)
         if not isinstance(tls_insecure, bool):
             raise TypeError(f"tls_insecure must be a bool, not {type(tls_insecure).__name__}")
         if tls_ca_file is not None:
@@ -1409,15 +1533,17 @@ cdef class Engine:
         cfg.targets = <target_t*>calloc(len(addrs), sizeof(target_t))
         cfg.ops = <op_t*>calloc(cfg.nops, sizeof(op_t))
         for p in plan:
-            if p[0] == OP_HTTP:
+            if p[0] == OP_HTTP and p[3] is not None:
                 total += len(p[3])
         self.reqbuf = <char*>calloc(total + 1, 1)
-        self.sessions = <session_t*>calloc(nsessions, sizeof(session_t))
+        # Each session is followed (per thread) by its child slots, if the plan has children.
+        nslots = nsessions * (1 + cfg.nchildren)
+        self.sessions = <session_t*>calloc(nslots, sizeof(session_t))
         self.threads = <thread_t*>calloc(nthreads, sizeof(thread_t))
         # fds must read -1 before anything can fail: _free closes what is >= 0
         if self.sessions != NULL:
-            self.nsessions = nsessions
-            for i in range(nsessions):
+            self.nsessions = nslots
+            for i in range(nslots):
                 self.sessions[i].fd = -1
                 self.sessions[i].target = -1
                 tls_conn_init(&self.sessions[i].tls)
@@ -1429,6 +1555,8 @@ cdef class Engine:
         if (cfg.targets == NULL or cfg.ops == NULL or self.reqbuf == NULL
                 or self.sessions == NULL or self.threads == NULL):
             raise MemoryError()
+        if cfg.stateful:
+            self._allocate_state(nslots)
 
         for i, (family, packed_addr, port, scope_id, tls, name) in enumerate(addrs):
             if tls:
@@ -1452,8 +1580,16 @@ cdef class Engine:
                 cfg.targets[i].addrlen = sizeof(sockaddr_in6)
                 cfg.targets[i].family = AF_INET6
 
+        builder = _Builder(self._keep, self.var_names)
         for i, p in enumerate(plan):
-            if p[0] == OP_HTTP:
+            if len(p) == 6 or p[0] in _STATE_KINDS:
+                builder.fill(&cfg.ops[i], p)
+                body_len = _body_len(p)
+                if body_len is not None:
+                    cfg.ops[i].body_end = i + 1 + body_len
+                if i >= cfg.run_end:
+                    cfg.ops[i].metric = -1      # teardown: not measured
+            elif p[0] == OP_HTTP:
                 req = p[3]
                 cfg.ops[i].kind = C_OP_HTTP
                 cfg.ops[i].target = p[1]
@@ -1486,14 +1622,29 @@ cdef class Engine:
             t.cfg = cfg
             t.sessions = self.sessions + first
             t.nsessions = per + (1 if i < extra else 0)
+            t.nslots = t.nsessions * (1 + cfg.nchildren)
             t.active = 0 if cfg.open_model else t.nsessions
             t.use_pwait2 = 1
             t.rng = int.from_bytes(os.urandom(8), "little") | 1   # xorshift needs a state != 0
             t.next_k = i
             t.next_due_ns = INT64_MAX
-            for j in range(t.nsessions):
+            for j in range(t.nslots):
                 t.sessions[j].index = j
-            first += t.nsessions
+                if j >= t.nsessions:
+                    t.sessions[j].state = ST_DONE       # a child slot, not started
+                if cfg.stateful:
+                    if j < t.nsessions:
+                        t.sessions[j].x.parent = -1
+                        t.sessions[j].x.child_base = t.nsessions + j * cfg.nchildren
+                        t.sessions[j].x.session_id = first + j
+                    else:
+                        t.sessions[j].x.parent = (j - t.nsessions) // cfg.nchildren
+                        t.sessions[j].x.child_base = -1
+            if cfg.stateful:
+                t.ready = <uint32_t*>calloc(t.nslots + 1, sizeof(uint32_t))
+                if t.ready == NULL:
+                    raise MemoryError()
+            first += t.nslots
             if cfg.open_model:
                 # every slot free; popped from the top, so slot 0 serves the first arrival
                 t.free_slots = <uint32_t*>calloc(t.nsessions, sizeof(uint32_t))
@@ -1506,7 +1657,7 @@ cdef class Engine:
             if pthread_mutex_init(&t.lock, NULL) != 0:
                 raise MemoryError()
             t.lock_ok = 1
-            t.heap = <heap_ent*>calloc(t.nsessions + 1, sizeof(heap_ent))
+            t.heap = <heap_ent*>calloc(t.nslots + 1, sizeof(heap_ent))
             t.rbuf = <unsigned char*>calloc(RBUF_SIZE, 1)
             t.events = <epoll_event*>calloc(MAX_EVENTS, sizeof(epoll_event))
             t.stats[0] = <mstats_t*>calloc(cfg.nmetrics + 1, sizeof(mstats_t))
@@ -1533,6 +1684,25 @@ cdef class Engine:
                     where = "" if ca_path == NULL else f"tls_ca_file={os.fsdecode(tls_ca_file)!r}: "
                     raise ValueError(where + errbuf.decode(errors="replace"))
 
+    cdef _allocate_state(self, int32_t nslots):
+        """An ``sx_t`` per slot: variables (unset), signal counters; buffers come later."""
+        cdef int32_t i, j
+        cdef sx_t* x
+        self.sx = <sx_t*>calloc(nslots, sizeof(sx_t))
+        if self.sx == NULL:
+            raise MemoryError()
+        for i in range(nslots):
+            x = &self.sx[i]
+            self.sessions[i].x = x
+            x.vars = <var_t*>calloc(self.cfg.nvars + 1, sizeof(var_t))
+            x.sigs = <int32_t*>calloc(self.cfg.nsignals + 1, sizeof(int32_t))
+            if x.vars == NULL or x.sigs == NULL:
+                raise MemoryError()
+            for j in range(self.cfg.nvars):
+                x.vars[j].len = -1
+            if self.cfg.nconns > 0 and ws_alloc(&self.cfg, x) != 0:
+                raise MemoryError()
+
     cdef void _free(self) noexcept:
         """The one place engine memory is released (threads must have ended)."""
         cdef int32_t i, j, b
@@ -1551,6 +1721,7 @@ cdef class Engine:
                             hdr_core_free(&t.stats[b][j].service)
                         free(t.stats[b])
                 free(t.heap)
+                free(t.ready)
                 free(t.free_slots)
                 free(t.rbuf)
                 free(t.events)
@@ -1558,8 +1729,12 @@ cdef class Engine:
             for i in range(self.nsessions):
                 close_conn(&self.sessions[i])       # frees the SSL, if any
                 tls_resume_clear(&self.sessions[i].resume)
+                if self.sessions[i].x != NULL:
+                    sx_free(&self.cfg, self.sessions[i].x)
             free(self.sessions)
             self.sessions = NULL
+        free(self.sx)
+        self.sx = NULL
         if self.threads != NULL:
             for i in range(self.nthreads):
                 tls_ctx_free(self.threads[i].ssl_ctx)   # after every SSL made from it
@@ -1685,6 +1860,7 @@ cdef class Engine:
             out["errors"] += t.errors
             out["sessions_dropped"] += t.sessions_dropped
             out["sessions_timed_out"] += t.sessions_timed_out
+            out["sessions_failed"] += t.sessions_failed
         return out
 
     @property
@@ -1805,7 +1981,7 @@ cdef class Engine:
 def _zero_stats() -> dict:
     return dict.fromkeys(
         ("sessions_started", "sessions_completed", "sessions_dropped", "sessions_timed_out",
-         "requests_sent", "responses", "iterations", "errors"), 0
+         "sessions_failed", "requests_sent", "responses", "iterations", "errors"), 0
     )
 
 
@@ -1978,11 +2154,21 @@ def _server_name(i, server_name, ip_text) -> bytes:
     return name
 
 
-def _parse_op(i, op, int ntargets, int nmetrics, str name="ops"):
+def _parse_op(i, op, int ntargets, int nmetrics, str name="ops", dict limits=None):
     where = f"{name}[{i}]"
     if not isinstance(op, tuple) or not op:
         raise TypeError(f"{where} must be a tuple, got {op!r}")
     kind = op[0]
+    limits = limits or {"nvars": 0, "nchildren": 0, "nconns": 0, "nsignals": 0}
+    if kind in _STATE_KINDS and not isinstance(kind, bool):
+        return _parse_state_op(where, op, ntargets, nmetrics, limits)
+    if kind == OP_HTTP and not isinstance(kind, bool) and len(op) == 6:
+        target = _check_index(where, "target_index", op[1], ntargets)
+        metric = _check_index(where, "metric_index", op[2], nmetrics, -1)
+        if op[3] is not None:
+            raise ValueError(f"{where}: a stateful HTTP op has request_bytes None (its 'head')")
+        return (OP_HTTP, target, metric, None, 1 if op[4] else 0,
+                _parse_http_extras(where, op[5], limits["nvars"]))
     if kind == OP_HTTP and not isinstance(kind, bool):
         if len(op) != 5:
             raise ValueError(
@@ -2034,8 +2220,8 @@ def _parse_op(i, op, int ntargets, int nmetrics, str name="ops"):
         return (OP_LOOP, _check_int(f"{where} duration_ns", op[1], 0),
                 _check_int(f"{where} body_len", op[2], 1))
     raise ValueError(
-        f"{where}: unknown op kind {op[0]!r} "
-        "(expected OP_HTTP, OP_DELAY, OP_RANDOM_DELAY, OP_REPEAT or OP_LOOP)"
+        f"{where}: unknown op kind {op[0]!r} (expected OP_HTTP, OP_DELAY, OP_RANDOM_DELAY, "
+        "OP_REPEAT, OP_LOOP or one of the stateful ops OP_ASSIGN .. OP_WS_CLOSE)"
     )
 
 
@@ -2046,19 +2232,20 @@ def _check_bodies(list ops, str name="ops"):
     for i, op in enumerate(ops):
         while ends and ends[len(ends) - 1] <= i:
             ends.pop()
-        if op[0] not in _CONTROL_OPS:
+        body_len = _body_len(op)
+        if body_len is None:
             continue
-        end = i + 1 + op[2]
+        end = i + 1 + body_len
         if end > len(ops):
             raise ValueError(
-                f"{name}[{i}]: body_len {op[2]} runs past the end of {name} ({len(ops)} ops)")
+                f"{name}[{i}]: body_len {body_len} runs past the end of {name} ({len(ops)} ops)")
         if ends and end > ends[len(ends) - 1]:
             raise ValueError(
-                f"{name}[{i}]: body_len {op[2]} runs past the end of the enclosing body "
+                f"{name}[{i}]: body_len {body_len} runs past the end of the enclosing body "
                 f"(which ends before {name}[{ends[len(ends) - 1]}])")
         ends.append(end)
         if len(ends) > MAX_DEPTH:
-            raise ValueError(f"{name}[{i}]: repeat/loop nested deeper than {MAX_DEPTH}")
+            raise ValueError(f"{name}[{i}]: blocks nested deeper than {MAX_DEPTH}")
     return ops
 
 

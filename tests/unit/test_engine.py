@@ -214,6 +214,7 @@ def test_exact_iterations_server_count_equals_engine_count() -> None:
             "sessions_completed": 10,
             "sessions_dropped": 0,
             "sessions_timed_out": 0,
+            "sessions_failed": 0,
             "requests_sent": 200,
             "responses": 200,
             "iterations": 200,
@@ -507,7 +508,19 @@ def test_two_targets_reconnect_on_switch() -> None:
 
 
 def test_error_kinds_constant() -> None:
-    assert ERROR_KINDS == ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx", "tls")
+    assert ERROR_KINDS == (
+        "connect",
+        "timeout",
+        "reset",
+        "closed",
+        "http_4xx",
+        "http_5xx",
+        "tls",
+        "extract",
+        "abort",
+        "protocol",
+        "python",
+    )
 
 
 GOOD = dict(

@@ -307,7 +307,7 @@ def test_init_and_teardown_with_repeats() -> None:
         ([(99, 1)], r"ops\[0\]: unknown op kind 99"),
         (
             [repeat(2, 9 - i) for i in range(9)] + [http(b"/")],
-            r"ops\[8\]: repeat/loop nested deeper than 8",
+            r"ops\[8\]: blocks nested deeper than 8",
         ),
     ],
 )

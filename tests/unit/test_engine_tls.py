@@ -481,9 +481,9 @@ def test_handshake_is_under_the_connect_timeout(
 # ------------------------------------------------------------------------------ API
 
 
-def test_tls_is_the_last_error_kind() -> None:
+def test_tls_follows_the_http_error_kinds() -> None:
     assert ERROR_KINDS[:6] == ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx")
-    assert ERROR_KINDS[6:] == ("tls",)
+    assert ERROR_KINDS[6] == "tls"
 
 
 def test_bad_ca_file_is_a_clear_error(tmp_path: Path) -> None:

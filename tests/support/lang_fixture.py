@@ -1,0 +1,147 @@
+"""Start ``support.lang_server`` as a real process for tests and read its counts.
+
+Theory of operation: :func:`start_lang_server` picks a free loopback port, starts
+``python -m tests.support.lang_server --port P`` from the repository root through
+:class:`support.procs.ManagedProcess` (own process group, output in ``lang_server.out`` /
+``.err``), and is ready when the process has printed ``READY P`` and a TCP connection to
+the port succeeds, both polled against one deadline and failing at once, with the log tail,
+if the process exits first (another process took the port, say). Its ``finally`` always
+stops the process (SIGTERM, then SIGKILL of the group).
+
+The yielded :class:`LangServer` reads and zeroes the counters over HTTP with the standard
+library (``GET /__counts``, ``POST /__reset``), so sync tests need no event loop. The server
+counts a request when it receives it; a few counts land a moment after the client has its
+answer (``by_route``, ``ws_close``), so compare those with :meth:`LangServer.wait_for`.
+
+For pytest: the ``lang_server_process`` fixture (one process per module) and the
+``lang_server`` fixture (the same process, counts zeroed before each test). Import both
+into a ``conftest.py`` or a test module to use them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .ports import LOOPBACK, free_port
+from .procs import REPO_ROOT, ManagedProcess, ProcessNotReady, python_env, running, wait_for_tcp
+
+READY_TIMEOUT_S = 20.0
+_HTTP_TIMEOUT_S = 10.0
+# Between two polls: a poll interval, not a wait for readiness.
+_POLL_INTERVAL_S = 0.02
+
+
+class LangServer:
+    """A running ``lang_server``: where to aim, and what it has counted so far."""
+
+    def __init__(self, process: ManagedProcess, port: int, host: str = LOOPBACK) -> None:
+        self.process = process
+        self.port = port
+        self.host = host
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:P``, no trailing slash."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://127.0.0.1:P``, no trailing slash: append ``/ws``, ``/ws/greet``, ..."""
+        return f"ws://{self.host}:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def counts(self) -> dict[str, Any]:
+        """Everything counted since the start or the last :meth:`reset`."""
+        with urllib.request.urlopen(self.url("/__counts"), timeout=_HTTP_TIMEOUT_S) as reply:
+            counts: dict[str, Any] = json.load(reply)
+            return counts
+
+    def reset(self) -> None:
+        """Zero every count (maps become empty)."""
+        request = urllib.request.Request(self.url("/__reset"), data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as reply:
+            reply.read()
+
+    def wait_for(
+        self, condition: Callable[[dict[str, Any]], bool], timeout_s: float = 5.0
+    ) -> dict[str, Any]:
+        """Poll :meth:`counts` until ``condition(counts)`` holds; return them.
+
+        Raises ``AssertionError`` with the last counts when the deadline passes first.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = self.counts()
+            if condition(counts):
+                return counts
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"counts did not reach the condition in {timeout_s}s: {counts}"
+                )
+            time.sleep(_POLL_INTERVAL_S)
+
+
+def _wait_for_ready_line(process: ManagedProcess, port: int, deadline: float) -> None:
+    expected = f"READY {port}"
+    while True:
+        process.check_running()
+        try:
+            lines = process.stdout_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            lines = []
+        if expected in lines:
+            return
+        if time.monotonic() >= deadline:
+            raise ProcessNotReady(f"no '{expected}' from lang_server\n{process.describe()}")
+        time.sleep(_POLL_INTERVAL_S)
+
+
+@contextmanager
+def start_lang_server(
+    log_dir: Path | None = None, *, ready_timeout_s: float = READY_TIMEOUT_S
+) -> Iterator[LangServer]:
+    """Run the server on a free loopback port, logs in ``log_dir`` (default: a temp dir)."""
+    with tempfile.TemporaryDirectory(prefix="lang_server-") as scratch:
+        directory = Path(scratch) if log_dir is None else Path(log_dir)
+        port = free_port()
+        process = ManagedProcess(
+            "lang_server",
+            [sys.executable, "-m", "tests.support.lang_server", "--port", str(port)],
+            directory,
+            env=python_env(),
+            cwd=REPO_ROOT,
+        )
+
+        def ready(proc: ManagedProcess) -> None:
+            deadline = time.monotonic() + ready_timeout_s
+            _wait_for_ready_line(proc, port, deadline)
+            wait_for_tcp(LOOPBACK, port, max(deadline - time.monotonic(), 0.5), process=proc)
+
+        with running(process, ready) as proc:
+            yield LangServer(proc, port)
+
+
+@pytest.fixture(scope="module")
+def lang_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LangServer]:
+    """One ``lang_server`` process for the module."""
+    with start_lang_server(tmp_path_factory.mktemp("lang_server")) as server:
+        yield server
+
+
+@pytest.fixture
+def lang_server(lang_server_process: LangServer) -> LangServer:
+    """The module's ``lang_server`` with every count zeroed for this test."""
+    lang_server_process.reset()
+    return lang_server_process

@@ -14,8 +14,6 @@ from typing import Any
 import pytest
 from support.lang_fixture import (
     LangServer,
-    lang_server,  # noqa: F401 (fixture)
-    lang_server_process,  # noqa: F401 (fixture)
 )
 
 from _fastpath.engine import (
@@ -307,7 +305,7 @@ def test_websocket_echo_send_recv_await_recv_close(lang_server: LangServer) -> N
     counts = lang_server.wait_for(lambda c: c["ws_close"] == 24)
     assert counts["ws_connect"] == 24 and counts["ws_text"] == 48 and counts["ws_binary"] == 24
     assert counts["ws_drop"] == 0
-    for key, n in zip(keys, (24, 72, 24, 24, 24)):
+    for key, n in zip(keys, (24, 72, 24, 24, 24), strict=True):
         assert rows[key][:2] == (n, 0), key
     assert stats["sessions_failed"] == 0
 

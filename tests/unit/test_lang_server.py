@@ -22,8 +22,6 @@ import aiohttp
 import pytest
 from support.lang_fixture import (
     LangServer,
-    lang_server,  # noqa: F401 (fixture)
-    lang_server_process,  # noqa: F401 (fixture)
     start_lang_server,
 )
 from support.ports import LOOPBACK
@@ -49,7 +47,7 @@ def run_with_session(
     return asyncio.run(main())
 
 
-def test_login_json_and_form_give_token_and_cookie(lang_server: LangServer) -> None:  # noqa: F811
+def test_login_json_and_form_give_token_and_cookie(lang_server: LangServer) -> None:
     async def body(session: aiohttp.ClientSession) -> list[Any]:
         out: list[Any] = []
         url = lang_server.url("/login")
@@ -72,7 +70,7 @@ def test_login_json_and_form_give_token_and_cookie(lang_server: LangServer) -> N
     assert counts["by_route"] == {"POST /login 200": 2, "POST /login 400": 2}
 
 
-def test_me_checks_the_bearer_token(lang_server: LangServer) -> None:  # noqa: F811
+def test_me_checks_the_bearer_token(lang_server: LangServer) -> None:
     async def body(session: aiohttp.ClientSession) -> list[Any]:
         out: list[Any] = []
         for auth in ("Bearer tok-ann", "Bearer tok-ann", "Bearer tok-bob", "Bearer x", None):
@@ -89,7 +87,7 @@ def test_me_checks_the_bearer_token(lang_server: LangServer) -> None:  # noqa: F
     assert counts["me_by_user"] == {"ann": 2, "bob": 1}
 
 
-def test_items_and_cookie(lang_server: LangServer) -> None:  # noqa: F811
+def test_items_and_cookie(lang_server: LangServer) -> None:
     async def body(session: aiohttp.ClientSession) -> list[Any]:
         out: list[Any] = []
         for item_id in ("7", "7", "abc"):
@@ -113,7 +111,7 @@ def test_items_and_cookie(lang_server: LangServer) -> None:  # noqa: F811
     assert (counts["cookie_ok"], counts["cookie_missing"]) == (1, 1)
 
 
-def test_echo_returns_body_and_content_type(lang_server: LangServer) -> None:  # noqa: F811
+def test_echo_returns_body_and_content_type(lang_server: LangServer) -> None:
     payload = os.urandom(100_000)
 
     async def body(session: aiohttp.ClientSession) -> list[Any]:
@@ -129,7 +127,7 @@ def test_echo_returns_body_and_content_type(lang_server: LangServer) -> None:  #
     assert (counts["echo"], counts["echo_bytes"]) == (2, 100_002)
 
 
-def test_status_slow_counter(lang_server: LangServer) -> None:  # noqa: F811
+def test_status_slow_counter(lang_server: LangServer) -> None:
     async def body(session: aiohttp.ClientSession) -> list[Any]:
         out: list[Any] = []
         for code in ("200", "204", "404", "503", "503", "99", "x"):
@@ -153,7 +151,7 @@ def test_status_slow_counter(lang_server: LangServer) -> None:  # noqa: F811
     assert (counts["slow"], counts["slow_done"], counts["counter"]) == (1, 1, 3)
 
 
-def test_slow_is_counted_on_arrival(lang_server: LangServer) -> None:  # noqa: F811
+def test_slow_is_counted_on_arrival(lang_server: LangServer) -> None:
     async def body(session: aiohttp.ClientSession) -> None:
         with pytest.raises(asyncio.TimeoutError):
             timeout = aiohttp.ClientTimeout(total=0.1)
@@ -175,7 +173,7 @@ def _http_exchange(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def test_chunked_is_chunked_on_the_wire(lang_server: LangServer) -> None:  # noqa: F811
+def test_chunked_is_chunked_on_the_wire(lang_server: LangServer) -> None:
     raw = _http_exchange(
         lang_server.port, b"GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
@@ -195,7 +193,7 @@ def test_chunked_is_chunked_on_the_wire(lang_server: LangServer) -> None:  # noq
     assert lang_server.counts()["chunked"] == 1
 
 
-def test_unmatched_and_internal_endpoints(lang_server: LangServer) -> None:  # noqa: F811
+def test_unmatched_and_internal_endpoints(lang_server: LangServer) -> None:
     raw = _http_exchange(
         lang_server.port, b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
@@ -209,7 +207,7 @@ def test_unmatched_and_internal_endpoints(lang_server: LangServer) -> None:  # n
     assert counts["requests"] == 0 and counts["by_route"] == {}
 
 
-def test_ws_echo_greet_push_silent(lang_server: LangServer) -> None:  # noqa: F811
+def test_ws_echo_greet_push_silent(lang_server: LangServer) -> None:
     async def body(session: aiohttp.ClientSession) -> dict[str, Any]:
         out: dict[str, Any] = {}
         async with session.ws_connect(lang_server.ws_url + "/ws") as ws:
@@ -258,7 +256,7 @@ def test_ws_echo_greet_push_silent(lang_server: LangServer) -> None:  # noqa: F8
     }
 
 
-def test_ws_dropped_without_close_frame(lang_server: LangServer) -> None:  # noqa: F811
+def test_ws_dropped_without_close_frame(lang_server: LangServer) -> None:
     key = base64.b64encode(os.urandom(16))
     with socket.create_connection((LOOPBACK, lang_server.port), timeout=5) as sock:
         sock.sendall(
@@ -273,7 +271,7 @@ def test_ws_dropped_without_close_frame(lang_server: LangServer) -> None:  # noq
     assert (counts["ws_connect"], counts["ws_close"]) == (1, 0)
 
 
-def test_exact_counts_at_concurrency_200(lang_server: LangServer) -> None:  # noqa: F811
+def test_exact_counts_at_concurrency_200(lang_server: LangServer) -> None:
     clients, rounds = 200, 5
 
     async def one_client(session: aiohttp.ClientSession, i: int) -> list[int]:

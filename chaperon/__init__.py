@@ -4,7 +4,15 @@ What users import is listed in ``__all__``; the generated messages live in ``cha
 """
 
 from chaperon._version import __version__
-from chaperon.builder import LoadTest, Scenario
+from chaperon.builder import (
+    LoadTest,
+    Scenario,
+    header,
+    json_path,
+    regex,
+    response_body,
+    status_code,
+)
 from chaperon.client import Client
 from chaperon.exporters import default_path, export, to_csv, to_json
 from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
@@ -19,8 +27,13 @@ __all__ = [
     "default_path",
     "export",
     "format_report",
+    "header",
+    "json_path",
     "load_file",
     "load_test_from_dict",
+    "regex",
+    "response_body",
+    "status_code",
     "to_csv",
     "to_json",
 ]

@@ -64,7 +64,8 @@ def embedded_cluster(threads: int, db_path: str | None = None) -> Iterator[str]:
         master = start_master("127.0.0.1", 0, db_path or os.path.join(tmp, "chaperon.db"))
         worker = None
         try:
-            worker = start_worker(master.address, "127.0.0.1", 0, threads)
+            # Everything runs on the user's own machine: python steps are allowed.
+            worker = start_worker(master.address, "127.0.0.1", 0, threads, allow_python=True)
             assert worker.membership is not None
             if not worker.membership.registered.wait(15):
                 raise CliError("the embedded worker could not register with the embedded master")
@@ -108,6 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"--format {args.format}: not supported yet (use csv or json)")
     if args.threads is not None and args.threads < 1:
         return _fail("--threads must be >= 1")
+    # python steps ("module:function") are imported by the embedded worker: modules beside
+    # the load-test file are found, as they would be by `python` run in that directory.
+    folder = os.path.dirname(os.path.abspath(args.file))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     with embedded_cluster(args.threads or 0, args.db) as address, Client(address) as client:
         try:
             run = client.run(load_test)
@@ -230,6 +236,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
+            allow_python=args.allow_python_steps,
         )
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
@@ -389,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--advertise", default="", help="HOST:PORT the master should dial")
     _token_arg(p, "cluster token: sent to the master, required from it (or CHAPERON_TOKEN)")
     _allow_arg(p)
+    p.add_argument(
+        "--allow-python-steps",
+        action="store_true",
+        help="run load tests' python steps (user code imported on this worker)",
+    )
     _tls_args(p, serve=True, ca_help="CA that signed the master's certificate")
     p.set_defaults(func=cmd_worker)
 

@@ -2,16 +2,19 @@
 
 Pure functions over the protobuf messages: reading load-test files (JSON, YAML or a Python
 script that builds one), the effective config of a scenario entry (entry config deep-merged
-over the load test's default), target URLs, and metric keys. Nothing here does I/O on the
-network.
+over the load test's default), target URLs, ``{{name}}`` templates (their syntax only: what a
+name means is the worker's business), walking nested steps, and metric keys. Nothing here does
+I/O on the network.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -90,8 +93,70 @@ def parse_target(url: str) -> Target:
     return Target(parts.scheme, host, port, parts.path.rstrip("/"))
 
 
-def metric_key(step: loadtest_pb2.HttpStep) -> str:
-    """The metric key of an HTTP step: ``"<METHOD> <path>"`` (or the step's own ``metric``)."""
+# ``{{ name }}``: blanks inside the braces are allowed; names are identifiers, dotted for
+# nested config keys (``{{auth.user}}``).
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """A ``{{name}}`` in a template."""
+
+    name: str
+
+
+def split_template(text: str) -> list[str | Placeholder]:
+    """``"/users/{{ id }}/x"`` -> ``["/users/", Placeholder("id"), "/x"]`` (no empty strings).
+
+    ValueError for a ``{{`` that is never closed or a name that is not an identifier. A lone
+    ``}}`` is literal text (JSON bodies are full of them).
+    """
+    out: list[str | Placeholder] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(text):
+        _literal(out, text[pos : match.start()])
+        name = match.group(1)
+        if not name:
+            raise ValueError("empty placeholder '{{}}'")
+        if not _NAME.match(name):
+            raise ValueError(
+                f"bad name {name!r} in '{match.group(0)}' (letters, digits, '_', '-', "
+                "dots between parts)"
+            )
+        out.append(Placeholder(name))
+        pos = match.end()
+    _literal(out, text[pos:])
+    return out
+
+
+def _literal(out: list[str | Placeholder], text: str) -> None:
+    if "{{" in text:
+        raise ValueError("unbalanced '{{' (a placeholder is '{{name}}')")
+    if text:
+        out.append(text)
+
+
+def template_names(text: str) -> list[str]:
+    """The placeholder names in ``text`` (ValueError if it is not a well-formed template)."""
+    return [p.name for p in split_template(text) if isinstance(p, Placeholder)]
+
+
+def display_template(text: str) -> str:
+    """How a template shows in a metric key: ``/users/{{ id }}`` -> ``/users/{id}``."""
+    try:
+        parts = split_template(text)
+    except ValueError:
+        return text
+    return "".join(p if isinstance(p, str) else "{" + p.name + "}" for p in parts)
+
+
+def metric_key(step: loadtest_pb2.HttpStep, strip_query: bool = False) -> str:
+    """The metric key of an HTTP step: ``"<METHOD> <path>"`` (or the step's own ``metric``).
+
+    Placeholders show as ``{name}``; ``strip_query`` (config ``metrics_strip_query``) leaves
+    the query string out.
+    """
     if step.metric:
         return step.metric
     method = step.method.upper()
@@ -100,8 +165,146 @@ def metric_key(step: loadtest_pb2.HttpStep) -> str:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        return f"{method} {path}"
-    return f"{method} {step.path}"
+    else:
+        path = step.path
+    path = display_template(path)
+    if strip_query:
+        path = path.split("?", 1)[0]
+    return f"{method} {path}"
+
+
+def ws_metric_path(step: loadtest_pb2.WsConnectStep, strip_query: bool = False) -> str:
+    """The path part of a ws_connect step's metric key ``"WS connect <path>"``."""
+    if step.WhichOneof("target") == "url":
+        parts = urlsplit(step.url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    else:
+        path = step.path or "/"
+    path = display_template(path)
+    return path.split("?", 1)[0] if strip_query else path
+
+
+# The connection of a WebSocket step that names none.
+DEFAULT_CONN = "default"
+# The fields of a Step that hold a body of steps (its action's ``steps``).
+BODY_ACTIONS = ("repeat", "loop", "cc_spread", "async", "retry_on_error", "call_traced")
+
+
+def find_scenario(load_test: loadtest_pb2.LoadTest, name: str) -> loadtest_pb2.Scenario | None:
+    """The first scenario of the load test named ``name`` (inline or in a sequence)."""
+    for entry in load_test.scenarios:
+        if entry.HasField("scenario"):
+            if entry.scenario.name == name:
+                return entry.scenario
+        else:
+            for scenario in entry.sequence.scenarios:
+                if scenario.name == name:
+                    return scenario
+    return None
+
+
+def entry_scenarios(entry: loadtest_pb2.ScenarioEntry) -> list[loadtest_pb2.Scenario]:
+    """The scenario of an entry, or the scenarios of its sequence, in order."""
+    if entry.HasField("scenario"):
+        return [entry.scenario]
+    return list(entry.sequence.scenarios)
+
+
+def walk_steps(
+    steps: Any, load_test: loadtest_pb2.LoadTest, _seen: frozenset[str] = frozenset()
+) -> Iterator[loadtest_pb2.Step]:
+    """Every step of ``steps`` and, depth first, of the bodies and scenarios they run
+    (``run_scenario`` inline or by name, ``async`` by scenario name; a name already being
+    walked is not walked again, so a recursive reference ends)."""
+    for step in steps:
+        yield step
+        action = step.WhichOneof("action")
+        if action in BODY_ACTIONS:
+            yield from walk_steps(getattr(step, action).steps, load_test, _seen)
+        if action == "async" and getattr(step, "async").scenario:
+            yield from _walk_named(getattr(step, "async").scenario, ("run",), load_test, _seen)
+        elif action == "run_scenario":
+            rs = step.run_scenario
+            if rs.WhichOneof("which") == "scenario":
+                for part in ("init", "run", "teardown"):
+                    yield from walk_steps(getattr(rs.scenario, part), load_test, _seen)
+            elif rs.WhichOneof("which") == "name":
+                yield from _walk_named(rs.name, ("init", "run", "teardown"), load_test, _seen)
+
+
+def _walk_named(
+    name: str, parts: tuple[str, ...], load_test: loadtest_pb2.LoadTest, seen: frozenset[str]
+) -> Iterator[loadtest_pb2.Step]:
+    scenario = find_scenario(load_test, name)
+    if scenario is None or name in seen:
+        return
+    for part in parts:
+        yield from walk_steps(getattr(scenario, part), load_test, seen | {name})
+
+
+@dataclass
+class Inventory:
+    """What the steps of a plan declare (walked with ``walk_steps``): the names some step
+    sets (session variables), whether a python step may set others, the WebSocket
+    connections opened, the child sessions started by name, signal values."""
+
+    assigned: set[str] = field(default_factory=set)
+    python: bool = False
+    conns: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+    signals: list[str] = field(default_factory=list)
+    spread_children: int = 0
+
+    @classmethod
+    def of(cls, step_lists: Iterable[Any], load_test: loadtest_pb2.LoadTest) -> Inventory:
+        inv = cls()
+        for steps in step_lists:
+            for step in walk_steps(steps, load_test):
+                inv._see(step)
+        return inv
+
+    def _see(self, step: loadtest_pb2.Step) -> None:
+        action = step.WhichOneof("action")
+        if action == "assign":
+            self.assigned.update(step.assign.values)
+        elif action == "update_assign" and step.update_assign.name:
+            self.assigned.add(step.update_assign.name)
+        elif action == "http":
+            self.assigned.update(e.var for e in step.http.extract if e.var)
+        elif action == "ws_recv" and step.ws_recv.assign:
+            self.assigned.add(step.ws_recv.assign)
+        elif action == "python":
+            self.python = True
+        elif action == "ws_connect":
+            conn = step.ws_connect.conn or DEFAULT_CONN
+            if conn not in self.conns:
+                self.conns.append(conn)
+        elif action == "async":
+            name = getattr(step, "async").name
+            if name and name not in self.children:
+                self.children.append(name)
+        elif action == "cc_spread":
+            self.spread_children += max(0, step.cc_spread.rate)
+        elif action in ("signal", "signal_parent", "await_signal"):
+            value = getattr(step, action).value
+            if value and value not in self.signals:
+                self.signals.append(value)
+
+
+def iter_steps(steps: Any, prefix: str) -> Iterator[tuple[str, loadtest_pb2.Step]]:
+    """(field path, step) for every step of ``steps`` and of the bodies written inside them
+    (not of scenarios referred to by name: those are walked where they are defined)."""
+    for j, step in enumerate(steps):
+        p = f"{prefix}[{j}]"
+        yield p, step
+        action = step.WhichOneof("action")
+        if action in BODY_ACTIONS:
+            yield from iter_steps(getattr(step, action).steps, f"{p}.{action}.steps")
+        elif action == "run_scenario" and step.run_scenario.WhichOneof("which") == "scenario":
+            for part in ("init", "run", "teardown"):
+                yield from iter_steps(
+                    getattr(step.run_scenario.scenario, part), f"{p}.run_scenario.scenario.{part}"
+                )
 
 
 def target_hosts(load_test: loadtest_pb2.LoadTest) -> list[tuple[str, str]]:
@@ -118,25 +321,39 @@ def target_hosts(load_test: loadtest_pb2.LoadTest) -> list[tuple[str, str]]:
                 out.append((where, parse_target(base).host))
             except ValueError:
                 pass
-        scenarios = (
-            [entry.scenario] if entry.HasField("scenario") else list(entry.sequence.scenarios)
-        )
-        for s_index, scenario in enumerate(scenarios):
+        for s_index, scenario in enumerate(entry_scenarios(entry)):
             prefix = (
                 f"scenarios[{i}].scenario"
                 if entry.HasField("scenario")
-                else (f"scenarios[{i}].sequence.scenarios[{s_index}]")
+                else f"scenarios[{i}].sequence.scenarios[{s_index}]"
             )
             for part in ("init", "run", "teardown"):
-                for j, step in enumerate(getattr(scenario, part)):
-                    if (
-                        step.WhichOneof("action") == "http"
-                        and step.http.WhichOneof("target") == "url"
-                    ):
-                        host = urlsplit(step.http.url).hostname
-                        if host:
-                            out.append((f"{prefix}.{part}[{j}].http.url", host))
+                for path, step in iter_steps(getattr(scenario, part), f"{prefix}.{part}"):
+                    out.extend(_step_hosts(path, step))
     return out
+
+
+def _step_hosts(path: str, step: loadtest_pb2.Step) -> list[tuple[str, str]]:
+    action = step.WhichOneof("action")
+    url = ""
+    if action == "http" and step.http.WhichOneof("target") == "url":
+        url, path = step.http.url, f"{path}.http.url"
+    elif action == "ws_connect" and step.ws_connect.WhichOneof("target") == "url":
+        url, path = step.ws_connect.url, f"{path}.ws_connect.url"
+    elif action == "run_scenario" and step.run_scenario.HasField("config"):
+        try:
+            base = struct_to_dict(step.run_scenario.config).get("base_url")
+        except ValueError:
+            base = None
+        if isinstance(base, str):
+            url, path = base, f"{path}.run_scenario.config.base_url"
+    if not url:
+        return []
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return []
+    return [(path, host)] if host else []
 
 
 # Default cap on an open-model entry's concurrent sessions: this many seconds of the peak rate.

@@ -2,38 +2,61 @@
 
 Everything that can be decided before the first request is decided here: target hosts are
 resolved to addresses, each HTTP request is rendered once to its exact bytes (request line,
-headers, body), metric keys are numbered. The engine then only copies bytes to sockets and
-records latencies; it never sees a Python object per request.
+headers, body) or split into literal bytes and variable slots, metric keys, variables,
+connections, child sessions and signals are numbered. The engine then only copies bytes to
+sockets and records latencies; it never sees a Python object per request (python steps
+aside). This module holds the result (``EnginePlan``) and the per-entry rules (init, run,
+teardown, sequences, timing, the open model); ``compiler`` compiles the steps, ``render`` the
+requests, ``lang`` the templates and names.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
 
-from google.protobuf import json_format
-
-from _fastpath.engine import OP_DELAY, OP_HTTP, OP_LOOP, OP_RANDOM_DELAY, OP_REPEAT
-from chaperon._version import __version__
+from _fastpath.engine import (  # noqa: F401 - re-exported: the op kinds of the plans
+    OP_ABORT,
+    OP_ADD_METRIC,
+    OP_ASSIGN,
+    OP_ASYNC,
+    OP_AWAIT,
+    OP_AWAIT_ALL,
+    OP_AWAIT_SIGNAL,
+    OP_DELAY,
+    OP_HTTP,
+    OP_LOOP,
+    OP_PYTHON,
+    OP_RANDOM_DELAY,
+    OP_REPEAT,
+    OP_RETRY,
+    OP_SIGNAL,
+    OP_SPREAD,
+    OP_UNSET,
+    OP_UPDATE_ADD,
+    OP_WS_AWAIT_RECV,
+    OP_WS_CLOSE,
+    OP_WS_CONNECT,
+    OP_WS_RECV,
+    OP_WS_SEND,
+)
 from chaperon.allowlist import AllowList
 from chaperon.durations import parse_duration_ns
-from chaperon.loadtest import (
-    METHODS_WITHOUT_BODY,
-    Target,
-    effective_config,
-    metric_key,
-    parse_target,
+from chaperon.loadtest import Inventory, effective_config, entry_scenarios
+from chaperon.status import InvalidArgument
+from chaperon.v1 import worker_pb2
+from worker_service.compiler import (
+    DEFAULT_REQUEST_TIMEOUT_NS,
+    StepCompiler,
+    duration_ns,
+    resolve,  # noqa: F401 - kept importable from here
 )
-from chaperon.status import InvalidArgument, Unimplemented
-from chaperon.v1 import loadtest_pb2, worker_pb2
+from worker_service.lang import DEFAULT_MAX_CAPTURE
 
 DEFAULT_CONNECT_TIMEOUT_NS = 5_000_000_000
-DEFAULT_REQUEST_TIMEOUT_NS = 30_000_000_000
-USER_AGENT = f"chaperon/{__version__}"
+# Bytes of a response kept for extraction at most (config max_capture).
+MAX_MAX_CAPTURE = 64 * 1024 * 1024
 
 
 @dataclass
@@ -64,6 +87,13 @@ class EnginePlan:
     scenario_timeout_ns: int = 0
     start_delay_ns: int = 0
     start_random_delay_ns: int = 0
+    # The session language: variable slots (index = slot), child-session slots, WebSocket
+    # connections and distinct signal values per session, response bytes kept for extraction.
+    var_names: list[str] = field(default_factory=list)
+    nchildren: int = 0
+    nconns: int = 0
+    nsignals: int = 0
+    max_capture: int = DEFAULT_MAX_CAPTURE
 
     @property
     def open_model(self) -> bool:
@@ -80,9 +110,20 @@ class EnginePlan:
         for name in ("init_ops", "teardown_ops"):
             if getattr(self, name):
                 extra[name] = getattr(self, name)
-        for name in ("scenario_timeout_ns", "start_delay_ns", "start_random_delay_ns"):
+        for name in (
+            "scenario_timeout_ns",
+            "start_delay_ns",
+            "start_random_delay_ns",
+            "nchildren",
+            "nconns",
+            "nsignals",
+        ):
             if getattr(self, name):
                 extra[name] = getattr(self, name)
+        if self.var_names:
+            extra["var_names"] = list(self.var_names)
+        if self.max_capture != DEFAULT_MAX_CAPTURE:
+            extra["max_capture"] = self.max_capture
         return {
             **extra,
             "targets": self.targets,
@@ -97,143 +138,36 @@ class EnginePlan:
         }
 
 
-def resolve(host: str, port: int) -> str:
-    """An IP literal for ``host`` (first address getaddrinfo gives, IPv4 preferred)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    infos.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
-    return str(infos[0][4][0])
-
-
-class _Compiler:
-    def __init__(self, entry_index: int, config: dict[str, Any], allow: AllowList) -> None:
-        self.allow = allow
-        self.out: list[tuple[Any, ...]] = []
-        self.plan = EnginePlan(entry_index=entry_index)
-        self.path = f"scenarios[{entry_index}]"
-        self.config = config
-        self._targets: dict[tuple[Any, ...], int] = {}
-        self._keys: dict[str, int] = {}
-        base = config.get("base_url")
-        self.base: Target | None = parse_target(base) if isinstance(base, str) and base else None
-
-    def target_index(self, target: Target, field_path: str) -> int:
-        self.allow.check_host(target.host, field_path)
-        try:
-            ip = resolve(target.host, target.port)
-        except OSError as exc:
-            raise InvalidArgument(
-                [(field_path, f"cannot resolve host {target.host!r}: {exc}")]
-            ) from None
-        key: tuple[Any, ...] = (ip, target.port)
-        if target.scheme == "https":
-            # Verified against the name in the URL (SNI too, unless it is an IP literal).
-            key = (ip, target.port, True, target.host)
-        if key not in self._targets:
-            self._targets[key] = len(self.plan.targets)
-            self.plan.targets.append(key)
-        return self._targets[key]
-
-    def key_index(self, key: str) -> int:
-        if key not in self._keys:
-            self._keys[key] = len(self.plan.metric_keys)
-            self.plan.metric_keys.append(key)
-        return self._keys[key]
-
-    def step(self, step: loadtest_pb2.Step, p: str) -> None:
-        action = step.WhichOneof("action")
-        if action == "http":
-            self.http(step.http, f"{p}.http")
-        elif action == "delay":
-            self.out.append((OP_DELAY, parse_duration_ns(step.delay.duration)))
-        elif action == "random_delay":
-            low = step.random_delay.min
-            self.out.append(
-                (
-                    OP_RANDOM_DELAY,
-                    parse_duration_ns(low) if low else 0,
-                    parse_duration_ns(step.random_delay.max),
-                )
-            )
-        elif action in ("repeat", "loop"):
-            # A block op followed by its body, flattened: (kind, ..., body_len, ...).
-            outer = self.out
-            body: list[tuple[Any, ...]] = []
-            self.out = body
-            block = step.repeat if action == "repeat" else step.loop
-            for k, inner in enumerate(block.steps):
-                self.step(inner, f"{p}.{action}.steps[{k}]")
-            self.out = outer
-            if action == "repeat":
-                metric = -1
-                if step.repeat.traced:
-                    metric = self.key_index(step.repeat.metric or step.name or "repeat")
-                outer.append((OP_REPEAT, int(step.repeat.count), len(body), metric))
-            else:
-                outer.append((OP_LOOP, parse_duration_ns(step.loop.duration), len(body)))
-            outer.extend(body)
-        else:
-            raise Unimplemented(f"{p}: step {action!r} is not supported by this worker")
-
-    def http(self, h: loadtest_pb2.HttpStep, p: str) -> None:
-        method = h.method.upper()
-        if h.WhichOneof("target") == "url":
-            parts = urlsplit(h.url)
-            target = parse_target(f"{parts.scheme}://{parts.netloc}")
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            field_path = f"{p}.url"
-        else:
-            if self.base is None:
-                raise InvalidArgument([("config.base_url", f"is required by {p}.path")])
-            target = self.base
-            path = self.base.base_path + h.path
-            field_path = "config.base_url"
-        if h.query:
-            path += ("&" if "?" in path else "?") + urlencode(sorted(h.query.items()))
-        body, content_type = _body(h)
-        headers = {"Host": target.host_header, "User-Agent": USER_AGENT}
-        if content_type:
-            headers["Content-Type"] = content_type
-        headers.update(h.headers)
-        lines = [f"{method} {path} HTTP/1.1"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
-        self.out.append(
-            (
-                OP_HTTP,
-                self.target_index(target, field_path),
-                self.key_index(metric_key(h)),
-                request,
-                method in METHODS_WITHOUT_BODY,
-            )
-        )
-
-
-def _body(h: loadtest_pb2.HttpStep) -> tuple[bytes, str]:
-    kind = h.WhichOneof("payload")
-    if kind == "body":
-        return h.body.encode("utf-8"), ""
-    if kind == "json":
-        value = json_format.MessageToDict(h.json)
-        return json.dumps(value, separators=(",", ":")).encode("utf-8"), "application/json"
-    if kind == "form":
-        return urlencode(sorted(h.form.fields.items())).encode("ascii"), (
-            "application/x-www-form-urlencoded"
-        )
-    return b"", ""
-
-
 def _config_duration(config: dict[str, Any], name: str, default_ns: int) -> int:
     value = config.get(name)
-    return parse_duration_ns(value) if isinstance(value, str) and value else default_ns
+    if isinstance(value, str) and value:
+        return duration_ns(value, f"config.{name}", default_ns)
+    return default_ns
+
+
+def _max_capture(config: dict[str, Any]) -> int:
+    value = config.get("max_capture", DEFAULT_MAX_CAPTURE)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value != int(value)
+        or not 0 < value <= MAX_MAX_CAPTURE
+    ):
+        raise InvalidArgument(
+            [("config.max_capture", f"must be a number of bytes from 1 to {MAX_MAX_CAPTURE}")]
+        )
+    return int(value)
 
 
 def compile_assignment(
-    assignment: worker_pb2.Assignment, allow: AllowList | None = None
+    assignment: worker_pb2.Assignment,
+    allow: AllowList | None = None,
+    *,
+    allow_python: bool = False,
 ) -> list[EnginePlan]:
     """One EnginePlan per share; raises InvalidArgument/Unimplemented naming the field, and
-    PermissionDenied for a target outside ``allow`` (default: loopback only)."""
+    PermissionDenied for a target outside ``allow`` (default: loopback only) or for a python
+    step when ``allow_python`` is off (the worker's --allow-python-steps)."""
     allow = allow or AllowList()
     lt = assignment.load_test
     plans = []
@@ -245,18 +179,32 @@ def compile_assignment(
         if share.sessions <= 0:
             raise InvalidArgument([(f"shares[{i}].sessions", "must be > 0")])
         entry = lt.scenarios[share.entry_index]
-        if entry.WhichOneof("spec") != "scenario":
-            raise Unimplemented(f"scenarios[{share.entry_index}]: only inline scenarios run yet")
-        c = _Compiler(share.entry_index, effective_config(lt, entry), allow)
-        plan = c.plan
-        for part, out in (
-            ("init", plan.init_ops),
-            ("run", plan.ops),
-            ("teardown", plan.teardown_ops),
-        ):
-            c.out = out
-            for j, step in enumerate(getattr(entry.scenario, part)):
-                c.step(step, f"scenarios[{share.entry_index}].scenario.{part}[{j}]")
+        p = f"scenarios[{share.entry_index}]"
+        if entry.WhichOneof("spec") is None:
+            raise InvalidArgument([(f"{p}.scenario", "is required")])
+        plan = EnginePlan(entry_index=share.entry_index)
+        scenarios = entry_scenarios(entry)
+        inventory = Inventory.of(
+            (getattr(s, part) for s in scenarios for part in ("init", "run", "teardown")), lt
+        )
+        config = effective_config(lt, entry)
+        c = StepCompiler(plan, config, allow, lt, inventory, allow_python)
+        if entry.HasField("scenario"):
+            c.steps(entry.scenario.init, f"{p}.scenario.init", plan.init_ops)
+            c.steps(entry.scenario.run, f"{p}.scenario.run", plan.ops)
+            c.steps(entry.scenario.teardown, f"{p}.scenario.teardown", plan.teardown_ops)
+        else:
+            # A sequence: each scenario's init and run, in order, are the run; the teardowns
+            # run after, in the same order. Variables carry over from one to the next.
+            for k, scenario in enumerate(scenarios):
+                q = f"{p}.sequence.scenarios[{k}]"
+                c.steps(scenario.init, f"{q}.init", plan.ops)
+                c.steps(scenario.run, f"{q}.run", plan.ops)
+            for k, scenario in enumerate(scenarios):
+                q = f"{p}.sequence.scenarios[{k}]"
+                c.steps(scenario.teardown, f"{q}.teardown", plan.teardown_ops)
+        c.finish()
+        plan.max_capture = _max_capture(config)
         if entry.scenario_timeout:
             plan.scenario_timeout_ns = parse_duration_ns(entry.scenario_timeout)
         if entry.delay:
@@ -291,13 +239,13 @@ def compile_assignment(
         elif plan.iterations == 0 and plan.duration_ns == 0:
             plan.iterations = 1  # run the scenario once per session
         plan.connect_timeout_ns = _config_duration(
-            c.config, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_NS
+            config, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_NS
         )
         plan.request_timeout_ns = _config_duration(
-            c.config, "request_timeout", DEFAULT_REQUEST_TIMEOUT_NS
+            config, "request_timeout", DEFAULT_REQUEST_TIMEOUT_NS
         )
-        plan.tls_insecure = c.config.get("tls_insecure") is True
-        ca_file = c.config.get("tls_ca_file")
+        plan.tls_insecure = config.get("tls_insecure") is True
+        ca_file = config.get("tls_ca_file")
         plan.tls_ca_file = ca_file if isinstance(ca_file, str) and ca_file else None
         plans.append(plan)
     return plans

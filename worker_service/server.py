@@ -159,12 +159,14 @@ def start_worker(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     tls_ca: str | None = None,
+    allow_python: bool = False,
 ) -> WorkerServer:
     """Serve the Worker service and start registering with ``master`` (host:port).
 
     ``token`` is the cluster token: sent to the master and required from it. ``tls_ca``
     verifies the master's certificate; ``tls_cert``/``tls_key`` make this worker serve TLS.
     Targets outside ``allow_targets`` (default: loopback) are refused before any connect.
+    ``allow_python`` lets load tests run python steps (user code) on this worker.
     """
     allow = AllowList(allow_targets)
     creds = server_credentials(tls_cert, tls_key)
@@ -172,7 +174,7 @@ def start_worker(
     state = WorkerState(threads or default_threads(), master)
     if not advertise and host in ("0.0.0.0", "::", ""):
         raise ValueError("listening on all interfaces: give --advertise HOST:PORT for the master")
-    servicer = WorkerServicer(state, allow)
+    servicer = WorkerServicer(state, allow, allow_python)
     grpc_server = build_server(
         worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name,
         lambda server: worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server),

@@ -60,9 +60,13 @@ class WorkerState:
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, state: WorkerState, allow: AllowList | None = None) -> None:
+    def __init__(
+        self, state: WorkerState, allow: AllowList | None = None, allow_python: bool = False
+    ) -> None:
         self._state = state
         self._allow = allow or AllowList()
+        # python steps run user code on this machine: only when the operator said so.
+        self._allow_python = allow_python
 
     @grpc_stream_errors
     def RunAssignment(self, request, context) -> Iterator[worker_pb2.WorkerReport]:  # type: ignore[no-untyped-def]
@@ -77,7 +81,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             violations.append(("report_interval_s", "must be between 0 and 60"))
         if violations:
             raise InvalidArgument(violations)
-        plans = compile_assignment(request, self._allow)
+        plans = compile_assignment(request, self._allow, allow_python=self._allow_python)
         try:
             runner = AssignmentRunner(
                 request.assignment_id,

@@ -113,3 +113,99 @@ def test_control_flow_builders() -> None:
     assert run[2].loop.duration == "1s" and len(run[2].loop.steps) == 2
     assert (run[3].random_delay.min, run[3].random_delay.max) == ("5ms", "20ms")
     validate_load_test(lt)
+
+
+def test_session_language_builders() -> None:
+    from google.protobuf import json_format
+
+    from chaperon import header, json_path, regex, response_body, status_code
+
+    child = Scenario().signal_parent("ready").await_signal("go", timeout="1s")
+    s = (
+        Scenario("all")
+        .init(Scenario().assign(user="u{{session_id}}", n=1))
+        .post("/login", json={"user": "{{user}}"}, auth=("a", "b"), extract=[status_code("st")])
+        .extract(json_path("token", "$.token"), regex("id", "id=([0-9]+)", optional=True))
+        .extract(loc="$.location")
+        .get("/me", headers={"Authorization": "Bearer {{token}}"})
+        .put("/b", body="x", extract=[header("h", "ETag"), response_body("raw")])
+        .ws_connect("/ws", conn="chat", headers={"X": "1"})
+        .ws_send("hi {{token}}", conn="chat")
+        .ws_send(b"\x00\x01", conn="chat")
+        .ws_send(json={"t": 1}, conn="chat", metric="json send")
+        .ws_recv(conn="chat", timeout="2s", assign="msg")
+        .ws_await_recv("hi", conn="chat", timeout="1s")
+        .ws_close(conn="chat")
+        .async_("kid", child)
+        .async_("named", "other")
+        .await_signal("ready")
+        .signal("kid", "go")
+        .await_("kid", timeout="5s")
+        .await_all(timeout="10s")
+        .cc_spread(4, "100ms", Scenario().get("/spread"))
+        .run_scenario("other", config={"k": "v"})
+        .run_scenario(Scenario("inline").get("/i"))
+        .update_assign("n", add=2)
+        .update_assign("m", set="{{n}}")
+        .delete_assign("m", "n")
+        .retry_on_error(3, "10ms", Scenario().get("/flaky"))
+        .add_metric("size", 5)
+        .add_metric("count", var="n")
+        .call_traced("group", [Scenario().get("/a"), {"delay": {"duration": "1ms"}}])
+        .python("hooks:f", metric="hook")
+        .abort("bye")
+        .teardown(Scenario().post("/logout"))
+    )
+    other = Scenario("other").get("/o")
+    lt = (
+        LoadTest("x", base_url="http://127.0.0.1:8080", config={"cookies": True})
+        .add(s, concurrency=2, session_name="main", scenario_timeout="1m", delay="1s")
+        .add([other, Scenario("then").get("/t")], concurrency=1)
+        .add(other, concurrency=1)
+    )
+    msg = lt.to_proto()
+    entry = msg.scenarios[0]
+    assert entry.session_name == "main" and entry.scenario_timeout == "1m"
+    assert entry.scenario.init[0].assign.values["n"] == "1"
+    assert entry.scenario.teardown[0].http.path == "/logout"
+    run = entry.scenario.run
+    login = run[0].http
+    assert login.basic_auth.username == "a" and login.json.struct_value["user"] == "{{user}}"
+    assert [e.WhichOneof("source") for e in login.extract] == [
+        "status",
+        "json_path",
+        "regex",
+        "json_path",
+    ]
+    assert login.extract[2].optional and login.extract[3].var == "loc"
+    assert run[5].ws_send.binary == b"\x00\x01" and run[6].ws_send.metric == "json send"
+    assert run[7].ws_recv.assign == "msg"
+    assert getattr(run[10], "async").steps[0].signal_parent.value == "ready"
+    assert getattr(run[11], "async").scenario == "other"
+    assert getattr(run[14], "await").timeout == "5s"
+    assert run[16].cc_spread.rate == 4 and run[16].cc_spread.steps[0].http.path == "/spread"
+    assert run[17].run_scenario.name == "other"
+    assert json_format.MessageToDict(run[17].run_scenario.config) == {"k": "v"}
+    assert run[18].run_scenario.scenario.run[0].http.path == "/i"
+    assert run[19].update_assign.add == 2 and run[20].update_assign.set == "{{n}}"
+    assert list(run[21].delete_assign.names) == ["m", "n"]
+    assert run[22].retry_on_error.retries == 3 and run[22].retry_on_error.backoff == "10ms"
+    assert run[23].add_metric.value == 5 and run[24].add_metric.var == "n"
+    assert [st.WhichOneof("action") for st in run[25].call_traced.steps] == ["http", "delay"]
+    assert run[26].python.function == "hooks:f" and run[27].abort.reason == "bye"
+    seq = msg.scenarios[1].sequence
+    assert [sc.name for sc in seq.scenarios] == ["other", "then"]
+    validate_load_test(msg)
+
+
+def test_builder_mistakes_are_caught_early() -> None:
+    with pytest.raises(ValueError, match="follows an HTTP request"):
+        Scenario().delay("1s").extract(t="$.t")
+    with pytest.raises(ValueError, match="add or set"):
+        Scenario().update_assign("n")
+    with pytest.raises(ValueError, match="value or var"):
+        Scenario().add_metric("k")
+    with pytest.raises(ValueError, match="text"):
+        Scenario().ws_send()
+    with pytest.raises(ValueError, match="scenario or sequence"):
+        LoadTest("x").add()

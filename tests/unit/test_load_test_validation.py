@@ -115,10 +115,8 @@ def test_limits_answer_resource_exhausted() -> None:
 
 
 def test_parts_not_implemented_yet_say_so() -> None:
-    lt = _lt()
-    lt.scenarios[0].sequence.scenarios.add().run.add().delay.duration = "1s"
-    assert lt.scenarios[0].WhichOneof("spec") == "sequence"
-    with pytest.raises(Unimplemented, match="sequence"):
+    lt = _lt(scenarios__0__scenario__run=[{"ws_connect": {"url": "wss://127.0.0.1:1/ws"}}])
+    with pytest.raises(Unimplemented, match="wss"):
         validate_load_test(lt)
 
 
@@ -240,4 +238,222 @@ def test_nesting_is_bounded() -> None:
     for _ in range(9):
         step = {"repeat": {"count": 1, "steps": [step]}}
     with pytest.raises(InvalidArgument, match="nest at most 8"):
+        validate_load_test(_with_run([step]))
+
+
+WS = {"ws_connect": {"path": "/ws"}}
+KID = {"async": {"name": "kid", "steps": [{"signal_parent": {"value": "ready"}}]}}
+
+
+def test_the_session_language_is_valid() -> None:
+    lt = _with_run(
+        [
+            {
+                "http": {
+                    "method": "POST",
+                    "path": "/login/{{ session_id }}",
+                    "json": {"user": "{{user}}"},
+                    "basic_auth": {"username": "{{user}}", "password": "p"},
+                    "extract": [
+                        {"var": "token", "json_path": "$.data['a b'][0].token"},
+                        {"var": "id", "regex": "id=([0-9]+)"},
+                        {"var": "loc", "header": "Location"},
+                        {"var": "st", "status": True},
+                    ],
+                }
+            },
+            {"http": {"method": "GET", "path": "/me", "headers": {"A": "Bearer {{token}}"}}},
+            WS,
+            {"ws_send": {"text": "{{token}}"}},
+            {"ws_recv": {"assign": "msg", "timeout": "1s"}},
+            {"ws_await_recv": {"expected": "{{msg}}"}},
+            {"ws_close": {}},
+            KID,
+            {"await_signal": {"value": "ready"}},
+            {"signal": {"to": "kid", "value": "go"}},
+            {"await": {"name": "kid"}},
+            {"await_all": {"timeout": "1s"}},
+            {
+                "cc_spread": {
+                    "rate": 10,
+                    "interval": "1s",
+                    "steps": [{"delay": {"duration": "1ms"}}],
+                }
+            },
+            {
+                "run_scenario": {
+                    "scenario": {"run": [{"http": {"method": "GET", "path": "/{{x}}"}}]},
+                    "config": {"x": 1},
+                }
+            },
+            {"assign": {"values": {"a": "{{iteration}}"}}},
+            {"update_assign": {"name": "n", "add": 1}},
+            {"delete_assign": {"names": ["a"]}},
+            {"retry_on_error": {"retries": 2, "backoff": "1ms", "steps": [{"abort": {}}]}},
+            {"add_metric": {"key": "k", "var": "n"}},
+            {"call_traced": {"name": "g", "steps": [{"python": {"function": "pkg.mod:fn"}}]}},
+        ]
+    )
+    lt.config.update({"user": "bob", "cookies": True, "metrics_filter": ["GET *"]})
+    validate_load_test(lt)
+
+
+def test_sequences_are_valid_and_checked() -> None:
+    lt = _lt()
+    seq = lt.scenarios[0].sequence.scenarios
+    seq.add(name="a").run.add().http.CopyFrom(
+        load_test_from_dict(
+            {"scenarios": [{"scenario": {"run": [{"http": {"method": "GET", "path": "/"}}]}}]}
+        )
+        .scenarios[0]
+        .scenario.run[0]
+        .http
+    )
+    seq.add(name="b").run.add().delay.duration = "soon"
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(lt)
+    assert _fields(info.value) == ["scenarios[0].sequence.scenarios[1].run[0].delay.duration"]
+    seq[1].run[0].delay.duration = "1s"
+    validate_load_test(lt)
+
+
+@pytest.mark.parametrize(
+    ("steps", "field"),
+    [
+        ([{"http": {"method": "GET", "path": "/{{nope}}"}}], "run[0].http.path"),
+        ([{"http": {"method": "GET", "path": "/{{open"}}], "run[0].http.path"),
+        (
+            [{"http": {"method": "GET", "path": "/", "query": {"q": "{{x"}}}],
+            "run[0].http.query[q]",
+        ),
+        (
+            [{"http": {"method": "POST", "path": "/", "json": {"a": ["{{nope}}"]}}}],
+            "run[0].http.json",
+        ),
+        (
+            [
+                {"assign": {"values": {"u": "x"}}},
+                {"http": {"method": "GET", "path": "/", "basic_auth": {"username": "{{u}}"}}},
+            ],
+            "run[1].http.basic_auth.username",
+        ),
+        (
+            [{"http": {"method": "GET", "path": "/", "extract": [{"var": "t"}]}}],
+            "run[0].http.extract[0].json_path",
+        ),
+        (
+            [{"http": {"method": "GET", "path": "/", "extract": [{"json_path": "$.a"}]}}],
+            "run[0].http.extract[0].var",
+        ),
+        (
+            [{"http": {"method": "GET", "path": "/", "extract": [{"var": "t", "regex": "(a"}]}}],
+            "run[0].http.extract[0].regex",
+        ),
+        (
+            [
+                {
+                    "http": {
+                        "method": "GET",
+                        "path": "/",
+                        "extract": [{"var": "t", "json_path": "$..a"}],
+                    }
+                }
+            ],
+            "run[0].http.extract[0].json_path",
+        ),
+        ([{"ws_send": {"text": "x"}}], "run[0].ws_send.conn"),
+        ([WS, {"ws_send": {}}], "run[1].ws_send.text"),
+        ([WS, {"ws_send": {"text": "{{nope}}"}}], "run[1].ws_send.text"),
+        ([WS, {"ws_recv": {"timeout": "x"}}], "run[1].ws_recv.timeout"),
+        ([WS, {"ws_recv": {"conn": "other"}}], "run[1].ws_recv.conn"),
+        ([WS, {"ws_await_recv": {"expected": "{{"}}], "run[1].ws_await_recv.expected"),
+        ([{"ws_connect": {"url": "ftp://x/"}}], "run[0].ws_connect.url"),
+        (
+            [{"ws_connect": {"path": "/", "headers": {"Upgrade": "x"}}}],
+            "run[0].ws_connect.headers[Upgrade]",
+        ),
+        ([{"cc_spread": {"rate": 0, "steps": [{"abort": {}}]}}], "run[0].cc_spread.rate"),
+        ([{"cc_spread": {"rate": 257, "steps": [{"abort": {}}]}}], "run[0].cc_spread.rate"),
+        (
+            [{"cc_spread": {"rate": 1, "interval": "x", "steps": [{"abort": {}}]}}],
+            "run[0].cc_spread.interval",
+        ),
+        ([{"cc_spread": {"rate": 1}}], "run[0].cc_spread.steps"),
+        ([{"async": {"steps": [{"abort": {}}]}}], "run[0].async.name"),
+        ([{"async": {"name": "a", "scenario": "nope"}}], "run[0].async.scenario"),
+        ([{"async": {"name": "a", "steps": [KID]}}], "run[0].async.steps[0].async"),
+        ([{"await": {"name": "nobody"}}], "run[0].await.name"),
+        ([KID, {"await": {"name": "kid", "timeout": "x"}}], "run[1].await.timeout"),
+        ([{"await_all": {"timeout": "x"}}], "run[0].await_all.timeout"),
+        ([{"signal": {"to": "nobody", "value": "v"}}], "run[0].signal.to"),
+        ([KID, {"signal": {"to": "kid"}}], "run[1].signal.value"),
+        ([{"signal_parent": {}}], "run[0].signal_parent.value"),
+        ([{"await_signal": {"value": "v", "timeout": "x"}}], "run[0].await_signal.timeout"),
+        ([{"run_scenario": {}}], "run[0].run_scenario.name"),
+        ([{"run_scenario": {"name": "nope"}}], "run[0].run_scenario.name"),
+        ([{"run_scenario": {"name": "root"}}], "run[0].run_scenario.name"),  # runs itself
+        (
+            [{"run_scenario": {"scenario": {"run": [{"delay": {}}]}}}],
+            "run[0].run_scenario.scenario.run[0].delay.duration",
+        ),
+        ([{"assign": {"values": {"bad name": "x"}}}], "run[0].assign.values[bad name]"),
+        ([{"update_assign": {"name": "n"}}], "run[0].update_assign.add"),
+        ([{"update_assign": {"add": 1}}], "run[0].update_assign.name"),
+        ([{"delete_assign": {}}], "run[0].delete_assign.names"),
+        (
+            [{"retry_on_error": {"retries": -1, "steps": [{"abort": {}}]}}],
+            "run[0].retry_on_error.retries",
+        ),
+        (
+            [{"retry_on_error": {"retries": 1, "backoff": "x", "steps": [{"abort": {}}]}}],
+            "run[0].retry_on_error.backoff",
+        ),
+        ([{"add_metric": {"value": 1}}], "run[0].add_metric.key"),
+        ([{"add_metric": {"key": "k"}}], "run[0].add_metric.value"),
+        ([{"add_metric": {"key": "k", "var": "unset"}}], "run[0].add_metric.var"),
+        ([{"call_traced": {"steps": [{"abort": {}}]}}], "run[0].call_traced.name"),
+        ([{"python": {"function": "no-colon"}}], "run[0].python.function"),
+    ],
+)
+def test_bad_session_language_names_the_field(steps: list[dict[str, Any]], field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(_with_run(steps))
+    assert f"scenarios[0].scenario.{field}" in _fields(info.value), info.value.violations
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"cookies": "yes"}, "config.cookies"),
+        ({"metrics_strip_query": 1}, "config.metrics_strip_query"),
+        ({"metrics_filter": "GET *"}, "config.metrics_filter"),
+        ({"max_capture": 0}, "config.max_capture"),
+        ({"max_capture": 1.5}, "config.max_capture"),
+    ],
+)
+def test_language_config_keys_are_checked(config: dict[str, Any], field: str) -> None:
+    lt = _lt()
+    lt.config.update(config)
+    with pytest.raises(InvalidArgument) as info:
+        validate_load_test(lt)
+    assert field in _fields(info.value)
+
+
+def test_engine_limits_per_session() -> None:
+    many = [{"assign": {"values": {f"v{i}": "x" for i in range(257)}}}]
+    with pytest.raises(InvalidArgument, match="256 session variables"):
+        validate_load_test(_with_run(many))
+    spreads = [{"cc_spread": {"rate": 200, "steps": [{"abort": {}}]}}] * 2
+    with pytest.raises(InvalidArgument, match="256 child sessions"):
+        validate_load_test(_with_run(spreads))
+    signals = [{"signal_parent": {"value": f"s{i}"}} for i in range(65)]
+    with pytest.raises(InvalidArgument, match="64 distinct signal"):
+        validate_load_test(_with_run(signals))
+    step: dict[str, Any] = {"delay": {"duration": "1ms"}}
+    for _ in range(4):
+        step = {"retry_on_error": {"retries": 1, "steps": [step]}}
+        step = {"call_traced": {"name": "g", "steps": [step]}}
+    validate_load_test(_with_run([step]))  # 8 deep is the engine's limit
+    step = {"repeat": {"count": 1, "steps": [step]}}
+    with pytest.raises(InvalidArgument, match="at most 8 deep"):
         validate_load_test(_with_run([step]))

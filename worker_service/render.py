@@ -1,0 +1,214 @@
+"""HTTP requests and WebSocket handshakes rendered for the engine, once, at plan time.
+
+An HTTP step becomes either the plain op ``(OP_HTTP, target, metric, request_bytes, no_body)``
+when everything in it is known now (config values included) and it neither extracts nor
+keeps cookies, or ``(OP_HTTP, target, metric, None, no_body, extras)`` where ``extras["head"]``
+is the request line and header lines as a template (each line ending CRLF, no blank line, no
+Content-Length: the engine adds those once it knows the body's length) and ``extras["body"]``
+the body template (None for a request without one). Header order: Host, User-Agent,
+Content-Type, Authorization (from basic_auth), then the step's own headers, which replace a
+default of the same name.
+
+A ws_connect step becomes ``(OP_WS_CONNECT, conn, target, metric, head)`` with the upgrade
+request's head; the engine adds Sec-WebSocket-Key and the blank line.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_plus, urlsplit
+
+from google.protobuf import json_format
+
+from _fastpath.engine import (
+    EX_BODY,
+    EX_HEADER,
+    EX_JSON,
+    EX_REGEX,
+    EX_STATUS,
+    OP_HTTP,
+    OP_WS_CONNECT,
+)
+from chaperon._version import __version__
+from chaperon.loadtest import METHODS_WITHOUT_BODY, Target, metric_key, parse_target, ws_metric_path
+from chaperon.status import Unimplemented
+from chaperon.v1 import loadtest_pb2
+from worker_service.lang import Parts, constant, invalid, is_constant, join
+
+if TYPE_CHECKING:
+    from worker_service.compiler import StepCompiler
+
+USER_AGENT = f"chaperon/{__version__}"
+# Methods that send Content-Length even with an empty body (as before templates existed).
+METHODS_WITH_BODY = ("POST", "PUT", "PATCH")
+_EXTRACT_KINDS = {
+    "json_path": EX_JSON,
+    "regex": EX_REGEX,
+    "header": EX_HEADER,
+    "status": EX_STATUS,
+    "body": EX_BODY,
+}
+_LATIN1 = "latin-1"
+
+
+def _header_lines(headers: dict[str, Parts]) -> Parts:
+    out: Parts = []
+    for name, value in headers.items():
+        out += [name.encode(_LATIN1, "replace") + b": ", *value, b"\r\n"]
+    return out
+
+
+def _url_target(url: str, field_path: str, schemes: tuple[str, ...]) -> tuple[Target, str]:
+    """(target, path with query) of an absolute URL whose scheme is one of ``schemes``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise invalid(field_path, str(exc)) from None
+    if parts.scheme not in schemes:
+        raise invalid(field_path, f"{url!r} is not a {' or '.join(s + '://' for s in schemes)} URL")
+    scheme = "https" if parts.scheme in ("https", "wss") else "http"
+    try:
+        target = parse_target(f"{scheme}://{parts.netloc}")
+    except ValueError as exc:
+        raise invalid(field_path, str(exc)) from None
+    return target, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def http_op(c: StepCompiler, h: loadtest_pb2.HttpStep, q: str) -> tuple[Any, ...]:
+    """The op of one HTTP step (``q`` is its field path, ``...run[3].http``)."""
+    names, config = c.names, c.config
+    method = h.method.upper()
+    if not method:
+        raise invalid(f"{q}.method", "is required")
+    if h.WhichOneof("target") == "url":
+        target, path_text = _url_target(h.url, f"{q}.url", ("http", "https"))
+        prefix, target_field, path_field = "", f"{q}.url", f"{q}.url"
+    else:
+        if c.base is None:
+            raise invalid("config.base_url", f"is required by {q}.path")
+        target, path_text = c.base, h.path
+        prefix, target_field, path_field = c.base.base_path, "config.base_url", f"{q}.path"
+    path: Parts = [prefix.encode(_LATIN1, "replace")]
+    path += names.render(path_text, path_field, config, encoding=_LATIN1)
+    if h.query:
+        path.append(b"&" if "?" in path_text else b"?")
+        for i, name in enumerate(sorted(h.query)):
+            path.append((b"&" if i else b"") + quote_plus(name).encode() + b"=")
+            path += names.render(h.query[name], f"{q}.query[{name}]", config, escape=quote_plus)
+    body, content_type = _payload(c, h, q)
+    headers: dict[str, Parts] = {
+        "Host": [target.host_header.encode(_LATIN1, "replace")],
+        "User-Agent": [USER_AGENT.encode()],
+    }
+    if content_type:
+        headers["Content-Type"] = [content_type.encode()]
+    if h.HasField("basic_auth"):
+        headers["Authorization"] = [_basic_auth(c, h.basic_auth, f"{q}.basic_auth")]
+    for name, value in h.headers.items():
+        rendered = names.render(value, f"{q}.headers[{name}]", config, encoding=_LATIN1)
+        for default in list(headers):
+            if default.lower() == name.lower():
+                del headers[default]
+        headers[name] = rendered
+    head = join(
+        [method.encode(_LATIN1, "replace") + b" ", *path, b" HTTP/1.1\r\n"] + _header_lines(headers)
+    )
+    with_body = bool(body) or method in METHODS_WITH_BODY
+    extract = [_extract(c, e, f"{q}.extract[{k}]") for k, e in enumerate(h.extract)]
+    cookies = c.config.get("cookies") is True
+    target_index = c.target_index(target, target_field)
+    metric = c.key_index(metric_key(h, c.strip_query))
+    no_body = method in METHODS_WITHOUT_BODY
+    if is_constant(head) and is_constant(body) and not extract and not cookies:
+        request = constant(head)
+        if with_body:
+            request += b"Content-Length: %d\r\n" % len(constant(body))
+        return (OP_HTTP, target_index, metric, request + b"\r\n" + constant(body), no_body)
+    extras: dict[str, Any] = {"head": head, "body": body if with_body else None}
+    if cookies:
+        extras["cookies"] = True
+    if extract:
+        extras["extract"] = extract
+    return (OP_HTTP, target_index, metric, None, no_body, extras)
+
+
+def _payload(c: StepCompiler, h: loadtest_pb2.HttpStep, q: str) -> tuple[Parts, str]:
+    """(body template, Content-Type) of an HTTP step; ([], "") without a payload."""
+    kind = h.WhichOneof("payload")
+    if kind == "body":
+        return c.names.render(h.body, f"{q}.body", c.config), ""
+    if kind == "json":
+        try:
+            value = json_format.MessageToDict(h.json)
+        except ValueError:
+            raise invalid(f"{q}.json", "must not contain NaN or infinite numbers") from None
+        return c.names.render_json(value, f"{q}.json", c.config), "application/json"
+    if kind == "form":
+        out: Parts = []
+        for i, name in enumerate(sorted(h.form.fields)):
+            out.append((b"&" if i else b"") + quote_plus(name).encode() + b"=")
+            where = f"{q}.form.fields[{name}]"
+            out += c.names.render(h.form.fields[name], where, c.config, escape=quote_plus)
+        return join(out), "application/x-www-form-urlencoded"
+    return [], ""
+
+
+def _basic_auth(c: StepCompiler, auth: loadtest_pb2.BasicAuth, q: str) -> bytes:
+    """``Basic base64(user:password)``, computed now: only config values may be templated
+    (base64 of a runtime value would have to be computed by the engine)."""
+    user = constant(c.names.render(auth.username, f"{q}.username", c.config, runtime=False))
+    password = constant(c.names.render(auth.password, f"{q}.password", c.config, runtime=False))
+    return b"Basic " + base64.b64encode(user + b":" + password)
+
+
+def _extract(c: StepCompiler, e: loadtest_pb2.Extract, q: str) -> tuple[int, int, bytes, bool]:
+    if not e.var:
+        raise invalid(f"{q}.var", "is required (the session variable to store the value in)")
+    source = e.WhichOneof("source")
+    if source is None:
+        raise invalid(f"{q}.json_path", "set one source: json_path, regex, header, status or body")
+    if source == "json_path":
+        expr = e.json_path.encode()
+    elif source == "regex":
+        expr = e.regex.encode()
+    elif source == "header":
+        expr = e.header.encode(_LATIN1, "replace")
+    else:
+        expr = b""
+    if source in ("json_path", "regex", "header") and not expr:
+        raise invalid(f"{q}.{source}", "must not be empty")
+    return (c.names.slot(e.var, f"{q}.var"), _EXTRACT_KINDS[source], expr, bool(e.optional))
+
+
+def ws_connect_op(
+    c: StepCompiler, w: loadtest_pb2.WsConnectStep, conn: int, q: str
+) -> tuple[Any, ...]:
+    """``(OP_WS_CONNECT, conn, target, metric, head)`` of a ws_connect step."""
+    if w.WhichOneof("target") == "url":
+        if w.url.startswith(("wss:", "https:")):
+            raise Unimplemented(f"{q}.url: wss is not supported yet")
+        target, path_text = _url_target(w.url, f"{q}.url", ("ws", "http"))
+        prefix, target_field, path_field = "", f"{q}.url", f"{q}.url"
+    else:
+        if c.base is None:
+            raise invalid("config.base_url", f"is required by {q}.path")
+        if c.base.scheme == "https":
+            raise Unimplemented(f"{q}: wss is not supported yet (config.base_url is https)")
+        target, prefix = c.base, c.base.base_path
+        path_text = w.path or ("" if prefix else "/")
+        target_field, path_field = "config.base_url", f"{q}.path"
+    path: Parts = [prefix.encode(_LATIN1, "replace")]
+    path += c.names.render(path_text, path_field, c.config, encoding=_LATIN1)
+    headers: dict[str, Parts] = {
+        "Host": [target.host_header.encode(_LATIN1, "replace")],
+        "User-Agent": [USER_AGENT.encode()],
+        "Upgrade": [b"websocket"],
+        "Connection": [b"Upgrade"],
+        "Sec-WebSocket-Version": [b"13"],
+    }
+    for name, value in w.headers.items():
+        headers[name] = c.names.render(value, f"{q}.headers[{name}]", c.config, encoding=_LATIN1)
+    head = join([b"GET ", *path, b" HTTP/1.1\r\n"] + _header_lines(headers))
+    metric = c.key_index(w.metric or f"WS connect {ws_metric_path(w, c.strip_query)}")
+    return (OP_WS_CONNECT, conn, c.target_index(target, target_field), metric, head)

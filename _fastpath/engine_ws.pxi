@@ -43,12 +43,16 @@ cdef enum:
     WC_HS_READ = 3
     WC_OPEN = 4
     WC_CLOSING = 5
+    WC_TLS = 6              # wss: the TLS handshake after the TCP connect
 
 cdef struct ws_conn_t:
     int fd
     int32_t state
     int32_t epout           # EPOLLOUT armed
     int32_t broken          # the server closed it, or broke the protocol: its ops fail
+    int32_t target
+    tls_conn tls            # wss (``tls.ssl`` NULL for ws://)
+    tls_resume resume       # the last TLS session this connection's server offered
     ws_handshake* hs        # during the handshake only
     ws_decoder dec
     unsigned char* inbox    # queued messages: [uint32 length][payload] ...
@@ -74,6 +78,8 @@ cdef int ws_alloc(config_t* cfg, sx_t* x) noexcept nogil:
     for i in range(cfg.nconns):
         c = &(<ws_conn_t*>x.ws)[i]
         c.fd = -1
+        tls_conn_init(&c.tls)
+        tls_resume_init(&c.resume)
         ws_decoder_init(&c.dec, WS_MAX_MESSAGE)   # a bigger message breaks the protocol
     return 0
 
@@ -85,8 +91,8 @@ cdef void ws_free(config_t* cfg, sx_t* x) noexcept nogil:
         return
     for i in range(cfg.nconns):
         c = &(<ws_conn_t*>x.ws)[i]
-        if c.fd >= 0:
-            close(c.fd)
+        ws_drop(c)
+        tls_resume_clear(&c.resume)
         ws_decoder_free(&c.dec)
         free(c.hs)
         free(c.inbox)
@@ -99,6 +105,8 @@ cdef void ws_drop(ws_conn_t* c) noexcept nogil:
     """Close the socket at once; the connection is reusable by a later ws_connect."""
     cdef size_t limit
     if c.fd >= 0:
+        if c.tls.ssl != NULL:
+            tls_conn_close(&c.tls)  # before close(fd); keeps a healthy session resumable
         close(c.fd)
         c.fd = -1
     free(c.hs)
@@ -155,6 +163,16 @@ cdef int ws_flush(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
     """Send what ``out`` holds: 0 all sent, 1 the rest waits for EPOLLOUT, -1 - kind failed."""
     cdef ssize_t n
     while c.out_pos < c.out_len:
+        if c.tls.ssl != NULL:
+            n = tls_write(&c.tls, c.out + c.out_pos, c.out_len - c.out_pos)
+            if n > 0:
+                c.out_pos += <size_t>n
+                continue
+            if n == TLS_WANT_WRITE or n == TLS_WANT_READ:
+                if ws_set_out(t, s, c, n == TLS_WANT_WRITE) != 0:
+                    return -1 - K_RESET
+                return 1
+            return -1 - ws_tls_kind(t, c, <int>n)
         n = send(c.fd, c.out + c.out_pos, c.out_len - c.out_pos, MSG_NOSIGNAL)
         if n >= 0:
             c.out_pos += <size_t>n
@@ -219,7 +237,7 @@ cdef void ws_close_all(thread_t* t, session_t* s) noexcept nogil:
         if c.fd >= 0 and c.state == WC_OPEN and c.out_pos == c.out_len:
             c.out_pos = c.out_len = 0
             if frame_append(t, c, WS_OP_CLOSE, code, 2) == 0:
-                send(c.fd, c.out, c.out_len, MSG_NOSIGNAL)
+                send_once(c)
         ws_drop(c)
         c.broken = 0
 
@@ -298,6 +316,7 @@ cdef int ws_connect_op(thread_t* t, session_t* s, const op_t* op, ws_conn_t* c,
         ws_fail(t, s, c, K_PROTOCOL, now)
         return 1
     ws_handshake_init(c.hs, accept)
+    c.target = op.target
     rc = tcp_open(t, &t.cfg.targets[op.target], s.index, &c.fd)
     if rc < 0:
         ws_fail(t, s, c, K_CONNECT, now)
@@ -308,7 +327,52 @@ cdef int ws_connect_op(thread_t* t, session_t* s, const op_t* op, ws_conn_t* c,
         c.state = WC_CONNECTING
         c.epout = 1
         return 1
-    return ws_handshake_write(t, s, c, now)
+    return ws_connected(t, s, c, now)
+
+
+cdef int ws_connected(thread_t* t, session_t* s, ws_conn_t* c, int64_t now) noexcept nogil:
+    """TCP is up: the TLS handshake first (wss), then the upgrade request."""
+    cdef int rc
+    if not t.cfg.targets[c.target].tls:
+        return ws_handshake_write(t, s, c, now)
+    rc = tls_conn_start(&c.tls, t.ssl_ctx, c.fd, t.cfg.targets[c.target].server_name,
+                        &c.resume, c.target)
+    if rc != TLS_OK:
+        ws_fail(t, s, c, ws_tls_kind(t, c, rc), now)
+        return 1
+    c.state = WC_TLS
+    return ws_tls_step(t, s, c, now)
+
+
+cdef int ws_tls_step(thread_t* t, session_t* s, ws_conn_t* c, int64_t now) noexcept nogil:
+    """One step of the TLS handshake (still under the connect deadline)."""
+    cdef int rc = tls_handshake(&c.tls)
+    if rc == TLS_OK:
+        return ws_handshake_write(t, s, c, now)
+    if rc == TLS_WANT_READ or rc == TLS_WANT_WRITE:
+        if ws_set_out(t, s, c, rc == TLS_WANT_WRITE) != 0:
+            ws_fail(t, s, c, K_RESET, now)
+        return 1
+    ws_fail(t, s, c, ws_tls_kind(t, c, rc), now)
+    return 1
+
+
+cdef int ws_tls_kind(thread_t* t, ws_conn_t* c, int rc) noexcept nogil:
+    """The error kind of a TLS failure code (keeps the text for ``Engine.tls_error``)."""
+    tls_error_text(&c.tls, rc, t.tls_error, TLS_ERRTEXT_SIZE)
+    if rc == TLS_CLOSED:
+        return K_CLOSED
+    if rc == TLS_RESET:
+        return errno_kind(c.tls.sys_errno)
+    return K_TLS
+
+
+cdef void send_once(ws_conn_t* c) noexcept nogil:
+    """Best effort, never waits: a close frame on the way out."""
+    if c.tls.ssl != NULL:
+        tls_write(&c.tls, c.out, c.out_len)
+    else:
+        send(c.fd, c.out, c.out_len, MSG_NOSIGNAL)
 
 
 cdef int ws_handshake_write(thread_t* t, session_t* s, ws_conn_t* c, int64_t now) noexcept nogil:
@@ -393,15 +457,26 @@ cdef int ws_read(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
     cdef size_t off, used
     cdef int ev, rc
     while c.fd >= 0:
-        n = read(c.fd, t.rbuf, RBUF_SIZE)
-        if n == 0:
-            return 1
-        if n < 0:
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN:
+        if c.tls.ssl != NULL:
+            n = tls_read(&c.tls, t.rbuf, RBUF_SIZE)
+            if n == TLS_CLOSED:
+                return 1
+            if n == TLS_WANT_READ:
                 return 0
-            return -1 - errno_kind(errno)
+            if n == TLS_WANT_WRITE:     # rare (a key update to answer): retried on EPOLLOUT
+                return -1 - K_RESET if ws_set_out(t, s, c, True) != 0 else 0
+            if n < 0:
+                return -1 - ws_tls_kind(t, c, <int>n)
+        else:
+            n = read(c.fd, t.rbuf, RBUF_SIZE)
+            if n == 0:
+                return 1
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                if errno == EAGAIN:
+                    return 0
+                return -1 - errno_kind(errno)
         off = 0
         if c.state == WC_HS_READ:
             rc = ws_handshake_feed(c.hs, t.rbuf, <size_t>n, &used)
@@ -432,11 +507,11 @@ cdef int ws_read(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
                 if c.state == WC_OPEN:
                     c.out_pos = c.out_len = 0       # answer it (best effort), then close
                     if frame_append(t, c, WS_OP_CLOSE, c.dec.ctl, 2 if c.dec.ctl_len >= 2 else 0) == 0:
-                        send(c.fd, c.out, c.out_len, MSG_NOSIGNAL)
+                        send_once(c)
                 return 1
             elif ev == WS_EV_ERROR or ev == WS_EV_NOMEM:
                 return -1 - K_PROTOCOL
-        if n < RBUF_SIZE:
+        if n < RBUF_SIZE and (c.tls.ssl == NULL or tls_drained(&c.tls)):
             return 0
     return 0
 
@@ -469,9 +544,13 @@ cdef void ws_event(thread_t* t, session_t* s, int fd, uint32_t events, int64_t n
             else:
                 ws_drop(c)
             return
-        ws_handshake_write(t, s, c, now)
+        ws_connected(t, s, c, now)
         return
-    if events & (EPOLLOUT | EPOLLERR) and c.out_pos < c.out_len:
+    if c.state == WC_TLS:
+        ws_tls_step(t, s, c, now)
+        return
+    # TLS retries a pending write whatever the event: it may have waited for a read
+    if (events & (EPOLLOUT | EPOLLERR) or c.tls.ssl != NULL) and c.out_pos < c.out_len:
         rc = ws_flush(t, s, c)
         if rc < 0:
             if mine:

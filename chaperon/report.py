@@ -69,6 +69,12 @@ def format_report(run: results_pb2.LoadTestRun) -> str:
             if res.sessions_dropped
             else ""
         )
+        + (f", {res.sessions_timed_out} timed out" if res.sessions_timed_out else "")
+        + (
+            f", {res.sessions_failed} ended by a failing step (see the errors above)"
+            if res.sessions_failed
+            else ""
+        )
         + (f", workers: {len(res.workers)}" if res.workers else "")
         + (f", lost workers: {', '.join(res.lost_workers)}" if res.lost_workers else "")
     )

@@ -375,16 +375,11 @@ def _conn(c: Collector, q: str, name: str, ctx: StepContext) -> None:
 
 def _ws_connect(c: Collector, q: str, w: loadtest_pb2.WsConnectStep, ctx: StepContext) -> None:
     if w.WhichOneof("target") == "url":
-        if w.url.startswith(("wss://", "https://")):
-            c.unimplemented.append(f"{q}.url (wss is not supported yet)")
-        else:
-            _url(c, f"{q}.url", w.url, ("ws", "http"), ctx)
+        _url(c, f"{q}.url", w.url, ("ws", "wss", "http", "https"), ctx)
     else:
         base_url = ctx.config.get("base_url")
         if not isinstance(base_url, str) or not base_url:
             c.bad("config.base_url", f"is required by {q} (or give url)")
-        elif base_url.startswith("https://"):
-            c.unimplemented.append(f"{q} (wss is not supported yet; config.base_url is https)")
         if w.path:
             _path(c, f"{q}.path", w.path, ctx)
     _headers(c, q, w.headers, _WS_HEADERS, ctx)

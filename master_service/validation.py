@@ -4,7 +4,7 @@ Every problem is collected (not only the first) as a (field path, description) p
 ``INVALID_ARGUMENT`` answer lists all of them in a ``google.rpc.BadRequest``. Paths use proto
 field names with indexes: ``scenarios[0].scenario.run[1].http.method``. Limits that protect the
 cluster (sessions, steps, durations) answer ``RESOURCE_EXHAUSTED``; parts of the language the
-engine does not run yet (wss) answer ``UNIMPLEMENTED`` naming the field. The steps
+engine does not run (none today) would answer ``UNIMPLEMENTED`` naming the field. The steps
 themselves are checked by ``step_validation``.
 """
 

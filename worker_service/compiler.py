@@ -145,6 +145,8 @@ class StepCompiler:
         ):
             raise invalid("config.metrics_filter", "must be a list of glob patterns")
         self._filter: list[str] | None = filt
+        # Named sessions (ScenarioEntry.session_name) report under "<name>: <key>".
+        self.key_prefix = ""
 
     # -- numbering -------------------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class StepCompiler:
         """The metric number of ``key``, or -1 (not measured) when the filter drops it."""
         if self._filter is not None and not any(fnmatchcase(key, g) for g in self._filter):
             return -1
+        key = self.key_prefix + key
         if key not in self._keys:
             self._keys[key] = len(self.plan.metric_keys)
             self.plan.metric_keys.append(key)

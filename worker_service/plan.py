@@ -189,6 +189,8 @@ def compile_assignment(
         )
         config = effective_config(lt, entry)
         c = StepCompiler(plan, config, allow, lt, inventory, allow_python)
+        if entry.session_name:
+            c.key_prefix = f"{entry.session_name}: "
         if entry.HasField("scenario"):
             c.steps(entry.scenario.init, f"{p}.scenario.init", plan.init_ops)
             c.steps(entry.scenario.run, f"{p}.scenario.run", plan.ops)

@@ -32,7 +32,6 @@ from _fastpath.engine import (
 )
 from chaperon._version import __version__
 from chaperon.loadtest import METHODS_WITHOUT_BODY, Target, metric_key, parse_target, ws_metric_path
-from chaperon.status import Unimplemented
 from chaperon.v1 import loadtest_pb2
 from worker_service.lang import Parts, constant, invalid, is_constant, join
 
@@ -186,16 +185,12 @@ def ws_connect_op(
 ) -> tuple[Any, ...]:
     """``(OP_WS_CONNECT, conn, target, metric, head)`` of a ws_connect step."""
     if w.WhichOneof("target") == "url":
-        if w.url.startswith(("wss:", "https:")):
-            raise Unimplemented(f"{q}.url: wss is not supported yet")
-        target, path_text = _url_target(w.url, f"{q}.url", ("ws", "http"))
+        target, path_text = _url_target(w.url, f"{q}.url", ("ws", "wss", "http", "https"))
         prefix, target_field, path_field = "", f"{q}.url", f"{q}.url"
     else:
         if c.base is None:
             raise invalid("config.base_url", f"is required by {q}.path")
-        if c.base.scheme == "https":
-            raise Unimplemented(f"{q}: wss is not supported yet (config.base_url is https)")
-        target, prefix = c.base, c.base.base_path
+        target, prefix = c.base, c.base.base_path  # https: wss
         path_text = w.path or ("" if prefix else "/")
         target_field, path_field = "config.base_url", f"{q}.path"
     path: Parts = [prefix.encode(_LATIN1, "replace")]

@@ -21,6 +21,7 @@ into a ``conftest.py`` or a test module to use them.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from .certs import CertFiles
 from .ports import LOOPBACK, free_port
 from .procs import REPO_ROOT, ManagedProcess, ProcessNotReady, python_env, running, wait_for_tcp
 
@@ -44,34 +46,43 @@ _POLL_INTERVAL_S = 0.02
 class LangServer:
     """A running ``lang_server``: where to aim, and what it has counted so far."""
 
-    def __init__(self, process: ManagedProcess, port: int, host: str = LOOPBACK) -> None:
+    def __init__(
+        self, process: ManagedProcess, port: int, host: str = LOOPBACK, ca_file: Path | None = None
+    ) -> None:
         self.process = process
         self.port = port
         self.host = host
+        # HTTPS/wss: the CA that signed the server's certificate (None: plain HTTP/ws)
+        self.ca_file = ca_file
+        self._context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:P``, no trailing slash."""
-        return f"http://{self.host}:{self.port}"
+        """``http://127.0.0.1:P`` (``https://`` with TLS), no trailing slash."""
+        return f"{'https' if self.ca_file else 'http'}://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        """``ws://127.0.0.1:P``, no trailing slash: append ``/ws``, ``/ws/greet``, ..."""
-        return f"ws://{self.host}:{self.port}"
+        """``ws://127.0.0.1:P`` (``wss://``), no trailing slash: append ``/ws``, ..."""
+        return f"{'wss' if self.ca_file else 'ws'}://{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path
 
     def counts(self) -> dict[str, Any]:
         """Everything counted since the start or the last :meth:`reset`."""
-        with urllib.request.urlopen(self.url("/__counts"), timeout=_HTTP_TIMEOUT_S) as reply:
+        with urllib.request.urlopen(
+            self.url("/__counts"), timeout=_HTTP_TIMEOUT_S, context=self._context
+        ) as reply:
             counts: dict[str, Any] = json.load(reply)
             return counts
 
     def reset(self) -> None:
         """Zero every count (maps become empty)."""
         request = urllib.request.Request(self.url("/__reset"), data=b"", method="POST")
-        with urllib.request.urlopen(request, timeout=_HTTP_TIMEOUT_S) as reply:
+        with urllib.request.urlopen(
+            request, timeout=_HTTP_TIMEOUT_S, context=self._context
+        ) as reply:
             reply.read()
 
     def wait_for(
@@ -110,15 +121,24 @@ def _wait_for_ready_line(process: ManagedProcess, port: int, deadline: float) ->
 
 @contextmanager
 def start_lang_server(
-    log_dir: Path | None = None, *, ready_timeout_s: float = READY_TIMEOUT_S
+    log_dir: Path | None = None,
+    *,
+    ready_timeout_s: float = READY_TIMEOUT_S,
+    tls: CertFiles | None = None,
 ) -> Iterator[LangServer]:
-    """Run the server on a free loopback port, logs in ``log_dir`` (default: a temp dir)."""
+    """Run the server on a free loopback port, logs in ``log_dir`` (default: a temp dir);
+    HTTPS and wss with ``tls`` (see ``support.certs.make_certs``)."""
     with tempfile.TemporaryDirectory(prefix="lang_server-") as scratch:
         directory = Path(scratch) if log_dir is None else Path(log_dir)
         port = free_port()
         process = ManagedProcess(
             "lang_server",
-            [sys.executable, "-m", "tests.support.lang_server", "--port", str(port)],
+            [sys.executable, "-m", "tests.support.lang_server", "--port", str(port)]
+            + (
+                ["--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)]
+                if tls
+                else []
+            ),
             directory,
             env=python_env(),
             cwd=REPO_ROOT,
@@ -130,7 +150,7 @@ def start_lang_server(
             wait_for_tcp(LOOPBACK, port, max(deadline - time.monotonic(), 0.5), process=proc)
 
         with running(process, ready) as proc:
-            yield LangServer(proc, port)
+            yield LangServer(proc, port, ca_file=tls.ca_cert if tls else None)
 
 
 @pytest.fixture(scope="module")

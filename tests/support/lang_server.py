@@ -50,6 +50,7 @@ import argparse
 import asyncio
 import json
 import signal
+import ssl
 import sys
 import weakref
 from collections.abc import Awaitable, Callable
@@ -389,8 +390,9 @@ def create_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int) -> None:
-    """Listen on ``host:port``, print ``READY <port>``, serve until SIGTERM or SIGINT."""
+async def serve(host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Listen on ``host:port`` (HTTPS and wss with ``ssl_context``), print ``READY <port>``,
+    serve until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -405,6 +407,7 @@ async def serve(host: str, port: int) -> None:
             backlog=LISTEN_BACKLOG,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             reuse_address=True,
+            ssl_context=ssl_context,
         )
         await site.start()
         bound_port = runner.addresses[0][1]
@@ -423,8 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--port", type=int, required=True, help="0: any free port")
     parser.add_argument("--host", default=LOOPBACK)
+    parser.add_argument("--tls-cert", help="serve HTTPS/wss with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="... and this private key (PEM)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.host, args.port))
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    asyncio.run(serve(args.host, args.port, context))
     return 0
 
 

@@ -9,12 +9,12 @@ bounded (iterations or a short duration) and waited for with a deadline.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support.lang_fixture import (
-    LangServer,
-)
+from support.certs import make_certs
+from support.lang_fixture import LangServer, start_lang_server
 
 from _fastpath.engine import (
     EX_HEADER,
@@ -489,3 +489,31 @@ def test_bad_regex_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="bad regex"):
         Engine([("127.0.0.1", 1)], ["k"], [op], var_names=["a"], iterations=1)
+
+
+def test_wss_echo_over_tls(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    keys = ["WS connect /ws", "WS send", "WS await_recv", "WS close", "GET"]
+    ops = [
+        (OP_WS_CONNECT, 0, 0, 0, ws_head(b"/ws")),
+        (OP_WS_SEND, 0, 1, 1, [b"tls-", VAR_SESSION_ID]),
+        (OP_WS_AWAIT_RECV, 0, 2, 5 * S, [b"tls-", VAR_SESSION_ID]),
+        (OP_WS_CLOSE, 0, 3),
+        http(4, "GET", [b"/items/over-tls"]),
+    ]
+    with start_lang_server(tmp_path, tls=certs) as srv:
+        eng = Engine(
+            [("127.0.0.1", srv.port, True, "localhost")],
+            keys,
+            ops,
+            sessions=4,
+            iterations=3,
+            nconns=1,
+            tls_ca_file=str(certs.ca_cert),
+        )
+        rows, stats = run(eng)
+        counts = srv.wait_for(lambda c: c["ws_close"] == 12)
+    assert counts["ws_connect"] == 12 and counts["ws_text"] == 12 and counts["ws_drop"] == 0
+    assert counts["items_by_id"] == {"over-tls": 12}
+    assert all(rows[key][:2] == (12, 0) for key in keys)
+    assert stats["sessions_failed"] == 0

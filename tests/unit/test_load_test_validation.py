@@ -9,7 +9,7 @@ import pytest
 from support.loadtests import minimal_load_test
 
 from chaperon.loadtest import load_test_from_dict
-from chaperon.status import InvalidArgument, ResourceExhausted, Unimplemented
+from chaperon.status import InvalidArgument, ResourceExhausted
 from master_service.validation import validate_load_test
 
 MINIMAL: dict[str, Any] = minimal_load_test("http://127.0.0.1:8080", concurrency=50, duration="5s")
@@ -114,10 +114,9 @@ def test_limits_answer_resource_exhausted() -> None:
         validate_load_test(_lt(scenarios__0__concurrency=10_000_000))
 
 
-def test_parts_not_implemented_yet_say_so() -> None:
+def test_wss_urls_are_accepted() -> None:
     lt = _lt(scenarios__0__scenario__run=[{"ws_connect": {"url": "wss://127.0.0.1:1/ws"}}])
-    with pytest.raises(Unimplemented, match="wss"):
-        validate_load_test(lt)
+    validate_load_test(lt)
 
 
 def test_session_rules_are_checked() -> None:

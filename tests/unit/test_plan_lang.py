@@ -11,7 +11,7 @@ import pytest
 from _fastpath.engine import EX_HEADER, EX_JSON, EX_REGEX, EX_STATUS, VAR_ITERATION, VAR_SESSION_ID
 from chaperon.loadtest import Placeholder as P
 from chaperon.loadtest import display_template, load_test_from_dict, metric_key, split_template
-from chaperon.status import InvalidArgument, PermissionDenied, Unimplemented
+from chaperon.status import InvalidArgument, PermissionDenied
 from chaperon.v1 import loadtest_pb2, worker_pb2
 from worker_service.plan import (
     OP_ABORT,
@@ -276,10 +276,10 @@ def test_websocket_mistakes() -> None:
     assert _refused([{"ws_send": {"text": "x"}}]) == "scenarios[0].scenario.run[0].ws_send.conn"
     run = [{"ws_connect": {"path": "/"}}, {"ws_recv": {"conn": "other"}}]
     assert _refused(run) == "scenarios[0].scenario.run[1].ws_recv.conn"
-    with pytest.raises(Unimplemented, match="wss"):
-        _compile([{"ws_connect": {"url": "wss://127.0.0.1:1/"}}])
-    with pytest.raises(Unimplemented, match="wss"):
-        _compile([{"ws_connect": {"path": "/"}}], {"base_url": "https://127.0.0.1:1"})
+    wss = _compile([{"ws_connect": {"url": "wss://localhost:1/"}}])
+    assert wss.targets == [("127.0.0.1", 1, True, "localhost")]
+    https = _compile([{"ws_connect": {"path": "/"}}], {"base_url": "https://127.0.0.1:1"})
+    assert https.targets == [("127.0.0.1", 1, True, "127.0.0.1")]
     conns = [{"ws_connect": {"path": "/", "conn": f"c{i}"}} for i in range(17)]
     assert _refused(conns) == "scenarios[0].scenario.run[16].ws_connect.conn"
 
@@ -526,3 +526,12 @@ def test_the_worker_flag_reaches_the_compiler() -> None:
     assert parser.parse_args(["worker", "--master", "127.0.0.1:1"]).allow_python_steps is False
     assert WorkerServicer(WorkerState(1), allow_python=True)._allow_python is True
     assert WorkerServicer(WorkerState(1))._allow_python is False
+
+
+def test_session_name_prefixes_the_metric_keys() -> None:
+    plan = _compile(
+        [_http(method="GET", path="/cart")],
+        {**CONFIG, "metrics_filter": ["GET /c*"]},
+        session_name="buyer",
+    )
+    assert plan.metric_keys == ["buyer: GET /cart"]

@@ -127,7 +127,8 @@ cdef struct extract_t:
     int32_t optional
     int32_t nsteps          # JSON path
     jp_step* steps
-    regex_t* re             # regex (compiled at construction, freed in _free)
+    regex_t** re            # regex: one compiled copy per thread (glibc's regexec locks
+                            # each regex_t), owned by Engine._keep
     const char* name        # header name
     size_t name_len
 
@@ -295,6 +296,7 @@ cdef struct thread_t:
     session_t* sessions
     int32_t nsessions       # sessions (closed) or slots (open); children follow them
     int32_t nslots          # nsessions * (1 + nchildren)
+    int32_t tid             # the thread's number (0 .. nthreads - 1)
     uint32_t* ready         # stack of sessions woken by another one (child end, signal)
     int32_t nready
     int32_t active

@@ -184,10 +184,12 @@ cdef class _Builder:
     """Fills the C side of stateful ops (templates, extractors) from their checked tuples."""
     cdef list keep
     cdef list var_names
+    cdef int32_t nthreads
 
-    def __cinit__(self, list keep, list var_names):
+    def __cinit__(self, list keep, list var_names, int32_t nthreads):
         self.keep = keep
         self.var_names = var_names
+        self.nthreads = nthreads
 
     cdef int tmpl(self, tmpl_t* out, list parts) except -1:
         cdef _CMem mem = _CMem(sizeof(part_t) * (len(parts) + 1))
@@ -214,6 +216,7 @@ cdef class _Builder:
         cdef _CMem steps_mem
         cdef jp_step* steps
         cdef _CRegex rx
+        cdef _CMem res_mem
         cdef int32_t i, j
         self.keep.append(mem)
         for i, (slot, kind, expr, optional) in enumerate(extract):
@@ -236,9 +239,13 @@ cdef class _Builder:
                 arr[i].steps = steps
                 arr[i].nsteps = len(path)
             elif kind == EX_REGEX:
-                rx = _CRegex(expr)
-                self.keep.append(rx)
-                arr[i].re = &rx.re
+                res_mem = _CMem(sizeof(regex_t*) * self.nthreads)
+                self.keep.append(res_mem)
+                arr[i].re = <regex_t**>res_mem.ptr
+                for j in range(self.nthreads):
+                    rx = _CRegex(expr)
+                    self.keep.append(rx)
+                    arr[i].re[j] = &rx.re
             elif kind == EX_HEADER:
                 self.keep.append(expr)
                 arr[i].name = PyBytes_AS_STRING(expr)

@@ -281,7 +281,7 @@ cdef class Engine:
                 cfg.targets[i].addrlen = sizeof(sockaddr_in6)
                 cfg.targets[i].family = AF_INET6
 
-        builder = _Builder(self._keep, self.var_names)
+        builder = _Builder(self._keep, self.var_names, nthreads)
         for i, p in enumerate(plan):
             if len(p) == 6 or p[0] in _STATE_KINDS:
                 builder.fill(&cfg.ops[i], p)
@@ -324,6 +324,7 @@ cdef class Engine:
             t.sessions = self.sessions + first
             t.nsessions = per + (1 if i < extra else 0)
             t.nslots = t.nsessions * (1 + cfg.nchildren)
+            t.tid = i
             t.active = 0 if cfg.open_model else t.nsessions
             t.use_pwait2 = 1
             t.rng = int.from_bytes(os.urandom(8), "little") | 1   # xorshift needs a state != 0

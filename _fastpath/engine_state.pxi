@@ -40,7 +40,7 @@ from libc.string cimport memmove
 
 from _fastpath.extract cimport (
     json_path_find, json_unescape, find_head_end, find_header, is_chunked, dechunk,
-    regex_find, cookie_jar_update,
+    regex_find_n, cookie_jar_update,
 )
 
 
@@ -204,8 +204,8 @@ cdef int extract_one(thread_t* t, session_t* s, const extract_t* ex, const char*
         return var_set(s, ex.var, v, vlen)
     if ex.kind == 5:        # EX_BODY
         return var_set(s, ex.var, body, body_len)
-    if ex.kind == 2:        # EX_REGEX (the capture buffer is NUL-terminated after the body)
-        if regex_find(ex.re, body, &start, &vlen) != 0:
+    if ex.kind == 2:        # EX_REGEX (NUL bytes in the body are ordinary characters)
+        if regex_find_n(ex.re[t.tid], body, body_len, &start, &vlen) != 0:
             return -1
         return var_set(s, ex.var, body + start, vlen)
     # EX_JSON

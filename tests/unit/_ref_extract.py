@@ -14,8 +14,17 @@ import json
 import re
 from typing import Any
 
-INVALID = "invalid"
-NOT_FOUND = "not found"
+
+class _Outcome:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+INVALID = _Outcome("INVALID")
+NOT_FOUND = _Outcome("NOT_FOUND")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _CHUNK_RE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*(;.*)?", re.S)
 _MAX_AGE_RE = re.compile(rb"-?[0-9]+")
@@ -82,6 +91,7 @@ def render_path(steps: list[tuple[int, bytes | int]], dollar: bool = True) -> st
     out = "$" if dollar else ""
     for kind, arg in steps:
         if kind == 2:
+            assert isinstance(arg, int)
             out += f"[{arg}]"
             continue
         assert isinstance(arg, bytes)

@@ -517,3 +517,22 @@ def test_wss_echo_over_tls(tmp_path: Path) -> None:
     assert counts["items_by_id"] == {"over-tls": 12}
     assert all(rows[key][:2] == (12, 0) for key in keys)
     assert stats["sessions_failed"] == 0
+
+
+def test_regex_sees_past_nul_bytes_in_the_body(lang_server: LangServer) -> None:
+    ops = [
+        http(
+            0,
+            "POST",
+            [b"/echo"],
+            body=[b"\x00\x01 id=<", VAR_SESSION_ID, b">"],
+            extract=[(0, EX_REGEX, b"id=<([0-9]+)>", False)],
+        ),
+        http(0, "GET", [b"/items/r", 0]),
+    ]
+    eng = Engine(
+        [target(lang_server)], ["k"], ops, sessions=3, threads=2, iterations=2, var_names=["id"]
+    )
+    _, stats = run(eng)
+    assert lang_server.counts()["items_by_id"] == {"r0": 2, "r1": 2, "r2": 2}
+    assert stats["sessions_failed"] == 0

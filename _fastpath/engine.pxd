@@ -298,6 +298,7 @@ cdef struct thread_t:
     int32_t nslots          # nsessions * (1 + nchildren)
     int32_t tid             # the thread's number (0 .. nthreads - 1)
     uint32_t* ready         # stack of sessions woken by another one (child end, signal)
+    int32_t children        # child sessions running
     int32_t nready
     int32_t active
     int epfd

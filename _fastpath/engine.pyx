@@ -948,7 +948,10 @@ cdef int thread_loop(thread_t* t) noexcept nogil:
             sess_start(t, &t.sessions[i], now, now)
     pthread_mutex_unlock(&t.lock)
 
-    while (t.active > 0 or t.next_due_ns != INT64_MAX) and not chaperon_load_int(&cfg.cancel):
+    # Children (async, cc_spread) may outlive their parent's session: they end by themselves
+    # at the latest at the stop time they inherited.
+    while ((t.active > 0 or t.children > 0 or t.next_due_ns != INT64_MAX)
+           and not chaperon_load_int(&cfg.cancel)):
         now = now_ns()
         d = t.next_scan_ns - now
         if now < cfg.end_ns and cfg.end_ns - now < d:   # past the end: no busy wait

@@ -200,7 +200,7 @@ def _parse_op(i, op, int ntargets, int nmetrics, str name="ops", dict limits=Non
         target = _check_int(f"{where} target_index", target, 0)
         if target >= ntargets:
             raise ValueError(f"{where}: target_index {target} out of range (have {ntargets} targets)")
-        metric = _check_int(f"{where} metric_index", metric, 0)
+        metric = _check_int(f"{where} metric_index", metric, -1)      # -1: not measured
         if metric >= nmetrics:
             raise ValueError(f"{where}: metric_index {metric} out of range (have {nmetrics} metric keys)")
         if isinstance(request, (bytearray, memoryview)):

@@ -129,8 +129,6 @@ cdef class Engine:
             raise ValueError(f"sessions={sessions} is unreasonably large")
         threads = min(threads, sessions)
         addrs = [_parse_target(i, t) for i, t in enumerate(_as_list("targets", targets))]
-        if not addrs:
-            raise ValueError("targets must not be empty")
         keys = [str(k) if isinstance(k, str) else _bad_key(i, k)
                 for i, k in enumerate(_as_list("metric_keys", metric_keys))]
         var_names = [str(v) if isinstance(v, str) else _bad_key(i, v)
@@ -231,7 +229,7 @@ cdef class Engine:
                 cfg.stages[i].n0 = n0
                 cfg.stages[i].n1 = n1
 
-        cfg.targets = <target_t*>calloc(len(addrs), sizeof(target_t))
+        cfg.targets = <target_t*>calloc(len(addrs) + 1, sizeof(target_t))  # may be empty
         cfg.ops = <op_t*>calloc(cfg.nops, sizeof(op_t))
         for p in plan:
             if p[0] == OP_HTTP and p[3] is not None:

@@ -355,6 +355,8 @@ cdef void child_start(thread_t* t, session_t* p, int32_t c, int32_t first, int32
         memcpy(ch.x.jar, p.x.jar, p.x.jar_len)
         ch.x.jar_len = p.x.jar_len
     ch.x.capturing = 0
+    if not ch.x.running:
+        t.children += 1
     ch.x.running = 1
     ch.x.child_end = end
     ch.x.session_id = p.x.session_id
@@ -377,6 +379,8 @@ cdef void child_finish(thread_t* t, session_t* ch, int64_t now) noexcept nogil:
     cdef session_t* p = &t.sessions[ch.x.parent]
     close_conn(ch)
     ws_close_all(t, ch)
+    if ch.x.running:
+        t.children -= 1
     ch.x.running = 0
     ch.state = ST_DONE
     ch.depth = 0

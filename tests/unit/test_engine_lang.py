@@ -536,3 +536,22 @@ def test_regex_sees_past_nul_bytes_in_the_body(lang_server: LangServer) -> None:
     _, stats = run(eng)
     assert lang_server.counts()["items_by_id"] == {"r0": 2, "r1": 2, "r2": 2}
     assert stats["sessions_failed"] == 0
+
+
+def test_plans_without_requests_and_unmeasured_requests_run(lang_server: LangServer) -> None:
+    ops = [(OP_ASSIGN, 0, [b"5"]), (OP_UPDATE_ADD, 0, 2), (OP_ADD_METRIC, 0, 0, 0)]
+    rows, stats = run(Engine([], ["custom"], ops, sessions=2, iterations=3, var_names=["n"]))
+    assert rows["custom"][0] == 6 and rows["custom"][3].max == 7  # assigned 5 + 2, each time
+    plain = (OP_HTTP, 0, -1, b"GET /items/unmeasured HTTP/1.1\r\nHost: x\r\n\r\n", False)
+    rows, stats = run(Engine([target(lang_server)], ["k"], [plain], sessions=2, iterations=2))
+    assert lang_server.counts()["items_by_id"] == {"unmeasured": 4}
+    assert "k" not in rows and stats["requests_sent"] == 0
+
+
+def test_a_child_outliving_its_parent_still_runs(lang_server: LangServer) -> None:
+    ops = [(OP_ASYNC, 0, 2), (OP_ASSIGN, 0, [b"x"]), http(0, "GET", [b"/slow?ms=300"])]
+    eng = Engine(
+        [target(lang_server)], ["slow"], ops, sessions=2, iterations=1, nchildren=1, var_names=["v"]
+    )
+    rows, _ = run(eng)
+    assert rows["slow"][:2] == (2, 0) and lang_server.counts()["slow_done"] == 2

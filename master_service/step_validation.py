@@ -442,8 +442,11 @@ def _async(c: Collector, q: str, a: loadtest_pb2.AsyncStep, ctx: StepContext) ->
     if a.scenario and a.steps:
         c.bad(f"{q}.scenario", "give either steps or scenario, not both")
     elif a.scenario:
-        if find_scenario(ctx.load_test, a.scenario) is None:
+        found = find_scenario(ctx.load_test, a.scenario)
+        if found is None:
             c.bad(f"{q}.scenario", f"no scenario of this load test is named {a.scenario!r}")
+        elif _starts_children(ctx.load_test, found.run):
+            c.bad(f"{q}.scenario", "nested child sessions are not supported (it starts some)")
     else:
         _body(c, q, a.steps, ctx, child=True)
 
@@ -507,9 +510,30 @@ def _run_scenario(c: Collector, q: str, r: loadtest_pb2.RunScenarioStep, ctx: St
             c.bad(f"{q}.name", f"no scenario of this load test is named {r.name!r}")
         elif _name_depth(ctx.load_test, r.name, ctx.scenario_depth + 1) > MAX_SCENARIO_DEPTH:
             c.bad(f"{q}.name", f"run_scenario nests at most {MAX_SCENARIO_DEPTH} deep")
+        elif ctx.in_child and any(
+            _starts_children(ctx.load_test, getattr(found, part))
+            for part in ("init", "run", "teardown")
+        ):
+            c.bad(f"{q}.name", "nested child sessions are not supported (it starts some)")
     else:
         for part in ("init", "run", "teardown"):
             check_steps(c, f"{q}.scenario.{part}", getattr(r.scenario, part), inner)
+
+
+def _starts_children(lt: loadtest_pb2.LoadTest, steps: Any, depth: int = 0) -> bool:
+    """Whether ``steps`` (or scenarios they run by name) start child sessions."""
+    for _, step in iter_steps(steps, ""):
+        action = step.WhichOneof("action")
+        if action in ("async", "cc_spread"):
+            return True
+        if action == "run_scenario" and step.run_scenario.name and depth < MAX_SCENARIO_DEPTH:
+            found = find_scenario(lt, step.run_scenario.name)
+            if found is not None and any(
+                _starts_children(lt, getattr(found, part), depth + 1)
+                for part in ("init", "run", "teardown")
+            ):
+                return True
+    return False
 
 
 def _name_depth(lt: loadtest_pb2.LoadTest, name: str, depth: int) -> int:

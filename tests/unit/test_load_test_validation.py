@@ -456,3 +456,28 @@ def test_engine_limits_per_session() -> None:
     step = {"repeat": {"count": 1, "steps": [step]}}
     with pytest.raises(InvalidArgument, match="at most 8 deep"):
         validate_load_test(_with_run([step]))
+
+
+def test_children_inside_named_child_scenarios_are_refused() -> None:
+    kid = {
+        "name": "kid",
+        "run": [{"async": {"name": "grandkid", "steps": [{"delay": {"duration": "1ms"}}]}}],
+    }
+    lt = load_test_from_dict(
+        {
+            "name": "t",
+            "config": {"base_url": "http://127.0.0.1:8080"},
+            "scenarios": [
+                {
+                    "concurrency": 1,
+                    "scenario": {
+                        "name": "main",
+                        "run": [{"async": {"name": "k", "scenario": "kid"}}],
+                    },
+                },
+                {"concurrency": 1, "scenario": kid},
+            ],
+        }
+    )
+    with pytest.raises(InvalidArgument, match="nested child sessions"):
+        validate_load_test(lt)

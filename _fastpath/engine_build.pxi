@@ -87,6 +87,8 @@ def _parse_state_op(where, op, int ntargets, int nmetrics, dict limits):
              OP_ABORT: 2, OP_PYTHON: 3, OP_ASYNC: 3, OP_AWAIT: 4, OP_AWAIT_ALL: 3,
              OP_SPREAD: 5, OP_SIGNAL: 3, OP_AWAIT_SIGNAL: 4, OP_WS_CONNECT: 5, OP_WS_SEND: 5,
              OP_WS_RECV: 5, OP_WS_AWAIT_RECV: 5, OP_WS_CLOSE: 3}[kind]
+    if kind in (OP_ASSIGN, OP_UPDATE_ADD) and len(op) == 4:
+        arity = 4           # with the metric that counts its errors
     if len(op) != arity:
         raise ValueError(f"{where}: op kind {kind} takes {arity} fields, got {len(op)}")
 
@@ -106,9 +108,11 @@ def _parse_state_op(where, op, int ntargets, int nmetrics, dict limits):
         return _check_int(f"{where} duration_ns", value, 0)
 
     if kind == OP_ASSIGN:
-        return (kind, var(op[1]), _check_parts(where, op[2], nvars))
+        return (kind, var(op[1]), _check_parts(where, op[2], nvars),
+                metric(op[3] if len(op) == 4 else -1))
     if kind == OP_UPDATE_ADD:
-        return (kind, var(op[1]), _check_int(f"{where} delta", op[2], -(1 << 62)))
+        return (kind, var(op[1]), _check_int(f"{where} delta", op[2], -(1 << 62)),
+                metric(op[3] if len(op) == 4 else -1))
     if kind == OP_UNSET:
         return (kind, var(op[1]))
     if kind == OP_RETRY:
@@ -275,9 +279,11 @@ cdef class _Builder:
         elif kind == OP_ASSIGN:
             o.a = p[1]
             self.tmpl(&o.head, p[2])
+            o.metric = p[3]
         elif kind == OP_UPDATE_ADD:
             o.a = p[1]
             o.arg = p[2]
+            o.metric = p[3]
         elif kind == OP_UNSET:
             o.a = p[1]
         elif kind == OP_RETRY:

@@ -65,7 +65,8 @@ cdef class Engine:
                   and header lines, no blank line, no Content-Length), "body": template or
                   None (then no Content-Length), "cookies": bool, "extract": [(var, EX_JSON |
                   EX_REGEX | EX_HEADER | EX_STATUS | EX_BODY, expr bytes, optional)]})
-                 (OP_ASSIGN, var, template) (OP_UPDATE_ADD, var, delta) (OP_UNSET, var)
+                 (OP_ASSIGN, var, template[, metric]) (OP_UPDATE_ADD, var, delta[, metric])
+                 (OP_UNSET, var) (the metric of an assign only counts its errors)
                  (OP_RETRY, retries, backoff_ns, body_len) (OP_ADD_METRIC, metric, value,
                  var or -1) (OP_ABORT, metric) (OP_PYTHON, metric, fn(dict) -> dict | None)
                  (OP_ASYNC, child, body_len) (OP_AWAIT, child, timeout_ns, metric)

@@ -419,7 +419,8 @@ class StepCompiler:
             where = f"{q}.values[{name}]"
             slot = self.names.slot(name, where)
             parts = self.names.render(step.assign.values[name], where, self.config)
-            self.out.append((OP_ASSIGN, slot, parts))
+            # Its metric only ever counts errors (a template's variable was unset).
+            self.out.append((OP_ASSIGN, slot, parts, self.key_index(f"assign {name}")))
 
     def _update_assign(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         u = step.update_assign
@@ -430,9 +431,11 @@ class StepCompiler:
         if change == "add":
             if not -MAX_ADD < u.add < MAX_ADD:
                 raise invalid(f"{q}.add", f"must be between -2^62 and 2^62 (got {u.add})")
-            self.out.append((OP_UPDATE_ADD, slot, int(u.add)))
+            metric = self.key_index(f"update_assign {u.name}")  # errors only: not an integer
+            self.out.append((OP_UPDATE_ADD, slot, int(u.add), metric))
         elif change == "set":
-            self.out.append((OP_ASSIGN, slot, self.names.render(u.set, f"{q}.set", self.config)))
+            parts = self.names.render(u.set, f"{q}.set", self.config)
+            self.out.append((OP_ASSIGN, slot, parts, self.key_index(f"update_assign {u.name}")))
         else:
             raise invalid(f"{q}.add", "set add (an integer) or set (a template)")
 

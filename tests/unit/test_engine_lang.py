@@ -555,3 +555,15 @@ def test_a_child_outliving_its_parent_still_runs(lang_server: LangServer) -> Non
     )
     rows, _ = run(eng)
     assert rows["slow"][:2] == (2, 0) and lang_server.counts()["slow_done"] == 2
+
+
+def test_assign_of_an_unset_variable_is_an_error_on_its_metric(lang_server: LangServer) -> None:
+    ops = [(OP_ASSIGN, 1, [b"x", 0], 0), (OP_UPDATE_ADD, 0, 1, 1)]
+    eng = Engine(
+        [], ["assign b", "update_assign a"], ops, sessions=2, iterations=1, var_names=["a", "b"]
+    )
+    rows, stats = run(eng)
+    assert rows["assign b"][:3] == (0, 2, {"extract": 2}) and stats["sessions_failed"] == 2
+    ops = [(OP_ASSIGN, 0, [b"not a number"], -1), (OP_UPDATE_ADD, 0, 1, 0)]
+    rows, stats = run(Engine([], ["update_assign a"], ops, iterations=1, var_names=["a"]))
+    assert rows["update_assign a"][1:3] == (1, {"extract": 1})

@@ -134,8 +134,9 @@ def test_variables_and_builtins_become_slots_in_head_and_body() -> None:
     )
     assign_q, assign_token, http = plan.ops
     assert plan.var_names == ["q", "token"]  # assign values in name order
-    assert assign_token == (OP_ASSIGN, 1, [b"t-", VAR_SESSION_ID])
-    assert assign_q == (OP_ASSIGN, 0, [b"a b"])
+    assert assign_token[:3] == (OP_ASSIGN, 1, [b"t-", VAR_SESSION_ID])
+    assert assign_q[:3] == (OP_ASSIGN, 0, [b"a b"])
+    assert _key(plan, assign_token, 3) == "assign token"  # counts its errors only
     op, target, key, request, no_body, extras = http
     assert (op, request, no_body) == (OP_HTTP, None, False)
     assert extras["head"][:4] == [b"POST /api/items/", 1, b"?it=", VAR_ITERATION]
@@ -433,8 +434,8 @@ def test_variable_metric_and_control_steps() -> None:
         ]
     )
     ops = plan.ops
-    assert ops[0] == (OP_UPDATE_ADD, 0, 2)
-    assert ops[1] == (OP_ASSIGN, 1, [0, b"!"])
+    assert ops[0][:3] == (OP_UPDATE_ADD, 0, 2) and _key(plan, ops[0], 3) == "update_assign n"
+    assert ops[1][:3] == (OP_ASSIGN, 1, [0, b"!"]) and _key(plan, ops[1], 3) == "update_assign s"
     assert ops[2:4] == [(OP_UNSET, 1), (OP_UNSET, 2)]
     assert ops[4] == (OP_RETRY, 3, 10_000_000, 2)
     assert ops[7][0] == OP_ADD_METRIC and ops[7][2:] == (42, -1)

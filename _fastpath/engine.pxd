@@ -213,6 +213,7 @@ cdef struct config_t:
     int32_t nsignals
     int32_t has_retry       # some op is a RETRY: errors look for a retry frame
     size_t max_capture      # bytes of a response kept for extraction
+    int64_t session_id_base # the first session's (or arrival's) number
 
 # A running repeat/loop body (``session_t.frames``). ``op`` is the REPEAT/LOOP op's index: the
 # body is [op + 1, ops[op].body_end).
@@ -352,6 +353,7 @@ cdef class Engine:
     cdef object _final_tls_error
     cdef object _final_origin_ns
     cdef sx_t* sx
+    cdef int64_t _session_id_base
     cdef list var_names
     cdef list _keep             # Python objects ops point into (templates, regexes, callables)
 

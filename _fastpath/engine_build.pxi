@@ -297,7 +297,9 @@ cdef class _Builder:
             o.metric = p[1]
         elif kind == OP_PYTHON:
             o.metric = p[1]
-            call = (p[2], self.var_names, {name: i for i, name in enumerate(self.var_names)})
+            # (function, names, slot of each name, [traceback logged yet])
+            call = (p[2], self.var_names, {name: i for i, name in enumerate(self.var_names)},
+                    [False])
             self.keep.append(call)
             o.pyfunc = <void*>call
         elif kind == OP_ASYNC:
@@ -351,8 +353,8 @@ cdef int _call_python(thread_t* t, session_t* s, const op_t* op) noexcept:
     cdef int32_t i
     cdef var_t* v
     cdef bytes value
+    fn, names, slots, logged = <object>op.pyfunc
     try:
-        fn, names, slots = <object>op.pyfunc
         variables = {}
         for i in range(t.cfg.nvars):
             v = &s.x.vars[i]
@@ -375,4 +377,10 @@ cdef int _call_python(thread_t* t, session_t* s, const op_t* op) noexcept:
                 return -1
         return 0
     except BaseException:
+        if not logged[0]:       # the first failure of each python step, with its traceback
+            logged[0] = True
+            import logging
+            logging.getLogger("chaperon.engine").exception(
+                "python step %s raised (counted as 'python' errors; only the first is logged)",
+                getattr(fn, "__qualname__", fn))
         return -1

@@ -82,6 +82,8 @@ cdef class Engine:
                  session (at most 256, 16 and 64).
     max_capture  bytes of a response kept for extraction (and of queued WebSocket messages
                  per connection); default 1 MiB.
+    session_id_base  closed model: sessions are numbered from it (VAR_SESSION_ID), across
+                 the threads; open model: each arrival is numbered base + its index.
     Extraction failures, unset variables, abort, python errors and the timeouts of waits
     are fatal to the session (after any retry_on_error): counted as errors of kind
     extract, abort, python, timeout (or protocol/closed/connect for WebSockets) and in
@@ -105,7 +107,7 @@ cdef class Engine:
                  request_timeout_ns=30_000_000_000, arrival_rate_per_s=0.0, rate_stages=(),
                  tls_ca_file=None, tls_insecure=False, scenario_timeout_ns=0, start_delay_ns=0,
                  start_random_delay_ns=0, init_ops=(), teardown_ops=(), var_names=(),
-                 nchildren=0, nconns=0, nsignals=0, max_capture=1 << 20):
+                 nchildren=0, nconns=0, nsignals=0, max_capture=1 << 20, session_id_base=0):
         if self.initialized:
             raise RuntimeError("Engine is already initialized")
         sessions = _check_int("sessions", sessions, 1)
@@ -145,6 +147,7 @@ cdef class Engine:
             if limits[what] > limit:
                 raise ValueError(f"{what}={limits[what]} is over the limit of {limit}")
         max_capture = _check_int("max_capture", max_capture, 0)
+        self._session_id_base = _check_int("session_id_base", session_id_base, 0)
         plan = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "ops", limits)
                               for i, op in enumerate(_as_list("ops", ops))])
         if not plan:
@@ -162,6 +165,7 @@ cdef class Engine:
         self.cfg.nconns = limits["nconns"]
         self.cfg.nsignals = limits["nsignals"]
         self.cfg.max_capture = max_capture
+        self.cfg.session_id_base = self._session_id_base
         self.cfg.stateful = 1 if stateful or self.cfg.nvars or self.cfg.nchildren else 0
         self.cfg.has_retry = any(p[0] == OP_RETRY for p in init + plan + teardown)
         if not isinstance(tls_insecure, bool):
@@ -317,6 +321,7 @@ cdef class Engine:
         per = nsessions // nthreads
         extra = nsessions % nthreads
         first = 0
+        roots = 0       # sessions (not children) of the threads before this one
         for i in range(nthreads):
             t = &self.threads[i]
             t.cfg = cfg
@@ -337,7 +342,7 @@ cdef class Engine:
                     if j < t.nsessions:
                         t.sessions[j].x.parent = -1
                         t.sessions[j].x.child_base = t.nsessions + j * cfg.nchildren
-                        t.sessions[j].x.session_id = first + j
+                        t.sessions[j].x.session_id = self._session_id_base + roots + j
                     else:
                         t.sessions[j].x.parent = (j - t.nsessions) // cfg.nchildren
                         t.sessions[j].x.child_base = -1
@@ -346,6 +351,7 @@ cdef class Engine:
                 if t.ready == NULL:
                     raise MemoryError()
             first += t.nslots
+            roots += t.nsessions
             if cfg.open_model:
                 # every slot free; popped from the top, so slot 0 serves the first arrival
                 t.free_slots = <uint32_t*>calloc(t.nsessions, sizeof(uint32_t))

@@ -65,7 +65,7 @@ cdef void start_arrivals(thread_t* t) noexcept nogil:
         t.active += 1
         t.sessions_started += 1
         if s.x != NULL:
-            s.x.session_id = t.next_k - t.cfg.nthreads     # the arrival's number
+            s.x.session_id = t.cfg.session_id_base + t.next_k - t.cfg.nthreads  # the arrival's
         sess_start(t, s, now, due)
         now = now_ns()
 

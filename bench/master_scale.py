@@ -1,23 +1,26 @@
 """Scale of the master: merging every worker's 1-second deltas (issue 7, "Scale of the master").
 
     python bench/master_scale.py                              # 100 and 1000 workers x 50 keys
-    python bench/master_scale.py --workers 100,500 --values-per-key 2000 --duration-s 6
-    python bench/master_scale.py --skip-grpc --pure-workers 1000 --forms uncompressed
+    python bench/master_scale.py --skip-grpc --repeat 3       # pure merge only, 3 runs each
+    python bench/master_scale.py --workers 300 --pure-workers '' --forms delta,uncompressed
 
 Target: one report interval of 1000 workers x 50 metric keys merged in < 250 ms on one core.
 
-Both parts run for each of ``--forms`` (default both): the deltas' histograms in the
-HdrHistogram V2 compressed encoding (``encode()``) or the uncompressed one
-(``encode(compressed=False)``: over twice the bytes, no zlib to read).
+Every simulated report carries ``--keys`` MetricDeltas, each with ``hdr`` and ``service_hdr``
+holding ``--values-per-key`` log-normal latencies (median 2 ms, sigma 0.6: ~1,450 non-zero
+slots each), ``count``, ``errors`` and one ``errors_by_kind`` entry. ``--forms`` says how the
+histograms are encoded: ``delta`` (``Histogram.encode_delta()``, what workers send),
+``uncompressed`` (``encode(compressed=False)``, what they sent before) or ``compressed``
+(``encode()``, V2 as users get it). Both parts below run for each form.
 
-Two measurements:
-
-1. **Pure merge** (no gRPC), pinned to one CPU: ``--pure-workers`` precomputed WorkerReports
-   (``--keys`` MetricDeltas each, ``hdr`` and ``service_hdr`` of ``--values-per-key``
-   log-normal latencies, median 2 ms) added with ``Aggregator.add_report`` per interval;
-   beside it (compressed form only) the old merge (``Histogram.decode`` + ``add`` per delta),
-   and the other per-report
-   costs of ``Scheduler._consume``: protobuf parsing and the SQLite ``add_delta`` insert.
+1. **Pure merge** (no gRPC), pinned to one CPU: ``--variants`` different precomputed reports
+   (parsed, as gRPC hands them to the scheduler), every worker's in turn, ``--intervals``
+   intervals, each report handled as ``Scheduler._consume`` does: ``SerializeToString()`` (the
+   bytes the store keeps), then ``Aggregator.add_report(worker, report, serialized)``. Each
+   call is timed on its own (thread CPU time); "merge ms" is the sum of the ``add_report``
+   calls of one interval, "serialize" that of the serializations. Beside them, per interval:
+   gRPC's parsing of the messages (``FromString``) and the SQLite ``add_delta`` inserts (wall
+   time). ``--repeat`` runs it again in a fresh aggregator; the median run is printed.
 2. **Through gRPC**: a real master (``start_master``, in this process, SQLite on a temp file)
    and ``--procs`` processes of fake workers: each process runs one grpc.aio server listening
    on many ports, one per registered worker (the master keys workers by address), each
@@ -27,7 +30,14 @@ Two measurements:
    closed-model load test (concurrency = workers) is submitted; the benchmark wraps
    ``Aggregator.add_report`` and ``SqliteStore.add_delta`` (no product code changed) to time
    each call's CPU (thread time) by report sequence, and reads the master process's CPU time
-   (getrusage) and RSS (/proc/self/status) over the run.
+   (getrusage: the master's every thread, gRPC's included) and RSS (/proc/self/status) over the
+   run. The fake workers share the 2 CPUs with the master, so this part measures what the
+   machine allows, not the master alone.
+
+``--malloc-top-pad-mib N`` sets glibc's ``M_TOP_PAD`` in this process (the master's, in part
+2) before anything runs: with the default, every ~150 KB report the master serializes (and
+receives) lands in memory glibc has just returned to the kernel, and page faults make
+``SerializeToString`` ~10x slower. 0 (the default) leaves glibc as the master runs today.
 """
 
 from __future__ import annotations
@@ -60,12 +70,16 @@ MEDIAN_US = 2_000
 SIGMA = 0.6
 
 
-FORMS = ("compressed", "uncompressed")
+FORMS = ("delta", "uncompressed", "compressed")
 
 
-def make_report(
-    keys: int, values_per_key: int, seed: int, compressed: bool = True
-) -> worker_pb2.WorkerReport:
+def _encode(hist: Histogram, form: str) -> bytes:
+    if form == "delta":
+        return hist.encode_delta()
+    return hist.encode(form == "compressed")
+
+
+def make_report(keys: int, values_per_key: int, seed: int, form: str) -> worker_pb2.WorkerReport:
     """One worker's 1-second delta: every key with its latency and service-time histograms."""
     rng = np.random.default_rng(seed)
     metrics = []
@@ -77,8 +91,8 @@ def make_report(
         metrics.append(
             worker_pb2.MetricDelta(
                 key=f"GET /api/item/{k}",
-                hdr=hist.encode(compressed),
-                service_hdr=service.encode(compressed),
+                hdr=_encode(hist, form),
+                service_hdr=_encode(service, form),
                 count=values_per_key,
                 errors=values_per_key // 500,
                 errors_by_kind={"http_5xx": values_per_key // 500},
@@ -107,56 +121,54 @@ def _cpu_s() -> float:
 
 
 def pure_merge(
-    workers: int, keys: int, values: int, intervals: int, cpu: int, compressed: bool
+    workers: int, keys: int, values: int, intervals: int, variants: int, cpu: int, form: str
 ) -> dict[str, Any]:
     from master_service.aggregator import Aggregator
     from master_service.store import SqliteStore
 
-    variants = [make_report(keys, values, seed, compressed) for seed in range(8)]
-    blobs = [r.SerializeToString() for r in variants]
-    encoded_bytes = sum(len(m.hdr) + len(m.service_hdr) for m in variants[0].metrics)
+    reports = [make_report(keys, values, seed, form) for seed in range(variants)]
+    blobs = [r.SerializeToString() for r in reports]
+    parsed = [worker_pb2.WorkerReport.FromString(b) for b in blobs]
+    encoded_bytes = sum(len(m.hdr) + len(m.service_hdr) for m in reports[0].metrics)
     os.sched_setaffinity(0, {cpu})
     try:
         agg = Aggregator()
-        per_interval = []
+        per_interval, serialize_per_interval = [], []
         for seq in range(intervals):
-            t0 = time.thread_time()
+            merge_s = serialize_s = 0.0
             for w in range(workers):
-                agg.add_report(f"w{w}", variants[(w + seq) % len(variants)])
-            per_interval.append(time.thread_time() - t0)
-        # The merge as it was: a Histogram decoded per delta, then added (compressed only).
-        old = Aggregator()
-        t0 = time.thread_time()
-        for w in range(workers if compressed else 0):
-            report = variants[w % len(variants)]
-            hists = [
-                (Histogram.decode(m.hdr), Histogram.decode(m.service_hdr)) for m in report.metrics
-            ]
-            for m, (h, s) in zip(report.metrics, hists, strict=True):
-                key = old._keys.setdefault(m.key, type(next(iter(agg._keys.values())))())
-                key.hist.add(h)
-                key.service.add(s)
-        old_s = time.thread_time() - t0 if compressed else float("nan")
-        assert not compressed or old._keys[
-            variants[0].metrics[0].key
-        ].hist.total_count * intervals == (agg._keys[variants[0].metrics[0].key].hist.total_count)
+                v = (w + seq) % variants
+                # As Scheduler._consume does: serialize the parsed report (for the store), then
+                # merge those bytes. Each call timed on its own (thread CPU time).
+                t0 = time.thread_time()
+                blob = parsed[v].SerializeToString()
+                t1 = time.thread_time()
+                agg.add_report(f"w{w}", parsed[v], blob)
+                t2 = time.thread_time()
+                serialize_s += t1 - t0
+                merge_s += t2 - t1
+            per_interval.append(merge_s)
+            serialize_per_interval.append(serialize_s)
+        # Exact: every key holds intervals x workers deltas of `values` values.
+        for m in agg.result().metrics:
+            assert m.count == intervals * workers * values, (m.key, m.count)
         t0 = time.thread_time()
         for w in range(workers):
-            worker_pb2.WorkerReport.FromString(blobs[w % len(blobs)])
+            worker_pb2.WorkerReport.FromString(blobs[w % variants])
         parse_s = time.thread_time() - t0
         with tempfile.TemporaryDirectory() as tmp:
             store = SqliteStore(os.path.join(tmp, "master.db"))
             t0 = time.perf_counter()
             for w in range(workers):
-                store.add_delta("run", f"w{w}", 1, blobs[w % len(blobs)])
+                store.add_delta("run", f"w{w}", 1, blobs[w % variants])
             sqlite_s = time.perf_counter() - t0
             store.close()
     finally:
         os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
     return {
         "merge_ms": [s * 1e3 for s in per_interval],
-        "old_ms": old_s * 1e3,
         "parse_ms": parse_s * 1e3,
+        "serialize_ms": statistics.median(serialize_per_interval) * 1e3,
         "sqlite_ms": sqlite_s * 1e3,
         "report_kib": len(blobs[0]) / 1024,
         "hist_bytes": encoded_bytes / (2 * keys),
@@ -172,7 +184,7 @@ def _fake_worker_process(
     keys: int,
     values: int,
     seed: int,
-    compressed: bool,
+    form: str,
     ready: Any,
     stop: Any,
 ) -> None:
@@ -182,7 +194,7 @@ def _fake_worker_process(
 
     from chaperon.v1 import master_pb2, master_pb2_grpc
 
-    base = make_report(keys, values, seed, compressed).SerializeToString()
+    base = make_report(keys, values, seed, form).SerializeToString()
     streaming: set[str] = set()
 
     async def run_assignment(
@@ -299,7 +311,7 @@ class _Timings:
 
 
 def through_grpc(
-    workers: int, procs: int, keys: int, values: int, duration_s: float, compressed: bool
+    workers: int, procs: int, keys: int, values: int, duration_s: float, form: str
 ) -> dict[str, Any]:
     import grpc
 
@@ -330,7 +342,7 @@ def through_grpc(
         for i, n in enumerate(shares):
             p = ctx.Process(
                 target=_fake_worker_process,
-                args=(master.address, n, keys, values, i, compressed, ready, stop),
+                args=(master.address, n, keys, values, i, form, ready, stop),
                 daemon=True,
             )
             p.start()
@@ -411,86 +423,122 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=4, help="fake-worker processes")
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--intervals", type=int, default=3, help="pure-merge intervals")
+    parser.add_argument(
+        "--variants", type=int, default=32, help="different reports in the pure merge"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="pure-merge runs per row")
+    parser.add_argument("--grpc-repeat", type=int, default=1, help="gRPC runs per row")
     parser.add_argument("--cpu", type=int, default=0, help="CPU the pure merge is pinned to")
     parser.add_argument("--skip-grpc", action="store_true")
     parser.add_argument(
+        "--malloc-top-pad-mib", type=int, default=0, help="glibc M_TOP_PAD for this process"
+    )
+    parser.add_argument(
         "--forms",
-        default=",".join(FORMS),
-        help="comma-separated delta encodings to measure: compressed, uncompressed",
+        default="delta,uncompressed",
+        help=f"comma-separated histogram encodings to measure, of {','.join(FORMS)}",
     )
     args = parser.parse_args()
     forms = [f for f in args.forms.split(",") if f]
     if not forms or any(f not in FORMS for f in forms):
         parser.error(f"--forms takes a comma-separated subset of {','.join(FORMS)}")
+    if args.malloc_top_pad_mib:
+        import ctypes
+
+        m_top_pad = -2  # <malloc.h>
+        ctypes.CDLL("libc.so.6").mallopt(m_top_pad, args.malloc_top_pad_mib << 20)
     print("command: python bench/master_scale.py " + " ".join(sys.argv[1:]))
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         f"{os.cpu_count()} CPUs; {args.keys} keys x (hdr + service_hdr) of "
         f"{args.values_per_key} log-normal latencies (median {MEDIAN_US} us, sigma {SIGMA})"
     )
 
-    print("\n1. pure merge, one core (CPU time per report interval)")
+    print(
+        f"\n1. pure merge, pinned to CPU {args.cpu}: CPU ms per report interval "
+        f"(median of {args.repeat} runs; each run's median of {args.intervals} intervals)"
+    )
     print(
         f"{'form':>12} {'workers':>8} {'hist B':>7} {'report KiB':>10} {'merge ms':>9} "
-        f"{'old ms':>8} {'us/hist':>8} {'parse ms':>9} {'sqlite ms':>10}"
+        f"{'us/hist':>8} {'runs':>17} {'parse ms':>9} {'serialize':>9} {'sqlite ms':>10}"
     )
     for workers in [int(w) for w in args.pure_workers.split(",") if w]:
         for form in forms:
-            r = pure_merge(
-                workers,
-                args.keys,
-                args.values_per_key,
-                args.intervals,
-                args.cpu,
-                form == "compressed",
-            )
-            merge_ms = statistics.median(r["merge_ms"])
+            runs = [
+                pure_merge(
+                    workers,
+                    args.keys,
+                    args.values_per_key,
+                    args.intervals,
+                    args.variants,
+                    args.cpu,
+                    form,
+                )
+                for _ in range(args.repeat)
+            ]
+            per_run = [statistics.median(r["merge_ms"]) for r in runs]
+            merge_ms = statistics.median(per_run)
+            r = runs[0]
             print(
                 f"{form:>12} {workers:>8} {r['hist_bytes']:>7.0f} {r['report_kib']:>10.1f} "
-                f"{merge_ms:>9.1f} {r['old_ms']:>8.1f} "
-                f"{merge_ms * 1e3 / (workers * args.keys * 2):>8.2f} "
-                f"{r['parse_ms']:>9.1f} {r['sqlite_ms']:>10.1f}"
+                f"{merge_ms:>9.1f} {merge_ms * 1e3 / (workers * args.keys * 2):>8.2f} "
+                f"{'/'.join(f'{m:.0f}' for m in per_run):>17} "
+                f"{statistics.median(x['parse_ms'] for x in runs):>9.1f} "
+                f"{statistics.median(x['serialize_ms'] for x in runs):>9.1f} "
+                f"{statistics.median(x['sqlite_ms'] for x in runs):>10.1f}"
             )
     if args.skip_grpc:
         return
 
     print(
-        f"\n2. through gRPC: master in this process, fake workers in {args.procs} processes, "
-        f"{args.duration_s:g} s closed-model run, report interval 1 s"
+        f"\n2. through gRPC: master in this process, fake workers in {args.procs} processes on "
+        f"the same CPUs, {args.duration_s:g} s closed-model run, report interval 1 s"
     )
     print(
         f"{'form':>12} {'workers':>8} {'state':>10} {'lost':>5} {'merge ms/interval (max)':>24} "
-        f"{'sqlite ms/int':>13} {'master CPU s':>12} {'run s':>6} {'RSS MiB':>14} {'threads':>7}"
+        f"{'sqlite ms/int':>13} {'master CPU s':>12} {'CPU/int':>7} {'run s':>6} "
+        f"{'RSS MiB':>14} {'threads':>7}"
     )
     for workers in [int(w) for w in args.workers.split(",") if w]:
         for form in forms:
-            try:
-                r = through_grpc(
-                    workers,
-                    args.procs,
-                    args.keys,
-                    args.values_per_key,
-                    args.duration_s,
-                    form == "compressed",
-                )
-            except Exception as exc:  # noqa: BLE001 - a scale that does not work is a result too
-                print(f"{form:>12} {workers:>8} failed: {type(exc).__name__}: {exc}")
-                continue
-            _print_grpc_row(form, workers, r)
+            for _ in range(args.grpc_repeat):
+                try:
+                    r = through_grpc(
+                        workers,
+                        args.procs,
+                        args.keys,
+                        args.values_per_key,
+                        args.duration_s,
+                        form,
+                    )
+                except Exception as exc:  # noqa: BLE001 - a scale that does not work is a result
+                    print(f"{form:>12} {workers:>8} failed: {type(exc).__name__}: {exc}")
+                    continue
+                _print_grpc_row(form, workers, r, args.duration_s)
 
 
-def _print_grpc_row(form: str, workers: int, r: dict[str, Any]) -> None:
+def _print_grpc_row(form: str, workers: int, r: dict[str, Any], duration_s: float) -> None:
     merge: _Timings = r["merge"]
     insert: _Timings = r["insert"]
     full = [s for s, n in merge.calls_by_seq.items() if n >= r["registered"] * 0.9]
     merge_ms = [merge.cpu_by_seq[s] * 1e3 for s in sorted(full)]
     insert_ms = [insert.cpu_by_seq[s] * 1e3 for s in sorted(full)]
     merge_text = f"{statistics.median(merge_ms):.0f} ({max(merge_ms):.0f})" if merge_ms else "n/a"
+    if not merge_ms and merge.calls_by_seq:
+        # Workers were lost (the machine could not keep up): per interval, for the reports
+        # that did arrive, and per report.
+        seqs = sorted(merge.calls_by_seq)
+        ms = statistics.median(merge.cpu_by_seq[s] * 1e3 for s in seqs)
+        calls = statistics.median(merge.calls_by_seq[s] for s in seqs)
+        merge_text = f"{ms:.0f} for {calls:.0f} ({ms / calls * 1e3:.0f} us each)"
     insert_text = f"{statistics.median(insert_ms):.0f}" if insert_ms else "n/a"
     rss_text = f"{r['rss_before']:.0f}->{r['rss']:.0f}/{r['hwm']:.0f}"
+    # The master's CPU over the whole run (start, streams, result) per report interval.
+    cpu_per_interval_s = r["run_cpu_s"] / max(1.0, duration_s)
     print(
         f"{form:>12} {workers:>8} {r['state']:>10} {r['lost']:>5} {merge_text:>24} "
-        f"{insert_text:>13} {r['run_cpu_s']:>12.1f} {r['run_wall_s']:>6.1f} {rss_text:>14} "
-        f"{r['peak_threads']:>7}"
+        f"{insert_text:>13} {r['run_cpu_s']:>12.1f} {cpu_per_interval_s:>7.2f} "
+        f"{r['run_wall_s']:>6.1f} {rss_text:>14} {r['peak_threads']:>7}"
     )
     if r["error"]:
         print(f"{'':>21}error: {r['error'][:300]}")

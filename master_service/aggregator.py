@@ -6,35 +6,45 @@ histogram per key, so percentiles are computed from the merged distribution (nev
 averaged). The final ``Result`` is computed from these merged histograms only, so it is the
 same whoever asks and however the sessions were spread.
 
-Merging is the master's hot path (a report per worker per second, two histograms per key), so
-no delta is decoded into a Histogram of its own: ``add_report`` first inflates and checks
-every encoded delta of the report outside the lock (``InflatedHistogram``: zlib and the
-varint checks), and only then, under the lock, walks each one's varints into its key's
-aggregate (``add_inflated``, about 2 us for a 2,000-value delta). A report with a malformed
-histogram therefore raises before anything of it is merged. Typical deltas are inflated
-holding the GIL: with hundreds of stream threads, handing it over per delta cost more than
-the inflating (see ``bench/master_scale.py``).
+Merging is the master's hot path: at 1000 workers x 50 keys, 100,000 histogram deltas an
+interval. It is done by ``_fastpath.histogram.DeltaMerger`` on the *serialized* report (which
+the scheduler has anyway, for the store): one C walk over the protobuf wire format finds each
+key's fields, and each histogram is added where it lies in the message, with no Python object
+per delta (reading a report's 50 metrics through the protobuf runtime alone cost ~90 us). The
+workers send their histograms in the Chaperon delta encoding (``Histogram.encode_delta``: one
+byte per non-zero slot, checked while it is added); HdrHistogram V2, either form, is still read
+(older workers, stored runs). A report with a malformed histogram raises ValueError and merges
+nothing. See ``bench/master_scale.py`` for the figures.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from _fastpath.histogram import Histogram, InflatedHistogram
+from _fastpath.histogram import DeltaMerger, Histogram, KeyTotals
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 
 # Chaperon's percentile list.
 PERCENTILES = (10, 20, 30, 40, 50, 60, 75, 80, 85, 90, 95, 99, 99.9, 99.99, 99.999)
 
 
-@dataclass
-class _KeyAggregate:
-    hist: Histogram = field(default_factory=Histogram)
-    service: Histogram = field(default_factory=Histogram)
-    count: int = 0
-    errors: int = 0
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
+def _field_numbers() -> dict[str, int]:
+    """The report fields DeltaMerger reads, by number, from the generated descriptors."""
+    report = worker_pb2.WorkerReport.DESCRIPTOR.fields_by_name
+    delta = worker_pb2.MetricDelta.DESCRIPTOR.fields_by_name
+    return {
+        "metrics": report["metrics"].number,
+        "key": delta["key"].number,
+        "hist": delta["hdr"].number,
+        "service": delta["service_hdr"].number,
+        "count": delta["count"].number,
+        "errors": delta["errors"].number,
+        "errors_by_kind": delta["errors_by_kind"].number,
+    }
+
+
+_FIELDS = _field_numbers()
 
 
 @dataclass
@@ -43,6 +53,7 @@ class _WorkerTotals:
     sessions_completed: int = 0
     sessions_dropped: int = 0
     sessions_timed_out: int = 0
+    sessions_failed: int = 0
     elapsed_s: float = 0.0
     final: bool = False
 
@@ -52,39 +63,25 @@ class Aggregator:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._keys: dict[str, _KeyAggregate] = {}
+        self._merger = DeltaMerger(**_FIELDS)
         # Cumulative counters per (worker, assignment): a worker may also run a takeover.
         self._workers: dict[tuple[str, str], _WorkerTotals] = {}
 
-    def add_report(self, worker_id: str, report: worker_pb2.WorkerReport) -> None:
+    def add_report(
+        self, worker_id: str, report: worker_pb2.WorkerReport, serialized: bytes | None = None
+    ) -> None:
         """Merge one report; raises ValueError if a histogram does not decode (and then
-        merges nothing of the report)."""
-        inflated = [
-            (
-                m,
-                InflatedHistogram(hdr) if (hdr := m.hdr) else None,
-                InflatedHistogram(service_hdr) if (service_hdr := m.service_hdr) else None,
-            )
-            for m in report.metrics
-        ]
+        merges nothing of the report). ``serialized`` is the report's wire form when the
+        caller has it (the scheduler does, for the store): it is what gets merged."""
+        blob = report.SerializeToString() if serialized is None else serialized
         with self._lock:
-            for m, hist, service in inflated:
-                agg = self._keys.get(m.key)
-                if agg is None:
-                    agg = self._keys[m.key] = _KeyAggregate()
-                if hist is not None:
-                    agg.hist.add_inflated(hist)
-                if service is not None:
-                    agg.service.add_inflated(service)
-                agg.count += m.count
-                agg.errors += m.errors
-                for kind, n in m.errors_by_kind.items():
-                    agg.errors_by_kind[kind] = agg.errors_by_kind.get(kind, 0) + n
+            self._merger.merge(blob)
             totals = self._workers.setdefault((worker_id, report.assignment_id), _WorkerTotals())
             totals.sessions_started = max(totals.sessions_started, report.sessions_started)
             totals.sessions_completed = max(totals.sessions_completed, report.sessions_completed)
             totals.sessions_dropped = max(totals.sessions_dropped, report.sessions_dropped)
             totals.sessions_timed_out = max(totals.sessions_timed_out, report.sessions_timed_out)
+            totals.sessions_failed = max(totals.sessions_failed, report.sessions_failed)
             totals.elapsed_s = max(totals.elapsed_s, report.elapsed_s)
             totals.final = totals.final or report.final
 
@@ -103,10 +100,9 @@ class Aggregator:
         """(key, count, errors, p50_us, p99_us) so far."""
         with self._lock:
             out = []
-            for key in sorted(self._keys):
-                agg = self._keys[key]
+            for agg in sorted(self._merger.totals(), key=_by_key):
                 p50, p99 = agg.hist.percentiles([50, 99])
-                out.append((key, agg.count, agg.errors, float(p50), float(p99)))
+                out.append((agg.key, agg.count, agg.errors, float(p50), float(p99)))
             return out
 
     def result(self, lost_workers: list[str] | None = None) -> results_pb2.Result:
@@ -117,19 +113,24 @@ class Aggregator:
                 sessions_completed=sum(w.sessions_completed for w in self._workers.values()),
                 sessions_dropped=sum(w.sessions_dropped for w in self._workers.values()),
                 sessions_timed_out=sum(w.sessions_timed_out for w in self._workers.values()),
+                sessions_failed=sum(w.sessions_failed for w in self._workers.values()),
                 duration_s=elapsed,
                 workers=sorted({wid for wid, _ in self._workers}),
                 lost_workers=lost_workers or [],
             )
-            for key in sorted(self._keys):
-                res.metrics.append(_metric(key, self._keys[key], elapsed))
+            for agg in sorted(self._merger.totals(), key=_by_key):
+                res.metrics.append(_metric(agg, elapsed))
             return res
 
 
-def _metric(key: str, agg: _KeyAggregate, elapsed_s: float) -> results_pb2.Metric:
+def _by_key(totals: KeyTotals) -> str:
+    return totals.key
+
+
+def _metric(agg: KeyTotals, elapsed_s: float) -> results_pb2.Metric:
     hist = agg.hist
     m = results_pb2.Metric(
-        key=key,
+        key=agg.key,
         count=agg.count,
         errors=agg.errors,
         errors_by_kind=agg.errors_by_kind,

@@ -133,7 +133,7 @@ class Scheduler:
                 report = worker_pb2.WorkerReport()
                 report.ParseFromString(blob)
                 try:
-                    agg.add_report(worker_id, report)
+                    agg.add_report(worker_id, report, blob)
                 except ValueError:
                     log.warning("run %s: a stored delta does not decode; skipped", run.id)
             run.result.CopyFrom(agg.result())
@@ -330,9 +330,13 @@ class Scheduler:
                             )
                         )
                 continue
+            first = 0
             for i, n in enumerate(split_sessions(entry.concurrency, capacities)):
                 if n > 0:
-                    per_worker[i].append(worker_pb2.EntryShare(entry_index=index, sessions=n))
+                    per_worker[i].append(
+                        worker_pb2.EntryShare(entry_index=index, sessions=n, first_session=first)
+                    )
+                first += n
         return [(w, shares) for w, shares in zip(workers, per_worker, strict=True) if shares]
 
     def _start_consumer(
@@ -442,6 +446,7 @@ class Scheduler:
     ) -> None:
         final = False
         error = ""
+        refused = False
         try:
             stream = self._transport.run_assignment(worker.address, assignment)
             with self._cond:
@@ -450,14 +455,11 @@ class Scheduler:
                     stream.cancel()
             for report in stream:
                 self._registry.touch(worker.worker_id)
+                blob = report.SerializeToString()  # stored, and what the aggregator merges
                 self._store.add_delta(
-                    active.run.id,
-                    worker.worker_id,
-                    report.sequence,
-                    report.SerializeToString(),
-                    assignment.assignment_id,
+                    active.run.id, worker.worker_id, report.sequence, blob, assignment.assignment_id
                 )
-                active.aggregator.add_report(worker.worker_id, report)
+                active.aggregator.add_report(worker.worker_id, report, blob)
                 if report.error:
                     active.errors.append(f"worker {worker.worker_id}: {report.error}")
                 final = final or report.final
@@ -472,6 +474,7 @@ class Scheduler:
                 "FAILED_PRECONDITION",
             ):
                 error = f"worker {worker.worker_id} refused the assignment: {detail}"
+                refused = True
             else:
                 error = f"worker {worker.worker_id} ({worker.address}): {detail}"
         if takeover:
@@ -479,7 +482,11 @@ class Scheduler:
                 active.errors.append(error or f"takeover {assignment.assignment_id} ended early")
             return
         if not final and not active.cancelled and worker.worker_id not in active.lost:
-            self._lose(active, worker.worker_id, error)
+            if refused:
+                # Not lost: it answered, and said why (the run fails with that reason).
+                active.errors.append(error)
+            else:
+                self._lose(active, worker.worker_id, error)
         with self._cond:
             active.finished.add(worker.worker_id)
 

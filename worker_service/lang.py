@@ -58,7 +58,7 @@ def literal_text(value: Any) -> str:
     """A config value as template text: strings as is, integral numbers without ".0"."""
     if isinstance(value, str):
         return value
-    return json.dumps(_tidy(value), separators=(",", ":"))
+    return json.dumps(_tidy(value), separators=(",", ":"), sort_keys=True)
 
 
 def _tidy(value: Any) -> Any:
@@ -201,7 +201,9 @@ class Names:
         def walk(v: Any) -> None:
             if isinstance(v, dict):
                 out.append(b"{")
-                for i, (key, item) in enumerate(v.items()):
+                # A protobuf Struct is a map: its order differs from process to process, so
+                # keys are written sorted (the same bytes on every worker).
+                for i, (key, item) in enumerate(sorted(v.items())):
                     out.append((b"," if i else b"") + json.dumps(key).encode() + b":")
                     walk(item)
                 out.append(b"}")

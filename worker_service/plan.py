@@ -94,6 +94,8 @@ class EnginePlan:
     nconns: int = 0
     nsignals: int = 0
     max_capture: int = DEFAULT_MAX_CAPTURE
+    # Closed model: the entry-wide number of the first session ({{session_id}}).
+    session_id_base: int = 0
 
     @property
     def open_model(self) -> bool:
@@ -117,6 +119,7 @@ class EnginePlan:
             "nchildren",
             "nconns",
             "nsignals",
+            "session_id_base",
         ):
             if getattr(self, name):
                 extra[name] = getattr(self, name)
@@ -207,6 +210,7 @@ def compile_assignment(
                 c.steps(scenario.teardown, f"{q}.teardown", plan.teardown_ops)
         c.finish()
         plan.max_capture = _max_capture(config)
+        plan.session_id_base = max(0, int(share.first_session))
         if entry.scenario_timeout:
             plan.scenario_timeout_ns = parse_duration_ns(entry.scenario_timeout)
         if entry.delay:

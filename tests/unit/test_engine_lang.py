@@ -567,3 +567,24 @@ def test_assign_of_an_unset_variable_is_an_error_on_its_metric(lang_server: Lang
     ops = [(OP_ASSIGN, 0, [b"not a number"], -1), (OP_UPDATE_ADD, 0, 1, 0)]
     rows, stats = run(Engine([], ["update_assign a"], ops, iterations=1, var_names=["a"]))
     assert rows["update_assign a"][1:3] == (1, {"extract": 1})
+
+
+def test_session_ids_are_contiguous_from_the_base(lang_server: LangServer) -> None:
+    ops = [
+        (OP_ASYNC, 0, 1),
+        (OP_ASSIGN, 0, [b"x"]),
+        http(0, "GET", [b"/items/s", VAR_SESSION_ID]),
+    ]
+    eng = Engine(
+        [target(lang_server)],
+        ["k"],
+        ops,
+        sessions=5,
+        threads=2,
+        iterations=1,
+        nchildren=1,
+        var_names=["v"],
+        session_id_base=100,
+    )
+    run(eng)
+    assert lang_server.counts()["items_by_id"] == {f"s{i}": 1 for i in range(100, 105)}

@@ -747,3 +747,258 @@ def test_add_encoded_from_threads(layout: tuple[int, int, int], compressed: bool
         assert h.total_count == 10 * expected.total_count
         assert h.percentiles(PERCENTILES) == expected.percentiles(PERCENTILES)
         assert (h.min, h.max) == (expected.min, expected.max)
+
+
+# --- the Chaperon delta encoding (encode_delta), against a Python reference of the format --------
+
+
+_DELTA_HEADER = struct.Struct(">4sIQQQII")  # magic, sig, lowest, highest, total, k, length
+
+
+def _uvarint(v: int) -> bytes:
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _ref_entries(counts: list[int], k: int) -> bytes:
+    """The entries as the format's description says, for any count bits k."""
+    out = bytearray()
+    index = 0
+    for i, c in enumerate(counts):
+        if c == 0:
+            continue
+        gap = i - index
+        if gap <= 255 >> k and c < 1 << k and (gap << k | c) != 0xFF:
+            out.append(gap << k | c)
+        else:
+            out += b"\xff" + _uvarint(gap) + _uvarint(c)
+        index = i + 1
+    return bytes(out)
+
+
+def _ref_delta(h: Histogram, k: int) -> bytes:
+    counts = list(h._counts())
+    entries = _ref_entries(counts, k)
+    header = (b"CHD1", h.significant_figures, h.lowest, h.highest, sum(counts), k, len(entries))
+    return _DELTA_HEADER.pack(*header) + entries
+
+
+def _ref_read_delta(data: bytes) -> list[int]:
+    """The counts a well-formed delta holds (the reference reader; no checks)."""
+    _, sig, lowest, highest, _, k, _ = _DELTA_HEADER.unpack_from(data)
+    counts = [0] * len(Histogram(lowest, highest, sig)._counts())
+    pos, index = _DELTA_HEADER.size, 0
+    while pos < len(data):
+        b = data[pos]
+        pos += 1
+        if b == 0xFF:
+            gap = count = shift = 0
+            for which in range(2):
+                value = shift = 0
+                while True:
+                    value |= (data[pos] & 0x7F) << shift
+                    pos += 1
+                    if data[pos - 1] < 0x80:
+                        break
+                    shift += 7
+                if which == 0:
+                    gap = value
+                else:
+                    count = value
+        else:
+            gap, count = b >> k, b & ((1 << k) - 1)
+        index += gap
+        counts[index] += count
+        index += 1
+    return counts
+
+
+@MEDIUM
+@given(values_lists, st.sampled_from(_LAYOUTS))
+def test_delta_round_trip_and_reference(values: list[int], layout: tuple[int, int, int]) -> None:
+    h = _filled(layout, values)
+    data = h.encode_delta()
+    # The encoder picks the count bits that give the fewest bytes; any k reads the same.
+    k = struct.unpack_from(">I", data, 32)[0]
+    sizes = {bits: len(_ref_entries(list(h._counts()), bits)) for bits in range(1, 8)}
+    assert data == _ref_delta(h, k) and sizes[k] == min(sizes.values())
+    assert _ref_read_delta(data) == list(h._counts())
+    for bits in range(1, 8):
+        back = Histogram.decode(_ref_delta(h, bits))
+        assert _state(back) == _state(Histogram.decode(h.encode()))
+    back = Histogram.decode(data)
+    assert _state(back) == _state(Histogram.decode(h.encode()))
+    assert back.significant_figures == h.significant_figures
+    assert back.percentiles(PERCENTILES) == h.percentiles(PERCENTILES)
+    for text in (base64.b64encode(data), base64.b64encode(data).decode("ascii")):
+        assert _state(Histogram.decode(text)) == _state(back)
+
+
+@MEDIUM
+@given(values_lists, values_lists, st.sampled_from(_LAYOUTS))
+def test_add_encoded_delta_equals_decode_and_add(
+    before: list[int], delta: list[int], layout: tuple[int, int, int]
+) -> None:
+    target = _filled(layout, before)
+    expected = _add_all_ways(target, _filled(layout, delta).encode())
+    data = _filled(layout, delta).encode_delta()
+    assert _add_all_ways(target, data) == expected
+    assert _add_all_ways(target, base64.b64encode(data)) == expected
+
+
+def test_delta_counts_and_gaps_of_every_size() -> None:
+    # Counts and gaps past every k's one-byte limits, up to the largest count (escapes).
+    h = Histogram()
+    for i, count in enumerate([1, 2, 7, 8, 15, 16, 127, 128, 255, 256, 2**31, 2**40]):
+        h.record(1 + 37 * i**3, count)
+    h.record(HIGHEST)  # the last slot
+    h.record(0)  # the first
+    data = h.encode_delta()
+    assert _state(Histogram.decode(data)) == _state(Histogram.decode(h.encode()))
+    big = Histogram()
+    big.record(42, 2**63 - 1)
+    assert Histogram.decode(big.encode_delta()).total_count == 2**63 - 1
+    empty = Histogram().encode_delta()
+    assert len(empty) == 40 and Histogram.decode(empty).total_count == 0
+    assert _ours([5]).add_encoded(empty) == 0
+
+
+def test_delta_is_smaller_than_v2_for_latency_deltas() -> None:
+    rng = np.random.default_rng(3)
+    h = _filled((1, HIGHEST, 3), rng.lognormal(np.log(2_000), 0.6, 2_000).astype(int).tolist())
+    assert len(h.encode_delta()) < 0.75 * len(h.encode(compressed=False))
+
+
+def _delta_bytes(
+    entries: bytes,
+    total: int,
+    k: int = 3,
+    sig: int = 3,
+    lowest: int = 1,
+    highest: int = 1000,
+    length: int | None = None,
+) -> bytes:
+    size = len(entries) if length is None else length
+    return _DELTA_HEADER.pack(b"CHD1", sig, lowest, highest, total, k, size) + entries
+
+
+_GOOD_DELTA = _ours([0, 1, 5, 5, 999, 2048, 123_456, 10**9, HIGHEST]).encode_delta()
+
+# (input, what decode's ValueError says; None: it decodes to 2 values). 1..1000 at 3 figures
+# has 2048 slots; with k = 3 a byte moves at most 32 slots.
+_MALFORMED_DELTA = [
+    (b"CHD1", "truncated Chaperon delta header"),
+    (_GOOD_DELTA[:39], "truncated Chaperon delta header"),
+    (_GOOD_DELTA[:-1], "length"),
+    (_GOOD_DELTA + b"\x01", "length"),
+    (_delta_bytes(b"\x01\x01", 2, sig=0), "layout"),
+    (_delta_bytes(b"\x01\x01", 2, sig=6), "layout"),
+    (_delta_bytes(b"\x01\x01", 2, sig=2**32 - 1), "layout"),
+    (_delta_bytes(b"\x01\x01", 2, lowest=0), "layout"),
+    (_delta_bytes(b"\x01\x01", 2, lowest=10, highest=19), "layout"),
+    (_delta_bytes(b"\x01\x01", 2, highest=2**64 - 1), "layout"),
+    (_delta_bytes(b"\x01\x01", 2, sig=5, highest=2**63 - 1), "layout"),
+    (_delta_bytes(b"\x01\x01", 2, k=0), "count bits"),
+    (_delta_bytes(b"\x01\x01", 2, k=8), "count bits"),
+    (_delta_bytes(b"\x01\x01", 2, length=3), "length"),
+    (_delta_bytes(b"\x01\x01", 2), None),  # fine: slots 0 and 1
+    (_delta_bytes(b"\x01\x01", 3), "add up"),
+    (_delta_bytes(b"\x01\x01", 1), "add up"),
+    (_delta_bytes(b"", 1), "add up"),
+    (_delta_bytes(b"\x01", 0), "add up"),
+    (_delta_bytes(b"\x00\x01\x01", 2), "add up"),  # a zero first entry
+    (_delta_bytes(b"\x01\x01\x00", 2), "add up"),  # a zero last entry
+    (_delta_bytes(b"\x01\x00\x01", 2), None),  # a zero entry between: a skip
+    (_delta_bytes(b"\x01" + b"\xf8" * 63 + b"\xf1", 2), None),  # the last slot (2047)
+    (_delta_bytes(b"\x01" + b"\xf8" * 64 + b"\x01", 2), "past the last slot"),
+    (_delta_bytes(b"\x01\xff\xfe\x0f\x01", 2), None),  # an escape to slot 2047
+    (_delta_bytes(b"\x01\xff\xff\x0f\x01", 2), "past the last slot"),
+    (_delta_bytes(b"\x01\xff" + b"\xff" * 9 + b"\x01\x01", 2), "past the last slot"),
+    (_delta_bytes(b"\x01\xff\x00", 2), "truncated"),
+    (_delta_bytes(b"\x01\xff\x80", 2), "truncated"),
+    (_delta_bytes(b"\x01\xff\x00" + b"\x81" * 10 + b"\x01", 2), "overlong"),
+    (_delta_bytes(b"\x01\xff\x00\x05", 2), "add up"),  # an escaped count past the total
+    (_delta_bytes(b"\xff\x00" + _uvarint(2**63 - 1) + b"\x01", 2**63 - 1, highest=10**6), "add up"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), _MALFORMED_DELTA)
+def test_delta_rejects_malformed(data: bytes, message: str | None) -> None:
+    if message is None:
+        assert Histogram.decode(data).total_count == 2
+        target = Histogram(1, 1000, 3)
+        assert target.add_encoded(data) == 2 and InflatedHistogram(data).total_count == 2
+        return
+    with pytest.raises(ValueError, match=message):
+        Histogram.decode(data)
+    target = _filled((1, 1000, 3), [1, 500, 999, 999])
+    before = _state(target)
+    with pytest.raises(ValueError, match=message):
+        target.add_encoded(data)
+    with pytest.raises(ValueError, match=message):
+        InflatedHistogram(data)
+    assert _state(target) == before
+
+
+def test_delta_every_truncation_raises_value_error() -> None:
+    for end in range(len(_GOOD_DELTA)):
+        for read in (Histogram.decode, Histogram().add_encoded, InflatedHistogram):
+            with pytest.raises(ValueError):
+                read(_GOOD_DELTA[:end])
+
+
+def test_delta_layouts_and_overflow() -> None:
+    h = _ours([5, 50_000])
+    before = _state(h)
+    for other in (Histogram(1, 10**6, 3), Histogram(1, HIGHEST, 2), Histogram(2, HIGHEST, 3)):
+        other.record(100)
+        with pytest.raises(ValueError, match="different layouts"):
+            h.add_encoded(other.encode_delta())
+    assert _state(h) == before
+    full = Histogram()
+    full.record(10, 2**63 - 2)
+    before = _state(full)
+    with pytest.raises(ValueError, match="overflow"):
+        full.add_encoded(_ours([1, 2]).encode_delta())
+    # A malformed delta gets its own error first, as decode + add would give it.
+    with pytest.raises(ValueError, match="add up"):
+        full.add_encoded(_delta_bytes(b"\x01\x01", 3, highest=HIGHEST))
+    assert _state(full) == before
+    # A layout too large for decode is refused by add_encoded too, even into its own layout.
+    huge = Histogram(1, 2**62, 5)
+    huge.record(5)
+    for read in (Histogram.decode, Histogram(1, 2**62, 5).add_encoded):
+        with pytest.raises(ValueError, match="too large"):
+            read(huge.encode_delta())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_delta_mutated_as_decode(data: st.DataObject) -> None:
+    # Whatever decode says of a damaged delta (an error, or a histogram), add_encoded says the
+    # same and changes nothing on error; a decoded histogram is a usable one.
+    rng = np.random.default_rng(data.draw(st.integers(0, 3)))
+    source = _filled((1, 10**6, 3), rng.lognormal(np.log(2_000), 1.0, 300).astype(int).tolist())
+    mutated = bytearray(source.encode_delta())
+    kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete", "byte"]))
+    at = data.draw(st.integers(0, len(mutated) - 1))
+    if kind == "flip":
+        mutated[at] ^= data.draw(st.integers(1, 255))
+    elif kind == "truncate":
+        del mutated[at:]
+    elif kind == "insert":
+        mutated[at:at] = data.draw(st.binary(min_size=1, max_size=9))
+    elif kind == "delete":
+        del mutated[at : at + data.draw(st.integers(1, 9))]
+    else:  # an entry byte changed, the length kept: only the entry checks can tell
+        at = data.draw(st.integers(40, len(mutated) - 1))
+        mutated[at] = data.draw(st.sampled_from([0x00, 0xFF, 0xF8, 0x07, 0x01]))
+    blob = bytes(mutated)
+    _decode_or_value_error(blob)
+    target = _filled((1, 10**6, 3), [1, 5, 2048])
+    decode, encoded_way, inflated = _add_all_ways(target, blob)
+    assert decode == encoded_way == inflated

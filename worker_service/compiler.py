@@ -463,7 +463,10 @@ class StepCompiler:
             raise invalid(f"{q}.value", "set value (a number) or var (a session variable)")
 
     def _abort(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        self.out.append((OP_ABORT, self.key_index(step.abort.metric or "abort")))
+        # The reason shows in the report, where the error is counted.
+        a = step.abort
+        key = a.metric or (f"abort: {a.reason}" if a.reason else "abort")
+        self.out.append((OP_ABORT, self.key_index(key)))
 
     def _python(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         spec = step.python.function

@@ -443,7 +443,7 @@ def test_variable_metric_and_control_steps() -> None:
     assert ops[9][:3] == (OP_REPEAT, 1, 1) and ops[10] == (OP_DELAY, 1_000_000)
     assert ops[11][0] == OP_ABORT and ops[12][0] == OP_ABORT
     keys = [_key(plan, ops[i], 1) for i in (7, 8, 11, 12)] + [_key(plan, ops[9], 3)]
-    assert keys == ["size", "count", "abort", "gave up", "group"]
+    assert keys == ["size", "count", "abort: done", "gave up", "group"]
     assert plan.var_names == ["n", "s", "never-set"]
 
 

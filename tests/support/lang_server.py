@@ -42,6 +42,8 @@ What is counted (every key is always present, maps start empty; map keys are str
   received from the client) and ``ws_close_codes`` (their code -> n); ``ws_drop``
   (connections that ended without a close frame from the client). Pings are answered by
   aiohttp and not counted.
+- ``ws_pong``: ``GET /ws/ping`` pings the client right after the handshake and sends
+  "pinged" (then echoes text) only once the matching pong came back.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ _SCALARS = (
     "ws_sent",
     "ws_close",
     "ws_drop",
+    "ws_pong",
 )
 _MAPS = (
     "by_route",
@@ -336,6 +339,35 @@ async def ws_silent(request: web.Request) -> web.StreamResponse:
     return await _websocket(request, [], echo=False)
 
 
+async def ws_ping(request: web.Request) -> web.StreamResponse:
+    """Ping the client first; only once its pong (with the same payload) is back, send
+    "pinged" and echo like ``/ws``: a client that does not answer pings never gets it."""
+    counts = _counts(request)
+    ws = web.WebSocketResponse(timeout=WS_CLOSE_TIMEOUT_S, compress=False, autoping=False)
+    await ws.prepare(request)
+    counts.add("ws_connect")
+    counts.add_to("ws_by_path", request.path)
+    request.app[WEBSOCKETS].add(ws)
+    try:
+        await ws.ping(b"are you there")
+        msg = await ws.receive()
+        if msg.type != WSMsgType.PONG or msg.data != b"are you there":
+            counts.add("ws_drop")
+            await ws.close()
+            return ws
+        counts.add("ws_pong")
+        await ws.send_str("pinged")
+        counts.add("ws_sent")
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                counts.add("ws_text")
+                await ws.send_str(msg.data)
+                counts.add("ws_sent")
+    except ConnectionError:
+        pass
+    return ws
+
+
 async def ws_push(request: web.Request) -> web.StreamResponse:
     n = _int_query(request, "n", 0, MAX_PUSH)
     return await _websocket(request, [f"msg-{i}" for i in range(n)], echo=True)
@@ -383,6 +415,7 @@ def create_app() -> web.Application:
             web.get("/ws/greet", ws_greet),
             web.get("/ws/silent", ws_silent),
             web.get("/ws/push", ws_push),
+            web.get("/ws/ping", ws_ping),
             web.get("/__counts", get_counts),
             web.post("/__reset", reset_counts),
         ]

@@ -588,3 +588,20 @@ def test_session_ids_are_contiguous_from_the_base(lang_server: LangServer) -> No
     )
     run(eng)
     assert lang_server.counts()["items_by_id"] == {f"s{i}": 1 for i in range(100, 105)}
+
+
+def test_the_engine_answers_server_pings(lang_server: LangServer) -> None:
+    ops = [
+        (OP_WS_CONNECT, 0, 0, 0, ws_head(b"/ws/ping")),
+        (OP_WS_AWAIT_RECV, 0, 1, 5 * S, [b"pinged"]),
+        (OP_WS_SEND, 0, -1, 1, [b"after"]),
+        (OP_WS_AWAIT_RECV, 0, 1, 5 * S, [b"after"]),
+        (OP_WS_CLOSE, 0, -1),
+    ]
+    eng = Engine(
+        [target(lang_server)], ["connect", "await"], ops, sessions=3, iterations=2, nconns=1
+    )
+    rows, stats = run(eng)
+    counts = lang_server.counts()
+    assert counts["ws_pong"] == 6 and counts["ws_text"] == 6
+    assert rows["await"][:2] == (12, 0) and stats["sessions_failed"] == 0

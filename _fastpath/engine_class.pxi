@@ -147,6 +147,10 @@ cdef class Engine:
             if limits[what] > limit:
                 raise ValueError(f"{what}={limits[what]} is over the limit of {limit}")
         max_capture = _check_int("max_capture", max_capture, 0)
+        if sessions * (1 + limits["nchildren"]) > 10_000_000:
+            raise ValueError(
+                f"sessions x (1 + nchildren) = {sessions * (1 + limits['nchildren'])} session "
+                "slots is unreasonably large")
         self._session_id_base = _check_int("session_id_base", session_id_base, 0)
         plan = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "ops", limits)
                               for i, op in enumerate(_as_list("ops", ops))])

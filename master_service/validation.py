@@ -18,6 +18,7 @@ from chaperon.loadtest import (
     Inventory,
     effective_config,
     entry_scenarios,
+    max_sessions,
     parse_target,
     struct_to_dict,
     target_hosts,
@@ -205,6 +206,15 @@ def _check_scenarios(c: Collector, lt: loadtest_pb2.LoadTest, p: str, e: Any) ->
     parts = [getattr(s, part) for s in scenarios for part in ("init", "run", "teardown")]
     inventory = Inventory.of(parts, lt)
     check_entry_limits(c, p, inventory)
+    # Every session carries its child slots (async names + cc_spread rates), in memory.
+    sessions = max_sessions(e.arrival_rate) if e.HasField("arrival_rate") else e.concurrency
+    children = len(inventory.children) + inventory.spread_children
+    slots = max(sessions, 0) * (1 + children)
+    if children and slots > MAX_SESSIONS_PER_ENTRY:
+        c.too_big.append(
+            f"{p}: {sessions} sessions x (1 + {children} child sessions) is more "
+            f"than {MAX_SESSIONS_PER_ENTRY} session slots"
+        )
     ctx = StepContext(lt, inventory, cfg)
     for prefix, scenario in zip(prefixes, scenarios, strict=True):
         for part in ("init", "run", "teardown"):

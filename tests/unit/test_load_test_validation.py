@@ -481,3 +481,12 @@ def test_children_inside_named_child_scenarios_are_refused() -> None:
     )
     with pytest.raises(InvalidArgument, match="nested child sessions"):
         validate_load_test(lt)
+
+
+def test_child_slots_count_against_the_session_limit() -> None:
+    spread = {
+        "cc_spread": {"rate": 200, "interval": "1s", "steps": [{"delay": {"duration": "1ms"}}]}
+    }
+    lt = _lt(scenarios__0__concurrency=10_000, scenarios__0__scenario__run=[spread])
+    with pytest.raises(ResourceExhausted, match="session slots"):
+        validate_load_test(lt)

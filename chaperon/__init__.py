@@ -1,4 +1,5 @@
-"""Chaperon: distributed HTTP load testing with a C-speed engine and exact HDR histograms.
+"""Chaperon: distributed HTTP and WebSocket load testing with a C-speed engine and exact HDR
+histograms.
 
 What users import is listed in ``__all__``; the generated messages live in ``chaperon.v1``.
 """
@@ -14,7 +15,7 @@ from chaperon.builder import (
     status_code,
 )
 from chaperon.client import Client
-from chaperon.exporters import default_path, export, to_csv, to_json
+from chaperon.exporters import default_path, export, to_csv, to_html, to_json
 from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
 from chaperon.report import format_report
 
@@ -35,5 +36,6 @@ __all__ = [
     "response_body",
     "status_code",
     "to_csv",
+    "to_html",
     "to_json",
 ]

@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from chaperon._version import __version__
 from chaperon.channels import TlsConfigError
 from chaperon.client import Client
+from chaperon.exporters import FORMATS, export
 from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
 from chaperon.report import format_report
 from chaperon.status import field_violations
@@ -84,12 +85,16 @@ def _print_run(run: results_pb2.LoadTestRun, as_json: bool) -> int:
     return 0 if run.state == results_pb2.SUCCEEDED else EXIT_FAILED_RUN
 
 
+def _format_of(path: str | None) -> str:
+    """The format an output path's extension names (``x.json``, ``x.html``), else CSV."""
+    suffix = os.path.splitext(path or "")[1].lower().lstrip(".")
+    return suffix if suffix in FORMATS else "csv"
+
+
 def _export(
     run: results_pb2.LoadTestRun, fmt: str, path: str | None, overwrite: bool = False
 ) -> None:
     """Write the run with an exporter; a refusal is a CliError (one line)."""
-    from chaperon.exporters import export
-
     try:
         written = export(run, fmt, path, overwrite=overwrite)
     except FileExistsError as exc:
@@ -105,8 +110,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         load_test = load_file(args.file)
     except LoadTestFileError as exc:
         return _fail(str(exc))
-    if args.format not in (None, "csv", "json"):
-        return _fail(f"--format {args.format}: not supported yet (use csv or json)")
     if args.threads is not None and args.threads < 1:
         return _fail("--threads must be >= 1")
     # python steps ("module:function") are imported by the embedded worker: modules beside
@@ -120,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             return _fail(f"{args.file}: {_rpc_message(exc)}")
     if args.output or args.format:
-        _export(run, args.format or "csv", args.output)
+        _export(run, args.format or _format_of(args.output), args.output)
     return _print_run(run, args.json)
 
 
@@ -356,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="also write the result here (default path with --format)")
     p.add_argument(
         "--format",
-        help="exporter: csv or json (default csv when --output is given); the default path "
-        "is results/<date>/<load test>/<tag>-<timestamp>.<ext>",
+        choices=FORMATS,
+        help="exporter: csv, json or html (default: the --output file's extension, else csv); "
+        "the default path is results/<date>/<load test>/<tag>-<timestamp>.<ext>",
     )
     p.set_defaults(func=cmd_run)
 
@@ -431,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = client_cmd("report", "write a finished run's result with an exporter")
     p.add_argument("id")
-    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--format", choices=FORMATS, default="csv", help="csv, json or html")
     p.add_argument(
         "--output", help="file to write (default: results/<date>/<load test>/<tag>-<ts>.<ext>)"
     )

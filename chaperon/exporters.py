@@ -1,6 +1,7 @@
-"""Exporters: write a finished ``LoadTestRun`` as CSV or JSON, with its load test beside it.
+"""Exporters: write a finished ``LoadTestRun`` as CSV, JSON or HTML, with its load test beside it.
 
-Theory of operation. ``to_csv`` and ``to_json`` turn a run into text and touch no file;
+Theory of operation. ``to_csv``, ``to_json`` and ``to_html`` (``chaperon.html_report``: one
+self-contained page with tables and inline SVG charts) turn a run into text and touch no file;
 ``default_path`` computes Chaperon's default location,
 ``results/<date>/<load test>/<tag>-<timestamp>.<ext>``, from the run alone (its end time,
 name, tag and id), so exporting the same run twice names the same file; ``export`` writes
@@ -41,9 +42,18 @@ from datetime import datetime, timezone
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from chaperon.html_report import to_html
 from chaperon.v1 import results_pb2
 
-__all__ = ["FORMATS", "PERCENTILES", "default_path", "export", "to_csv", "to_json"]
+__all__ = [
+    "FORMATS",
+    "PERCENTILES",
+    "default_path",
+    "export",
+    "to_csv",
+    "to_html",
+    "to_json",
+]
 
 #: Chaperon's percentile list; one CSV column each.
 PERCENTILES: tuple[float, ...] = (
@@ -65,7 +75,7 @@ PERCENTILES: tuple[float, ...] = (
 )
 
 #: Formats ``export`` writes.
-FORMATS: tuple[str, ...] = ("csv", "json")
+FORMATS: tuple[str, ...] = ("csv", "json", "html")
 
 _LOAD_TEST_SUFFIX = ".load_test.json"
 _MAX_NAME_CHARS = 100
@@ -237,7 +247,7 @@ def export(
     *,
     overwrite: bool = False,
 ) -> list[pathlib.Path]:
-    """Write the run as ``fmt`` (``"csv"`` or ``"json"``) and its load test beside it.
+    """Write the run as ``fmt`` (``"csv"``, ``"json"`` or ``"html"``) and its load test beside it.
 
     The output goes to ``path``, or to ``default_path(run, fmt)`` when ``path`` is None;
     missing parent directories are created. Beside it goes ``<same stem>.load_test.json``,
@@ -252,7 +262,12 @@ def export(
     if not overwrite:
         _refuse_existing((output, beside))
     output.parent.mkdir(parents=True, exist_ok=True)
-    text = to_csv(run) if fmt == "csv" else to_json(run) + "\n"
+    if fmt == "csv":
+        text = to_csv(run)
+    elif fmt == "json":
+        text = to_json(run) + "\n"
+    else:
+        text = to_html(run)
     _write(output, text, overwrite)
     _write(beside, _message_json(run.load_test), overwrite)
     return [output, beside]

@@ -101,6 +101,69 @@ def test_run_prints_a_report(nginx, tmp_path):
     assert "Traceback" not in done.stderr, output(done)
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json", "html"])
+def test_run_format_writes_the_result_and_its_load_test_beside(nginx, tmp_path, fmt):
+    test_file = tmp_path / "smoke.json"
+    load_test = minimal_load_test(nginx.base_url, concurrency=2, duration=None, iterations=5)
+    test_file.write_text(json.dumps(load_test))
+
+    done = chaperon(tmp_path, "run", str(test_file), "--format", fmt, "--threads", "1")
+
+    assert done.returncode == 0, output(done)
+    assert "GET /" in done.stdout and "p99" in done.stdout, output(done)  # the report still
+    # results/<date>/<load test>/<tag>-<timestamp>.<ext>, with <stem>.load_test.json beside.
+    files = sorted((tmp_path / "results").glob("*/smoke/*"))
+    (written,) = [f for f in files if not f.name.endswith(".load_test.json")]
+    assert written.suffix == f".{fmt}", files
+    beside = written.with_name(written.stem + ".load_test.json")
+    assert beside.exists(), sorted((tmp_path / "results").rglob("*"))
+    assert f"wrote {written.relative_to(tmp_path)}" in done.stderr, output(done)
+    assert json.loads(beside.read_text())["name"] == "smoke"
+    text = written.read_text(encoding="utf-8")
+    assert "GET /" in text
+    if fmt == "html":
+        assert text.startswith("<!DOCTYPE html>") and "<svg" in text
+        assert "<script" not in text
+
+
+def test_run_output_with_html_format(nginx, tmp_path):
+    test_file = tmp_path / "smoke.json"
+    load_test = minimal_load_test(nginx.base_url, concurrency=2, duration=None, iterations=5)
+    test_file.write_text(json.dumps(load_test))
+    out = tmp_path / "report.html"
+
+    done = chaperon(tmp_path, "run", str(test_file), "--format", "html", "--output", str(out))
+
+    assert done.returncode == 0, output(done)
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert (tmp_path / "report.load_test.json").exists()
+    # Without --format, the output's extension says which (CSV for anything else).
+    guessed = tmp_path / "guessed.HTML"
+    done = chaperon(tmp_path, "run", str(test_file), "--output", str(guessed))
+    assert done.returncode == 0, output(done)
+    assert guessed.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_run_unknown_format_is_refused_before_running(tmp_path):
+    test_file = tmp_path / "smoke.json"
+    test_file.write_text(json.dumps(minimal_load_test("http://127.0.0.1:9")))
+
+    done = chaperon(tmp_path, "run", str(test_file), "--format", "pdf", timeout_s=60)
+
+    assert done.returncode == 2, output(done)
+    assert "Traceback" not in done.stderr, output(done)
+    assert "invalid choice: 'pdf'" in done.stderr and "'html'" in done.stderr, output(done)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_format_choices_in_help(tmp_path, command):
+    done = chaperon(tmp_path, command, "--help", timeout_s=60)
+
+    assert done.returncode == 0, output(done)
+    assert "{csv,json,html}" in done.stdout, output(done)
+
+
 BROKEN_JSON = '{"name": "smoke", "scenarios": [\n'
 BROKEN_YAML = "name: smoke\nscenarios: [unclosed\n  - {\n"
 

@@ -1,4 +1,4 @@
-"""Exporters: CSV layout, JSON equal to ``run --json``, default paths, files written."""
+"""Exporters: CSV layout, JSON equal to ``run --json``, HTML, default paths, files written."""
 
 from __future__ import annotations
 
@@ -262,8 +262,29 @@ def test_export_refuses_when_only_the_sidecar_exists_and_writes_nothing(
     assert beside.read_text() == "keep"
 
 
-@pytest.mark.parametrize("fmt", ["html", "CSV", "", "yaml"])
+def test_export_html_to_default_path_writes_load_test_beside(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = _run(_metric("GET /", 5, 3.0), tag="v1")
+    written = exporters.export(run, "html")
+    base = pathlib.Path("results/2023-11-15/smoke")
+    assert written == [
+        base / "v1-20231115T221325Z.html",
+        base / "v1-20231115T221325Z.load_test.json",
+    ]
+    assert written[0].read_text(encoding="utf-8") == exporters.to_html(run)
+    assert json_format.Parse(written[1].read_text(), loadtest_pb2.LoadTest()) == run.load_test
+    with pytest.raises(FileExistsError):
+        exporters.export(run, "html")
+
+
+def test_formats() -> None:
+    assert exporters.FORMATS == ("csv", "json", "html")
+
+
+@pytest.mark.parametrize("fmt", ["HTML", "CSV", "", "yaml", "pdf"])
 def test_export_rejects_unknown_format(tmp_path: pathlib.Path, fmt: str) -> None:
-    with pytest.raises(ValueError, match="unsupported export format.*csv, json"):
+    with pytest.raises(ValueError, match="unsupported export format.*csv, json, html"):
         exporters.export(_run(), fmt, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -207,7 +207,12 @@ def _check_scenarios(c: Collector, lt: loadtest_pb2.LoadTest, p: str, e: Any) ->
     inventory = Inventory.of(parts, lt)
     check_entry_limits(c, p, inventory)
     # Every session carries its child slots (async names + cc_spread rates), in memory.
-    sessions = max_sessions(e.arrival_rate) if e.HasField("arrival_rate") else e.concurrency
+    sessions = e.concurrency
+    if e.HasField("arrival_rate"):
+        try:
+            sessions = max_sessions(e.arrival_rate)
+        except (ValueError, OverflowError):  # a NaN or infinite rate: reported above
+            sessions = 0
     children = len(inventory.children) + inventory.spread_children
     slots = max(sessions, 0) * (1 + children)
     if children and slots > MAX_SESSIONS_PER_ENTRY:

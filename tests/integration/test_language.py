@@ -270,6 +270,7 @@ def test_builder_script_runs_a_stateful_scenario(lang_server: LangServer, tmp_pa
         "ws_sent": runs,
         "ws_close": runs,
         "ws_drop": 0,
+        "ws_pong": 0,
         "by_route": {
             "POST /login 200": runs,
             "GET /me 200": 2 * runs,

@@ -300,6 +300,7 @@ def expected_server_counts(
         "ws_sent": r["WS send default"] + r["WS recv greet"] + r["WS send greet"],
         "ws_close": ws_close,
         "ws_drop": 0,
+        "ws_pong": 0,
         "by_route": {
             "POST /login 200": r["POST /login"],
             "GET /me 200": me,

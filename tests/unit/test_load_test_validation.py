@@ -490,3 +490,12 @@ def test_child_slots_count_against_the_session_limit() -> None:
     lt = _lt(scenarios__0__concurrency=10_000, scenarios__0__scenario__run=[spread])
     with pytest.raises(ResourceExhausted, match="session slots"):
         validate_load_test(lt)
+
+
+def test_a_nan_rate_with_children_is_invalid_not_an_internal_error() -> None:
+    spread = {"cc_spread": {"rate": 2, "interval": "1s", "steps": [{"delay": {"duration": "1ms"}}]}}
+    lt = _lt(scenarios__0__scenario__run=[spread])
+    lt.scenarios[0].ClearField("concurrency")
+    lt.scenarios[0].arrival_rate.per_second = float("nan")
+    with pytest.raises(InvalidArgument):
+        validate_load_test(lt)

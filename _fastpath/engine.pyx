@@ -359,12 +359,17 @@ cdef inline void end_session(thread_t* t, session_t* s) noexcept nogil:
         s.state = ST_DONE
 
 
-cdef inline int set_events(thread_t* t, session_t* s, bint want_out) noexcept nogil:
+cdef inline int epoll_interest(thread_t* t, uint32_t index, int fd, bint want_out) noexcept nogil:
+    """EPOLLIN, and EPOLLOUT if ``want_out``, for one of session ``index``'s sockets."""
     cdef epoll_event ev
     ev.events = EPOLLIN | (EPOLLOUT if want_out else 0)
-    ev.data.u64 = ((<uint64_t>s.index) << 32) | <uint32_t>s.fd
+    ev.data.u64 = ((<uint64_t>index) << 32) | <uint32_t>fd
+    return epoll_ctl(t.epfd, EPOLL_CTL_MOD, fd, &ev)
+
+
+cdef inline int set_events(thread_t* t, session_t* s, bint want_out) noexcept nogil:
     s.epout = want_out
-    return epoll_ctl(t.epfd, EPOLL_CTL_MOD, s.fd, &ev)
+    return epoll_interest(t, s.index, s.fd, want_out)
 
 
 cdef int tcp_open(thread_t* t, const target_t* tg, uint32_t index, int* fd_out) noexcept nogil:
@@ -402,13 +407,14 @@ cdef int sess_connect(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
     return rc
 
 
-cdef int tls_kind(thread_t* t, session_t* s, int rc) noexcept nogil:
-    """The error kind of a TLS failure code (slow path; keeps the text for ``tls_error``)."""
-    tls_error_text(&s.tls, rc, t.tls_error, TLS_ERRTEXT_SIZE)
+cdef int tls_kind(thread_t* t, tls_conn* c, int rc) noexcept nogil:
+    """The error kind of a TLS failure code on ``c`` (the HTTP connection's or a WebSocket's;
+    slow path; keeps the text for ``tls_error``)."""
+    tls_error_text(c, rc, t.tls_error, TLS_ERRTEXT_SIZE)
     if rc == TLS_CLOSED:
         return K_CLOSED
     if rc == TLS_RESET:
-        return errno_kind(s.tls.sys_errno)
+        return errno_kind(c.sys_errno)
     return K_TLS
 
 
@@ -433,7 +439,7 @@ cdef int sess_write_tls(thread_t* t, session_t* s, const op_t* op) noexcept nogi
             if want_events(t, s, n) != 0:
                 return -1 - K_RESET
             return 1
-        return -1 - tls_kind(t, s, <int>n)
+        return -1 - tls_kind(t, &s.tls, <int>n)
     s.state = ST_READING
     if s.epout and set_events(t, s, False) != 0:
         return -1 - K_RESET
@@ -474,7 +480,7 @@ cdef int sess_handshake(thread_t* t, session_t* s) noexcept nogil:
         if want_events(t, s, rc) != 0:
             return -1 - K_RESET
         return 1
-    return -1 - tls_kind(t, s, rc)
+    return -1 - tls_kind(t, &s.tls, rc)
 
 
 cdef int sess_start_tls(thread_t* t, session_t* s) noexcept nogil:
@@ -483,7 +489,7 @@ cdef int sess_start_tls(thread_t* t, session_t* s) noexcept nogil:
     cdef int rc = tls_conn_start(&s.tls, t.ssl_ctx, s.fd, t.cfg.targets[s.target].server_name,
                                  &s.resume, s.target)
     if rc != TLS_OK:
-        return -1 - tls_kind(t, s, rc)
+        return -1 - tls_kind(t, &s.tls, rc)
     return sess_handshake(t, s)
 
 
@@ -516,6 +522,19 @@ cdef inline int32_t outer_end(thread_t* t, session_t* s) noexcept nogil:
     return t.cfg.nops
 
 
+cdef void record_value(thread_t* t, int32_t metric, int64_t value_us) noexcept nogil:
+    """One measured value that is not a response (a traced iteration, a wait, add_metric):
+    latency and service time alike; nothing for metric -1 (not measured, or teardown)."""
+    cdef mstats_t* m
+    if metric < 0:
+        return
+    m = &t.rec[metric]
+    hdr_core_record(&m.hist, value_us)
+    if t.cfg.open_model:
+        hdr_core_record(&m.service, value_us)
+    m.count += 1
+
+
 cdef void body_enter(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept nogil:
     """Run a REPEAT/LOOP op (``op_index`` is its index): enter its body, or skip it."""
     cdef frame_t* f
@@ -546,14 +565,8 @@ cdef void body_end(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     then run it again or leave it."""
     cdef frame_t* f = &s.frames[s.depth - 1]
     cdef const op_t* op = &t.cfg.ops[f.op]
-    cdef mstats_t* m
     cdef bint again
-    if op.metric >= 0:          # repeat_traced (never in teardown: not measured)
-        m = &t.rec[op.metric]
-        hdr_core_record(&m.hist, (now - f.iter_start_ns) // 1000)
-        if t.cfg.open_model:
-            hdr_core_record(&m.service, (now - f.iter_start_ns) // 1000)
-        m.count += 1
+    record_value(t, op.metric, (now - f.iter_start_ns) // 1000)    # repeat_traced
     if op.kind == C_OP_REPEAT:
         again = f.left > 0
         if again:
@@ -758,7 +771,7 @@ cdef void on_readable_tls(thread_t* t, session_t* s, int64_t now) noexcept nogil
                 fail_op(t, s, K_RESET, now)
             return
         else:
-            fail_op(t, s, tls_kind(t, s, <int>n), now)
+            fail_op(t, s, tls_kind(t, &s.tls, <int>n), now)
             return
     if s.epout and s.state == ST_READING and set_events(t, s, False) != 0:
         fail_op(t, s, K_RESET, now)

@@ -1,14 +1,15 @@
 # Included by engine.pyx: building the stateful language's ops and session state (with the
 # GIL, at construction), and the python step's call.
 #
-# Templates, extractors and regexes live in memory owned by small Python objects (``_CMem``,
-# ``_CRegex``) kept in ``Engine._keep`` with the bytes objects their literals point into, so
-# they outlive every engine thread (threads keep the Engine alive) and are freed with it.
+# Templates, extractors, JSON paths and regexes live in memory owned by small Python objects
+# (``_CMem``, ``extract.JsonPath``, ``extract.Regex``) kept in ``Engine._keep`` with the bytes
+# objects their literals point into, so they outlive every engine thread (threads keep the
+# Engine alive) and are freed with them.
 
 from libc.stdlib cimport calloc, free
 
-from _fastpath.extract cimport jp_step, JP_KEY, JP_INDEX
-from _fastpath.includes.regex cimport regex_t, regcomp, regfree, regerror, REG_EXTENDED
+from _fastpath.extract cimport JsonPath, Regex
+from _fastpath.includes.regex cimport regex_t
 
 _STATE_BLOCKS = {OP_REPEAT: 2, OP_LOOP: 2, OP_RETRY: 3, OP_ASYNC: 2, OP_SPREAD: 4}
 _STATE_KINDS = frozenset(range(OP_ASSIGN, OP_WS_CLOSE + 1))
@@ -29,24 +30,6 @@ cdef class _CMem:
 
     def __dealloc__(self):
         free(self.ptr)
-
-
-cdef class _CRegex:
-    """A compiled POSIX extended regex (regfree'd with the object)."""
-    cdef regex_t re
-    cdef bint ok
-
-    def __cinit__(self, bytes pattern):
-        cdef char msg[256]
-        cdef int rc = regcomp(&self.re, pattern, REG_EXTENDED)
-        if rc != 0:
-            regerror(rc, &self.re, msg, sizeof(msg))
-            raise ValueError(f"bad regex {pattern!r}: {msg.decode(errors='replace')}")
-        self.ok = True
-
-    def __dealloc__(self):
-        if self.ok:
-            regfree(&self.re)
 
 
 def _body_len(op):
@@ -214,12 +197,10 @@ cdef class _Builder:
         return 0
 
     cdef int extractors(self, op_t* o, list extract) except -1:
-        from _fastpath.extract import compile_json_path
         cdef _CMem mem = _CMem(sizeof(extract_t) * (len(extract) + 1))
         cdef extract_t* arr = <extract_t*>mem.ptr
-        cdef _CMem steps_mem
-        cdef jp_step* steps
-        cdef _CRegex rx
+        cdef JsonPath jp
+        cdef Regex rx
         cdef _CMem res_mem
         cdef int32_t i, j
         self.keep.append(mem)
@@ -228,26 +209,16 @@ cdef class _Builder:
             arr[i].kind = kind
             arr[i].optional = optional
             if kind == EX_JSON:
-                path = compile_json_path(expr.decode("utf-8"))
-                steps_mem = _CMem(sizeof(jp_step) * (len(path) + 1))
-                self.keep.append(steps_mem)
-                steps = <jp_step*>steps_mem.ptr
-                for j, (step_kind, value) in enumerate(path):
-                    steps[j].kind = step_kind
-                    if step_kind == JP_KEY:
-                        self.keep.append(value)
-                        steps[j].key = PyBytes_AS_STRING(value)
-                        steps[j].key_len = len(value)
-                    else:
-                        steps[j].index = value
-                arr[i].steps = steps
-                arr[i].nsteps = len(path)
+                jp = JsonPath(expr.decode("utf-8"))
+                self.keep.append(jp)
+                arr[i].steps = jp.steps
+                arr[i].nsteps = jp.nsteps
             elif kind == EX_REGEX:
                 res_mem = _CMem(sizeof(regex_t*) * self.nthreads)
                 self.keep.append(res_mem)
                 arr[i].re = <regex_t**>res_mem.ptr
                 for j in range(self.nthreads):
-                    rx = _CRegex(expr)
+                    rx = Regex(expr)
                     self.keep.append(rx)
                     arr[i].re[j] = &rx.re
             elif kind == EX_HEADER:

@@ -343,18 +343,15 @@ cdef void child_start(thread_t* t, session_t* p, int32_t c, int32_t first, int32
     copy of the parent's variables; parked in the heap until then."""
     cdef session_t* ch = &t.sessions[p.x.child_base + c]
     cdef int32_t i
+    sx_reset(t, ch)
     for i in range(t.cfg.nvars):
-        if p.x.vars[i].len < 0 or var_set(ch, i, p.x.vars[i].data, <size_t>p.x.vars[i].len) != 0:
+        if p.x.vars[i].len >= 0 and var_set(ch, i, p.x.vars[i].data, <size_t>p.x.vars[i].len) != 0:
             ch.x.vars[i].len = -1
-    for i in range(t.cfg.nsignals):
-        ch.x.sigs[i] = 0
-    ch.x.jar_len = 0
     if p.x.jar_len > 0 and ch.x.jar == NULL:
         ch.x.jar = <char*>malloc(JAR_SIZE)
     if p.x.jar_len > 0 and ch.x.jar != NULL:
         memcpy(ch.x.jar, p.x.jar, p.x.jar_len)
         ch.x.jar_len = p.x.jar_len
-    ch.x.capturing = 0
     if not ch.x.running:
         t.children += 1
     ch.x.running = 1
@@ -365,7 +362,6 @@ cdef void child_start(thread_t* t, session_t* p, int32_t c, int32_t first, int32
     ch.op_end = end
     ch.depth = 0
     ch.iters = p.iters
-    ch.failed = 0
     ch.fresh = 0
     ch.stop_ns = p.stop_ns
     ch.run_deadline_ns = p.run_deadline_ns
@@ -406,16 +402,9 @@ cdef bint wait_done(thread_t* t, session_t* s) noexcept nogil:
     return ws_wait_done(t, s)
 
 
-cdef void record_wait(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept nogil:
-    """A measured wait (await, await_signal ...): its time from the op's start."""
-    cdef mstats_t* m
-    if op.metric < 0:
-        return
-    m = &t.rec[op.metric]
-    hdr_core_record(&m.hist, (now - s.op_start_ns) // 1000)
-    if t.cfg.open_model:
-        hdr_core_record(&m.service, (now - s.op_start_ns) // 1000)
-    m.count += 1
+cdef inline void record_wait(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept nogil:
+    """A measured wait (await, await_signal, a WebSocket op ...): its time from the op's start."""
+    record_value(t, op.metric, (now - s.op_start_ns) // 1000)
 
 
 cdef void wait_resume(thread_t* t, session_t* s, int64_t now) noexcept nogil:
@@ -425,9 +414,6 @@ cdef void wait_resume(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     s.state = ST_IDLE
     if k == W_SLOT:
         sess_run(t, s, now)     # the op that waited for its slots runs again
-        return
-    if k == W_WS:
-        ws_wait_resume(t, s, now)
         return
     if k == W_SIGNAL:
         s.x.sigs[s.x.wait_arg] -= 1
@@ -494,7 +480,6 @@ cdef int state_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexce
     cdef size_t pos = 0
     cdef int64_t value, i
     cdef int rc
-    cdef mstats_t* m
     cdef session_t* p
     cdef char num[32]
     s.op_start_ns = now
@@ -518,12 +503,7 @@ cdef int state_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexce
         if op.a >= 0 and var_int(s, op.a, &value) != 0:
             sess_fail(t, s, op.metric, K_EXTRACT, now)
             return 1
-        if op.metric >= 0:
-            m = &t.rec[op.metric]
-            hdr_core_record(&m.hist, value if value > 0 else 0)
-            if t.cfg.open_model:
-                hdr_core_record(&m.service, value if value > 0 else 0)
-            m.count += 1
+        record_value(t, op.metric, value if value > 0 else 0)
     elif k == C_OP_ABORT:
         sess_fail(t, s, op.metric, K_ABORT, now)
         return 1

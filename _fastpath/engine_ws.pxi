@@ -150,13 +150,10 @@ cdef int frame_append(thread_t* t, ws_conn_t* c, int opcode, const unsigned char
 
 
 cdef int ws_set_out(thread_t* t, session_t* s, ws_conn_t* c, bint want) noexcept nogil:
-    cdef epoll_event ev
     if c.epout == want:
         return 0
-    ev.events = EPOLLIN | (EPOLLOUT if want else 0)
-    ev.data.u64 = ((<uint64_t>s.index) << 32) | <uint32_t>c.fd
     c.epout = want
-    return epoll_ctl(t.epfd, EPOLL_CTL_MOD, c.fd, &ev)
+    return epoll_interest(t, s.index, c.fd, want)
 
 
 cdef int ws_flush(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
@@ -172,7 +169,7 @@ cdef int ws_flush(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
                 if ws_set_out(t, s, c, n == TLS_WANT_WRITE) != 0:
                     return -1 - K_RESET
                 return 1
-            return -1 - ws_tls_kind(t, c, <int>n)
+            return -1 - tls_kind(t, &c.tls, <int>n)
         n = send(c.fd, c.out + c.out_pos, c.out_len - c.out_pos, MSG_NOSIGNAL)
         if n >= 0:
             c.out_pos += <size_t>n
@@ -264,14 +261,6 @@ cdef bint ws_wait_done(thread_t* t, session_t* s) noexcept nogil:
     return ws_take(t, s, &t.cfg.ops[s.op_index])
 
 
-cdef void ws_wait_resume(thread_t* t, session_t* s, int64_t now) noexcept nogil:
-    """A message was taken: the recv/await_recv op is done."""
-    record_wait(t, s, &t.cfg.ops[s.op_index], now)
-    s.op_index += 1
-    s.intended_ns = now
-    sess_run(t, s, now)
-
-
 cdef void ws_fail(thread_t* t, session_t* s, ws_conn_t* c, int kind, int64_t now) noexcept nogil:
     """The op in flight on (or waiting for) ``c`` failed: fatal to the session."""
     ws_drop(c)
@@ -280,6 +269,7 @@ cdef void ws_fail(thread_t* t, session_t* s, ws_conn_t* c, int kind, int64_t now
 
 
 cdef void ws_op_done(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """The WebSocket op (or the wait) the session was in is done: record it, go on."""
     s.state = ST_IDLE
     record_wait(t, s, &t.cfg.ops[s.op_index], now)
     s.op_index += 1
@@ -338,7 +328,7 @@ cdef int ws_connected(thread_t* t, session_t* s, ws_conn_t* c, int64_t now) noex
     rc = tls_conn_start(&c.tls, t.ssl_ctx, c.fd, t.cfg.targets[c.target].server_name,
                         &c.resume, c.target)
     if rc != TLS_OK:
-        ws_fail(t, s, c, ws_tls_kind(t, c, rc), now)
+        ws_fail(t, s, c, tls_kind(t, &c.tls, rc), now)
         return 1
     c.state = WC_TLS
     return ws_tls_step(t, s, c, now)
@@ -353,18 +343,8 @@ cdef int ws_tls_step(thread_t* t, session_t* s, ws_conn_t* c, int64_t now) noexc
         if ws_set_out(t, s, c, rc == TLS_WANT_WRITE) != 0:
             ws_fail(t, s, c, K_RESET, now)
         return 1
-    ws_fail(t, s, c, ws_tls_kind(t, c, rc), now)
+    ws_fail(t, s, c, tls_kind(t, &c.tls, rc), now)
     return 1
-
-
-cdef int ws_tls_kind(thread_t* t, ws_conn_t* c, int rc) noexcept nogil:
-    """The error kind of a TLS failure code (keeps the text for ``Engine.tls_error``)."""
-    tls_error_text(&c.tls, rc, t.tls_error, TLS_ERRTEXT_SIZE)
-    if rc == TLS_CLOSED:
-        return K_CLOSED
-    if rc == TLS_RESET:
-        return errno_kind(c.tls.sys_errno)
-    return K_TLS
 
 
 cdef void send_once(ws_conn_t* c) noexcept nogil:
@@ -466,7 +446,7 @@ cdef int ws_read(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
             if n == TLS_WANT_WRITE:     # rare (a key update to answer): retried on EPOLLOUT
                 return -1 - K_RESET if ws_set_out(t, s, c, True) != 0 else 0
             if n < 0:
-                return -1 - ws_tls_kind(t, c, <int>n)
+                return -1 - tls_kind(t, &c.tls, <int>n)
         else:
             n = read(c.fd, t.rbuf, RBUF_SIZE)
             if n == 0:
@@ -579,16 +559,14 @@ cdef void ws_event(thread_t* t, session_t* s, int fd, uint32_t events, int64_t n
         ws_drop(c)
         c.broken = 1
         if mine:                # a message it waited for came just before the close
-            s.state = ST_IDLE
-            ws_wait_resume(t, s, now)
+            ws_op_done(t, s, now)
         return
     if not mine:
         return
     if s.state == ST_WS and op.kind == C_OP_WS_CONNECT and c.state == WC_OPEN:
         ws_op_done(t, s, now)
     elif s.state == ST_WAIT and ws_take(t, s, op):
-        s.state = ST_IDLE
-        ws_wait_resume(t, s, now)
+        ws_op_done(t, s, now)
 
 
 cdef void ws_scan(thread_t* t, session_t* s, int64_t now) noexcept nogil:

@@ -180,18 +180,22 @@ def proc_status_kb(field: str) -> int:
     return -1
 
 
+def start_and_wait(eng: Engine) -> tuple[float, float]:
+    """Start ``eng`` and wait for it: (elapsed seconds, this process's CPU seconds)."""
+    cpu0_s = self_cpu_s()
+    t0 = time.monotonic()
+    eng.start()
+    eng.wait()
+    return time.monotonic() - t0, self_cpu_s() - cpu0_s
+
+
 def timed_engine_run(eng: Engine) -> dict[str, Any]:
     """Start ``eng`` and wait for it; its req/s and CPU seconds from start to wait.
 
     Returns ``rps``, ``responses``, ``errors`` (all metric keys) and ``cpu_s``; the engine
     stays open (the caller may read more from it, and closes it).
     """
-    cpu0_s = self_cpu_s()
-    t0 = time.monotonic()
-    eng.start()
-    eng.wait()
-    elapsed_s = time.monotonic() - t0
-    cpu_s = self_cpu_s() - cpu0_s
+    elapsed_s, cpu_s = start_and_wait(eng)
     stats = eng.stats()
     errors = sum(row[3] for row in eng.swap())
     return {

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from _common import GET_ROOT, emit, pinned, run_child, run_wrk, self_cpu_s
+from _common import GET_ROOT, emit, pinned, run_child, run_wrk, start_and_wait
 
 HERE = Path(__file__).resolve().parent
 STEPS_PER_ITERATION = 5  # login, extract, GET /me, GET /me, echo (send + recv)
@@ -186,12 +186,7 @@ def child(mode: str, port: int, sessions: int, duration_s: int) -> None:
         duration_ns=duration_s * S,
         **plan,
     )
-    cpu0_s = self_cpu_s()
-    t0 = time.monotonic()
-    eng.start()
-    eng.wait()
-    elapsed_s = time.monotonic() - t0
-    cpu_s = self_cpu_s() - cpu0_s
+    elapsed_s, cpu_s = start_and_wait(eng)
     rows = {key: (count, errors, dict(kinds)) for key, _h, count, errors, kinds, _s in eng.swap()}
     emit({"elapsed_s": elapsed_s, "cpu_s": cpu_s, "stats": eng.stats(), "rows": rows})
     eng.close()

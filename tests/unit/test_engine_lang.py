@@ -487,7 +487,7 @@ def test_bad_regex_is_refused() -> None:
         True,
         {"head": [b"GET / HTTP/1.1\r\n"], "extract": [(0, EX_REGEX, b"(unclosed", False)]},
     )
-    with pytest.raises(ValueError, match="bad regex"):
+    with pytest.raises(ValueError, match="bad regular expression"):
         Engine([("127.0.0.1", 1)], ["k"], [op], var_names=["a"], iterations=1)
 
 

@@ -36,9 +36,10 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memmove
 
 from _fastpath.extract_json cimport (
-    EX_BAD, JP_FOUND, JP_INDEX, JP_KEY, JP_MALFORMED, JP_MAX_DEPTH, JP_NOT_FOUND, ex_hexval,
+    EX_BAD, JP_FOUND, JP_INDEX, JP_KEY, JP_MALFORMED, JP_MAX_DEPTH, JP_NOT_FOUND,
     jp_step, json_path_find, json_skip_value, json_unescape,
 )
+from _fastpath.http1 cimport h1_hexval, h1_is_ows, h1_lower
 from _fastpath.includes.regex cimport regex_t, regmatch_t, regoff_t, regexec, REG_STARTEND
 
 
@@ -52,22 +53,12 @@ cdef extern from *:
 
 # ------------------------------------------------------------------------------------ HTTP
 
-cdef inline bint ex_is_ows(unsigned char c) noexcept nogil:
-    return c == 32 or c == 9
-
-
-cdef inline unsigned char ex_lower(unsigned char c) noexcept nogil:
-    if 65 <= c <= 90:
-        return c + 32
-    return c
-
-
 cdef inline bint ex_casecmp(const unsigned char* a, const unsigned char* b,
                             size_t n) noexcept nogil:
     """ASCII case-insensitive equality of a[:n] and b[:n]."""
     cdef size_t k
     for k in range(n):
-        if ex_lower(a[k]) != ex_lower(b[k]):
+        if h1_lower(a[k]) != h1_lower(b[k]):
             return 0
     return 1
 
@@ -125,9 +116,9 @@ cdef inline int find_header(const char* head, size_t n, const char* name, size_t
                 and ex_casecmp(h + i, <const unsigned char*>name, name_len)):
             vs = i + name_len + 1
             ve = le
-            while vs < ve and ex_is_ows(h[vs]):
+            while vs < ve and h1_is_ows(h[vs]):
                 vs += 1
-            while ve > vs and ex_is_ows(h[ve - 1]):
+            while ve > vs and h1_is_ows(h[ve - 1]):
                 ve -= 1
             value[0] = head + vs
             value_len[0] = ve - vs
@@ -152,9 +143,9 @@ cdef inline int is_chunked(const char* head, size_t n) noexcept nogil:
             while e < vl and v[e] != 44:
                 e += 1
             b = e
-            while a < b and ex_is_ows(v[a]):
+            while a < b and h1_is_ows(v[a]):
                 a += 1
-            while b > a and ex_is_ows(v[b - 1]):
+            while b > a and h1_is_ows(v[b - 1]):
                 b -= 1
             if b > a:
                 last = b - a == 7 and ex_casecmp(v + a, <const unsigned char*>b"chunked", 7)
@@ -177,7 +168,7 @@ cdef inline ssize_t dechunk(char* body, size_t n) noexcept nogil:
         size = 0
         digits = 0
         while r < n:
-            d = ex_hexval(s[r])
+            d = h1_hexval(s[r])
             if d < 0:
                 break
             size = size * 16 + d
@@ -187,7 +178,7 @@ cdef inline ssize_t dechunk(char* body, size_t n) noexcept nogil:
             r += 1
         if digits == 0:
             return -1
-        while r < n and ex_is_ows(s[r]):
+        while r < n and h1_is_ows(s[r]):
             r += 1
         if r < n and s[r] == 59:        # ';' extension: up to the LF
             p = <const char*>memchr(body + r, 10, n - r)
@@ -295,16 +286,16 @@ cdef inline int cookie_parse(const unsigned char* sc, size_t n, size_t* name_end
         return -1
     eq = <size_t>(p - sc)
     b = eq
-    while b > 0 and ex_is_ows(sc[b - 1]):
+    while b > 0 and h1_is_ows(sc[b - 1]):
         b -= 1
     if b == 0:
         return -1
     name_end[0] = b
     a = eq + 1
     e = pair_end
-    while a < e and ex_is_ows(sc[a]):
+    while a < e and h1_is_ows(sc[a]):
         a += 1
-    while e > a and ex_is_ows(sc[e - 1]):
+    while e > a and h1_is_ows(sc[e - 1]):
         e -= 1
     value_start[0] = a
     value_end[0] = e
@@ -314,19 +305,19 @@ cdef inline int cookie_parse(const unsigned char* sc, size_t n, size_t* name_end
         a += 1
         p = <const unsigned char*>memchr(sc + a, 59, n - a)
         e = n if p == NULL else <size_t>(p - sc)
-        while a < e and ex_is_ows(sc[a]):
+        while a < e and h1_is_ows(sc[a]):
             a += 1
         p = <const unsigned char*>memchr(sc + a, 61, e - a)
         if p != NULL:
             an_end = <size_t>(p - sc)
             av = an_end + 1
-            while an_end > a and ex_is_ows(sc[an_end - 1]):
+            while an_end > a and h1_is_ows(sc[an_end - 1]):
                 an_end -= 1
             if an_end - a == 7 and ex_casecmp(sc + a, <const unsigned char*>b"max-age", 7):
                 b = e
-                while av < b and ex_is_ows(sc[av]):
+                while av < b and h1_is_ows(sc[av]):
                     av += 1
-                while b > av and ex_is_ows(sc[b - 1]):
+                while b > av and h1_is_ows(sc[b - 1]):
                     b -= 1
                 age = cookie_max_age(sc + av, b - av)
                 if age >= 0:        # the last valid Max-Age wins
@@ -351,7 +342,7 @@ cdef inline int cookie_jar_update(char* jar, size_t* jar_len, size_t cap,
     cdef bint remove = 0
     cdef bint found = 0
     cdef const unsigned char* p
-    while name_start < n and ex_is_ows(sc[name_start]):
+    while name_start < n and h1_is_ows(sc[name_start]):
         name_start += 1
     if cookie_parse(sc + name_start, n - name_start, &name_end, &vs, &ve, &remove) != 0:
         return 0
@@ -360,17 +351,17 @@ cdef inline int cookie_jar_update(char* jar, size_t* jar_len, size_t cap,
     sc += name_start
     i = 0
     while i < jl:
-        while i < jl and ex_is_ows(j[i]):
+        while i < jl and h1_is_ows(j[i]):
             i += 1
         es = i
         p = <const unsigned char*>memchr(j + i, 59, jl - i)
         ee = jl if p == NULL else <size_t>(p - j)
         te = ee
-        while te > es and ex_is_ows(j[te - 1]):
+        while te > es and h1_is_ows(j[te - 1]):
             te -= 1
         p = <const unsigned char*>memchr(j + es, 61, te - es)
         ne = te if p == NULL else <size_t>(p - j)
-        while ne > es and ex_is_ows(j[ne - 1]):
+        while ne > es and h1_is_ows(j[ne - 1]):
             ne -= 1
         if ne - es == name_len and name_len and memcmp(j + es, sc, name_len) == 0:
             found = 1
@@ -384,7 +375,7 @@ cdef inline int cookie_jar_update(char* jar, size_t* jar_len, size_t cap,
         if ee < jl:             # a later entry follows: drop "name=value;" and the blanks
             ds = es
             de = ee + 1
-            while de < jl and ex_is_ows(j[de]):
+            while de < jl and h1_is_ows(j[de]):
                 de += 1
         elif prev_te >= 0:      # the last entry: drop from the end of the previous one
             ds = <size_t>prev_te

@@ -29,6 +29,8 @@ Bytes outside escapes are copied as they are (UTF-8 is not validated).
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memmove
 
+from _fastpath.http1 cimport h1_hexval
+
 
 cdef extern from *:
     """
@@ -64,16 +66,6 @@ cdef inline size_t json_ws(const unsigned char* s, size_t n, size_t i) noexcept 
     return i
 
 
-cdef inline int ex_hexval(unsigned char c) noexcept nogil:
-    if 48 <= c <= 57:
-        return c - 48
-    if 97 <= c <= 102:
-        return c - 87
-    if 65 <= c <= 70:
-        return c - 55
-    return -1
-
-
 cdef inline int32_t json_hex4(const unsigned char* s, size_t n, size_t i) noexcept nogil:
     """The value of the 4 hex digits at s[i:i+4], -1 if they are not that."""
     cdef int32_t v = 0
@@ -82,7 +74,7 @@ cdef inline int32_t json_hex4(const unsigned char* s, size_t n, size_t i) noexce
     if i > n or n - i < 4:
         return -1
     for k in range(i, i + 4):
-        d = ex_hexval(s[k])
+        d = h1_hexval(s[k])
         if d < 0:
             return -1
         v = v * 16 + d

@@ -42,6 +42,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
+from _fastpath.http1 cimport h1_lower
 from _fastpath.includes.crypto cimport SHA1, EVP_EncodeBlock
 
 
@@ -390,15 +391,11 @@ cdef inline void ws_handshake_init(ws_handshake* h, const char* expected_accept)
     h.line_start = 0
 
 
-cdef inline unsigned char ws_lower(unsigned char c) noexcept nogil:
-    return c + 32 if 65 <= c <= 90 else c
-
-
 cdef inline bint ws_ieq(const unsigned char* s, size_t n, const char* lower) noexcept nogil:
     """Whether s[0:n] equals the NUL-terminated lowercase ``lower``, ignoring ASCII case."""
     cdef size_t i
     for i in range(n):
-        if lower[i] == 0 or ws_lower(s[i]) != <unsigned char>lower[i]:
+        if lower[i] == 0 or h1_lower(s[i]) != <unsigned char>lower[i]:
             return False
     return lower[n] == 0
 

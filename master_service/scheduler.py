@@ -4,7 +4,8 @@ Theory of operation: ``submit`` validates and stores a run as SCHEDULED and wake
 thread. The runner takes the oldest SCHEDULED run, waits (bounded) for at least one available
 worker, splits every scenario entry's sessions over the workers by capacity, and opens one
 ``RunAssignment`` stream per worker, each read by its own thread. Every report's deltas are
-stored and merged into the run's ``Aggregator``; when every stream has ended (or the run's
+stored and, once their batch has committed, merged into the run's ``Aggregator`` (so progress
+shown to watchers never runs ahead of the database); when every stream has ended (or the run's
 timeout passes, or it is cancelled) the result is computed from the merged histograms, the
 thresholds are evaluated, and the run gets its final state. Waiters (``RunLoadTest``) sleep on
 a condition variable. Talking to workers goes through ``WorkerTransport`` so tests can swap it.
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,6 +45,8 @@ TERMINAL = (
 # When a load test sets no timeout: its longest duration plus this grace, or this alone.
 DEFAULT_TIMEOUT_GRACE_S = 60.0
 DEFAULT_TIMEOUT_NO_DURATION_S = 3600.0
+# How long a worker's report may wait for the store's batched commit before the run fails.
+STORE_COMMIT_TIMEOUT_S = 30.0
 
 
 class WorkerTransport(Protocol):
@@ -456,9 +460,18 @@ class Scheduler:
             for report in stream:
                 self._registry.touch(worker.worker_id)
                 blob = report.SerializeToString()  # stored, and what the aggregator merges
-                self._store.add_delta(
+                stored = self._store.add_delta(
                     active.run.id, worker.worker_id, report.sequence, blob, assignment.assignment_id
                 )
+                # Merged (and so shown to anyone) only once committed: a figure a watcher
+                # saw is in the database and survives a crash of the master.
+                try:
+                    stored.result(timeout=STORE_COMMIT_TIMEOUT_S)
+                except FutureTimeout:
+                    raise RuntimeError(
+                        f"the master's database did not store a report within "
+                        f"{STORE_COMMIT_TIMEOUT_S:g}s"
+                    ) from None
                 active.aggregator.add_report(worker.worker_id, report, blob)
                 if report.error:
                     active.errors.append(f"worker {worker.worker_id}: {report.error}")

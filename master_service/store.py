@@ -6,18 +6,25 @@ run's partial metrics survive a crash of the master. One connection, guarded by 
 
 Deltas come often (one per worker per second: a thousand a second on a big cluster), so they
 are queued and written by a background thread, many in one transaction, every
-``FLUSH_INTERVAL_S``; a crash loses at most that much of them. Reading deltas flushes first.
-Run states are written at once.
+``FLUSH_INTERVAL_S``. ``add_delta`` returns a future that is resolved once the delta's
+transaction has committed (or failed): the scheduler merges a delta, and so lets anyone see
+it, only after that, so a figure the master has shown is always in the database and survives
+``kill -9``. A crash loses only deltas that were received but not yet committed, which no one
+has seen. Reading deltas flushes first. Run states are written at once.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import Protocol
 
 from chaperon.v1 import results_pb2
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -47,7 +54,7 @@ class Store(Protocol):
     def next_scheduled(self) -> results_pb2.LoadTestRun | None: ...
     def add_delta(
         self, run_id: str, worker_id: str, sequence: int, report: bytes, assignment_id: str = ""
-    ) -> None: ...
+    ) -> Future[None]: ...
     def deltas(self, run_id: str) -> list[tuple[str, int, bytes]]: ...
     def close(self) -> None: ...
 
@@ -63,7 +70,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._pending: list[tuple[str, str, str, int, bytes]] = []
+        self._pending: list[tuple[tuple[str, str, str, int, bytes], Future[None]]] = []
         self._pending_lock = threading.Lock()
         self._closed = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer", daemon=True)
@@ -71,26 +78,38 @@ class SqliteStore:
 
     def _write_loop(self) -> None:
         while not self._closed.wait(self.FLUSH_INTERVAL_S):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the batch's futures carry the error; go on
+                log.exception("writing a batch of deltas failed")
 
     def flush(self) -> None:
-        """Write the queued deltas in one transaction."""
+        """Write the queued deltas in one transaction, then resolve their futures (with the
+        error if the transaction failed, which is also raised)."""
         with self._pending_lock:
             batch, self._pending = self._pending, []
         if not batch:
             return
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO deltas "
-                    "(run_id, worker_id, assignment_id, sequence, report) VALUES (?, ?, ?, ?, ?)",
-                    batch,
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        try:
+            with self._lock:
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO deltas "
+                        "(run_id, worker_id, assignment_id, sequence, report) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        [row for row, _ in batch],
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except BaseException as exc:
+            for _, stored in batch:
+                stored.set_exception(exc)
+            raise
+        for _, stored in batch:
+            stored.set_result(None)
 
     def put_run(self, run: results_pb2.LoadTestRun) -> None:
         blob = run.SerializeToString()
@@ -141,12 +160,17 @@ class SqliteStore:
 
     def add_delta(
         self, run_id: str, worker_id: str, sequence: int, report: bytes, assignment_id: str = ""
-    ) -> None:
-        """Queue one report (written within FLUSH_INTERVAL_S); a worker may hold several
-        assignments of a run (a takeover)."""
+    ) -> Future[None]:
+        """Queue one report, written within FLUSH_INTERVAL_S; the future resolves when it is
+        committed. A worker may hold several assignments of a run (a takeover)."""
         row = (run_id, worker_id, assignment_id or worker_id, sequence, report)
+        stored: Future[None] = Future()
         with self._pending_lock:
-            self._pending.append(row)
+            if self._closed.is_set():
+                stored.set_exception(RuntimeError("the store is closed"))
+            else:
+                self._pending.append((row, stored))
+        return stored
 
     def deltas(self, run_id: str) -> list[tuple[str, int, bytes]]:
         self.flush()

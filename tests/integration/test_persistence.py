@@ -9,8 +9,8 @@ what it sees; each test then checks one promise against the record:
 
 1. nginx, a master (``--db`` in the test dir, a port picked once) and one worker.
 2. ``SubmitLoadTests``: a 6 s load test, then two 1 s ones (queued behind it).
-3. Once the first is RUNNING and the master has merged (and stored) a delta with requests
-   in it, the master gets SIGKILL.
+3. A watcher follows the first run; right after it has been shown a request count for the
+   second time, the master gets SIGKILL. The watcher keeps the highest count it saw.
 4. The worker's status is polled until it is idle again; nginx's request count is then
    sampled over a window to see that the orphaned engines really stopped.
 5. A new master on the same port and database; the two queued runs must then run on the
@@ -20,6 +20,7 @@ what it sees; each test then checks one promise against the record:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,9 @@ RPC_TIMEOUT_S = 10.0
 LONG_RUN_S = 6
 # How long each step may take before the scenario gives up on it.
 RUNNING_WITH_DELTAS_WITHIN_S = 15.0
+WATCH_TIMEOUT_S = 30.0
+# Progress messages showing requests before the kill (one a second; the run lasts LONG_RUN_S).
+SHOWN_COUNTS_BEFORE_KILL = 2
 WORKER_IDLE_WITHIN_S = 5.0
 QUIET_WINDOW_S = 1.0
 HEALTH_AFTER_RESTART_WITHIN_S = 15.0
@@ -52,7 +56,7 @@ class CrashRecord:
     worker_id: str = ""
     worker_address: str = ""
     run_ids: list[str] = field(default_factory=list)
-    count_before_kill: int = 0
+    highest_shown: int = 0
     served_at_kill: int = 0
     idle_after_kill_s: float | None = None
     last_worker_status: Any = None
@@ -72,18 +76,58 @@ def _master_stub(address: str) -> tuple[grpc.Channel, Any]:
     return channel, master_pb2_grpc.MasterStub(channel)
 
 
-def _watch_until_counting(stub: Any, run_id: str, timeout_s: float) -> int:
-    """Follow WatchLoadTestRun until the run is RUNNING with requests counted; the count."""
-    from chaperon.v1 import master_pb2, results_pb2
+class _Watcher(threading.Thread):
+    """Follows WatchLoadTestRun until the stream ends (the master's kill ends it) and keeps
+    the highest request count it was shown: what a user watching the run saw."""
 
-    request = master_pb2.WatchLoadTestRunRequest(id=run_id)
-    for progress in stub.WatchLoadTestRun(request, timeout=timeout_s):
-        count = sum(m.count for m in progress.metrics)
-        if progress.state == results_pb2.RUNNING and count > 0:
-            return count
-        if progress.HasField("run"):
-            break
-    raise AssertionError(f"{run_id} ended or never counted a request while watched")
+    def __init__(self, address: str, run_id: str) -> None:
+        super().__init__(name=f"watch-{run_id}", daemon=True)
+        self.address = address
+        self.run_id = run_id
+        self.highest = 0
+        self.counting_messages = 0
+        self.message = threading.Event()  # set at every message that shows requests
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from chaperon.v1 import master_pb2, results_pb2
+
+        channel, stub = _master_stub(self.address)
+        request = master_pb2.WatchLoadTestRunRequest(id=self.run_id)
+        try:
+            with channel:
+                for progress in stub.WatchLoadTestRun(request, timeout=WATCH_TIMEOUT_S):
+                    count = sum(m.count for m in progress.metrics)
+                    self.highest = max(self.highest, count)
+                    if progress.state == results_pb2.RUNNING and count > 0:
+                        self.counting_messages += 1
+                        self.message.set()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:  # the kill: expected
+                self.error = exc
+        except BaseException as exc:  # noqa: BLE001 - reported by the scenario
+            self.error = exc
+
+
+def _kill_right_after_a_shown_count(master: RestartableMaster, watcher: _Watcher) -> int:
+    """Kill the master just after the watcher was shown a count (the moment a figure that
+    was merged but not yet stored would be lost); return the highest count it was shown."""
+    deadline = time.monotonic() + RUNNING_WITH_DELTAS_WITHIN_S
+    while watcher.counting_messages < SHOWN_COUNTS_BEFORE_KILL:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not watcher.is_alive():
+            raise AssertionError(
+                f"{watcher.run_id} showed {watcher.counting_messages} counting progress "
+                f"messages within {RUNNING_WITH_DELTAS_WITHIN_S}s ({watcher.error!r})"
+            )
+        watcher.message.wait(remaining)
+        watcher.message.clear()
+    master.kill()
+    watcher.join(WATCH_TIMEOUT_S)
+    assert not watcher.is_alive(), "the watch stream outlived the master"
+    if watcher.error is not None:
+        raise watcher.error
+    return watcher.highest
 
 
 def _worker_idle_within(address: str, timeout_s: float) -> tuple[float | None, Any]:
@@ -152,11 +196,9 @@ def _play(
             master_pb2.SubmitLoadTestsRequest(load_tests=load_tests), timeout=RPC_TIMEOUT_S
         ).runs
         record.run_ids = [r.id for r in runs]
-        record.count_before_kill = _watch_until_counting(
-            stub, record.run_ids[0], RUNNING_WITH_DELTAS_WITHIN_S
-        )
-
-    master.kill()
+    watcher = _Watcher(master.address, record.run_ids[0])
+    watcher.start()
+    record.highest_shown = _kill_right_after_a_shown_count(master, watcher)
     record.served_at_kill = nginx.requests_served()
     record.idle_after_kill_s, record.last_worker_status = _worker_idle_within(
         worker.address, WORKER_IDLE_WITHIN_S
@@ -245,9 +287,11 @@ def test_in_flight_run_is_interrupted_with_partial_metrics(crash):
     assert run.error, "an interrupted run says why"
     assert run.HasField("finished_at")
     get_root = metric(run, "GET /")
-    # At least what the master had merged when it was killed (stored before it is merged),
-    # at most what nginx served in all (the last interval never reached the master).
-    assert crash.count_before_kill <= get_root.count <= crash.served_at_kill
+    # A figure the system has shown must not shrink after a crash: the stored run holds at
+    # least the highest count a watcher was shown (deltas are merged only once committed),
+    # and at most what nginx served (the last interval never reached the master).
+    assert crash.highest_shown > 0
+    assert crash.highest_shown <= get_root.count <= crash.served_at_kill
     assert_hdr_matches(get_root)
 
 

@@ -6,6 +6,7 @@ plays the workers' report streams so the queue, the merging and the states can b
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -213,6 +214,78 @@ def test_submit_validates_and_unknown_id_is_not_found() -> None:
             sched.get("run-nope")
     finally:
         sched.stop()
+
+
+class _ManualStore(SqliteStore):
+    """Commits deltas only when the test calls flush(); counts what was queued."""
+
+    FLUSH_INTERVAL_S = 3600.0
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.queued = 0
+
+    def add_delta(self, *args: Any, **kwargs: Any) -> Any:
+        stored = super().add_delta(*args, **kwargs)
+        self.queued += 1
+        return stored
+
+
+def _until(predicate: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
+def test_progress_shows_only_committed_deltas() -> None:
+    # A delta the master received but has not committed is not merged: no watcher can be
+    # shown a figure that a crash would take back.
+    store = _ManualStore(":memory:")
+    reg = WorkerRegistry()
+    reg.register("127.0.0.1:1000", 1)
+    gate = threading.Event()
+    sched = Scheduler(store, reg, _FakeTransport(gate), worker_wait_s=1.0)
+    sched.start()
+    try:
+        run_id = sched.submit(load_test_from_dict(LT)).id
+        _until(lambda: store.queued == 1)
+        time.sleep(0.1)  # would the consumer merge it anyway?
+        assert sched.progress(run_id) == (0.0, [])
+        store.flush()
+        _until(lambda: (sched.progress(run_id) or (0, []))[1] != [])
+        ((key, count, errors, _, _),) = sched.progress(run_id)[1]  # type: ignore[index]
+        assert (key, count, errors) == ("GET /", 5, 0)
+        gate.set()
+        _until(lambda: store.queued == 2)
+        assert sched.progress(run_id)[1][0][1] == 5  # type: ignore[index]
+        store.flush()
+        run = sched.wait(run_id)
+        assert run.state == results_pb2.SUCCEEDED and run.result.metrics[0].count == 10
+    finally:
+        gate.set()
+        sched.stop()
+        store.close()
+
+
+def test_a_failed_commit_fails_the_delta_not_the_writer(tmp_path: Any) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    try:
+        store.put_run(results_pb2.LoadTestRun(id="r1", state=results_pb2.RUNNING))
+        good = store.add_delta("r1", "w", 1, b"x")
+        store.flush()
+        assert good.result(timeout=0) is None
+        bad = store.add_delta("r1", "w", 2, None)  # type: ignore[arg-type]  # NOT NULL column
+        with pytest.raises(sqlite3.IntegrityError):
+            bad.result(timeout=5)
+        later = store.add_delta("r1", "w", 3, b"z")
+        assert later.result(timeout=5) is None  # the writer thread lived on
+        assert [s for _, s, _ in store.deltas("r1")] == [1, 3]
+    finally:
+        store.close()
+    closed = store.add_delta("r1", "w", 4, b"late")
+    with pytest.raises(RuntimeError, match="closed"):
+        closed.result(timeout=0)
 
 
 def test_restart_marks_in_flight_run_interrupted_with_partial_metrics(tmp_path: Any) -> None:

@@ -151,9 +151,17 @@ def extensions() -> list:
 generate_stubs()
 
 setup(
-    packages=["chaperon", "chaperon.v1", "master_service", "worker_service", "_fastpath"],
+    packages=[
+        "chaperon",
+        "chaperon.core",
+        "chaperon.rpc",
+        "chaperon.v1",
+        "master_service",
+        "worker_service",
+        "_fastpath",
+    ],
     package_data={
-        "chaperon": ["py.typed"],
+        "chaperon": ["py.typed", "*.pyi"],
         "chaperon.v1": ["*.pyi"],
         "_fastpath": ["*.pxd", "includes/*.pxd"],
     },

@@ -315,7 +315,7 @@ def through_grpc(
 ) -> dict[str, Any]:
     import grpc
 
-    from chaperon.loadtest import load_test_from_dict
+    from chaperon.core.loadtest import load_test_from_dict
     from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2
     from master_service import aggregator as aggregator_module
     from master_service import store as store_module

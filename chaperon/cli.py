@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -24,12 +23,12 @@ import grpc
 from google.protobuf import json_format
 
 from chaperon._version import __version__
-from chaperon.channels import TlsConfigError
 from chaperon.client import Client
+from chaperon.core.loadtest import LoadTestFileError, load_file, load_test_from_dict
 from chaperon.exporters import FORMATS, export
-from chaperon.loadtest import LoadTestFileError, load_file, load_test_from_dict
 from chaperon.report import format_report
-from chaperon.status import field_violations
+from chaperon.rpc.channels import TlsConfigError
+from chaperon.rpc.status import field_violations
 from chaperon.v1 import results_pb2
 
 EXIT_FAILED_RUN = 1
@@ -56,25 +55,15 @@ def _rpc_message(exc: grpc.RpcError) -> str:
 
 
 @contextlib.contextmanager
-def embedded_cluster(threads: int, db_path: str | None = None) -> Iterator[str]:
-    """A master and one worker in this process on loopback; yields the master's address."""
-    from master_service.server import start_master
-    from worker_service.server import start_worker
+def _embedded(threads: int, db_path: str | None = None) -> Iterator[str]:
+    """The embedded master + worker (loaded only by the commands that start them)."""
+    from chaperon.embedded import EmbeddedClusterError, embedded_cluster
 
-    with tempfile.TemporaryDirectory(prefix="chaperon-") as tmp:
-        master = start_master("127.0.0.1", 0, db_path or os.path.join(tmp, "chaperon.db"))
-        worker = None
-        try:
-            # Everything runs on the user's own machine: python steps are allowed.
-            worker = start_worker(master.address, "127.0.0.1", 0, threads, allow_python=True)
-            assert worker.membership is not None
-            if not worker.membership.registered.wait(15):
-                raise CliError("the embedded worker could not register with the embedded master")
-            yield master.address
-        finally:
-            if worker is not None:
-                worker.stop(0.5)
-            master.stop(0.5)
+    try:
+        with embedded_cluster(threads, db_path) as address:
+            yield address
+    except EmbeddedClusterError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _print_run(run: results_pb2.LoadTestRun, as_json: bool) -> int:
@@ -117,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     folder = os.path.dirname(os.path.abspath(args.file))
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    with embedded_cluster(args.threads or 0, args.db) as address, Client(address) as client:
+    with _embedded(args.threads or 0, args.db) as address, Client(address) as client:
         try:
             run = client.run(load_test)
         except grpc.RpcError as exc:
@@ -165,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"against a local target at {base_url}",
                 flush=True,
             )
-        with embedded_cluster(args.threads or 0) as address, Client(address) as client:
+        with _embedded(args.threads or 0) as address, Client(address) as client:
             run = client.run(load_test)
         return _print_run(run, args.json)
     finally:

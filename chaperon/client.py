@@ -6,7 +6,7 @@
         print(run.state, run.result.metrics[0].percentiles)
 
 Every method returns the protobuf messages of ``chaperon.v1``; failures raise
-``grpc.RpcError`` with the master's status and message (``chaperon.status.field_violations``
+``grpc.RpcError`` with the master's status and message (``chaperon.rpc.status.field_violations``
 lists the bad fields of an ``INVALID_ARGUMENT``).
 """
 
@@ -18,8 +18,8 @@ from types import TracebackType
 
 import grpc
 
-from chaperon.auth import bearer_metadata
-from chaperon.channels import make_channel, read_ca
+from chaperon.rpc.auth import bearer_metadata
+from chaperon.rpc.channels import make_channel, read_ca
 from chaperon.v1 import (
     loadtest_pb2,
     master_pb2,

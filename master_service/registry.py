@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from chaperon.status import NotFound
+from chaperon.core.errors import NotFound
 from chaperon.v1 import worker_pb2
 
 

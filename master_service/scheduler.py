@@ -24,10 +24,10 @@ from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
-from chaperon.allowlist import AllowList
-from chaperon.durations import parse_duration_ns
-from chaperon.loadtest import max_sessions
-from chaperon.status import FailedPrecondition, NotFound
+from chaperon.core.allowlist import AllowList
+from chaperon.core.durations import parse_duration_ns
+from chaperon.core.errors import FailedPrecondition, NotFound
+from chaperon.core.loadtest import max_sessions
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.aggregator import Aggregator, evaluate_thresholds
 from master_service.registry import WorkerEntry, WorkerRegistry, split_sessions

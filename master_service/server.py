@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health
 
-from chaperon.allowlist import AllowList
-from chaperon.auth import TokenAuthInterceptor
-from chaperon.channels import build_server, host_port, read_ca, server_credentials
-from chaperon.status import DecodeErrorInterceptor
+from chaperon.core.allowlist import AllowList
+from chaperon.rpc.auth import TokenAuthInterceptor
+from chaperon.rpc.channels import build_server, host_port, read_ca, server_credentials
+from chaperon.rpc.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc
 from master_service.registry import WorkerRegistry
 from master_service.scheduler import Scheduler

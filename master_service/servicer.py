@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from google.protobuf import timestamp_pb2
 
 from chaperon._version import __version__
-from chaperon.status import InvalidArgument, grpc_errors, grpc_stream_errors
+from chaperon.core.errors import InvalidArgument
+from chaperon.rpc.status import grpc_errors, grpc_stream_errors
 from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2, worker_pb2
 from master_service.registry import WorkerEntry, WorkerRegistry
 from master_service.scheduler import TERMINAL, Scheduler

@@ -1,7 +1,7 @@
 """Validation of scenario steps: every action of the session language, field by field.
 
 ``check_steps`` walks one scenario part (``init``, ``run`` or ``teardown``) with a ``StepContext``
-that knows what the whole scenario entry declares (``chaperon.loadtest.Inventory``: variables
+that knows what the whole scenario entry declares (``chaperon.core.loadtest.Inventory``: variables
 set by some step, WebSocket connections opened, child sessions started, python steps), so a
 step that refers to something no step provides is reported here, at submission, with its
 field path (``scenarios[0].scenario.run[3].ws_send.conn``), rather than by a worker at run
@@ -18,8 +18,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from chaperon.durations import DurationError, parse_duration_ns
-from chaperon.loadtest import (
+from chaperon.core.durations import DurationError, parse_duration_ns
+from chaperon.core.loadtest import (
     DEFAULT_CONN,
     HTTP_METHODS,
     Inventory,

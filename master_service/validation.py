@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from chaperon.allowlist import AllowList
-from chaperon.loadtest import (
+from chaperon.core.allowlist import AllowList
+from chaperon.core.errors import InvalidArgument, ResourceExhausted, Unimplemented
+from chaperon.core.loadtest import (
     Inventory,
     effective_config,
     entry_scenarios,
@@ -23,7 +24,6 @@ from chaperon.loadtest import (
     struct_to_dict,
     target_hosts,
 )
-from chaperon.status import InvalidArgument, ResourceExhausted, Unimplemented
 from chaperon.v1 import loadtest_pb2
 from master_service.step_validation import Collector, StepContext, check_entry_limits, check_steps
 

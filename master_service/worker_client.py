@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import grpc
 
-from chaperon.auth import bearer_metadata
-from chaperon.channels import make_channel
+from chaperon.rpc.auth import bearer_metadata
+from chaperon.rpc.channels import make_channel
 from chaperon.v1 import worker_pb2, worker_pb2_grpc
 
 _OPTIONS = [

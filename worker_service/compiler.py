@@ -9,7 +9,7 @@ merged over the current one (``self.config`` and ``self.base`` change while they
 
 Numbering happens here: targets (resolved to addresses, checked against the allow-list),
 metric keys (filtered by ``config.metrics_filter``), variables (``lang.Names``), WebSocket
-connections and child sessions (found beforehand by ``chaperon.loadtest.Inventory``, so a step
+connections and child sessions (found beforehand by ``chaperon.core.loadtest.Inventory``, so a step
 may refer to one defined later in the array), and signal values (interned as met). A python
 step's function is imported here, on the worker, and only when it allows python steps.
 
@@ -48,9 +48,10 @@ from _fastpath.engine import (
     OP_WS_RECV,
     OP_WS_SEND,
 )
-from chaperon.allowlist import AllowList
-from chaperon.durations import DurationError, parse_duration_ns
-from chaperon.loadtest import (
+from chaperon.core.allowlist import AllowList
+from chaperon.core.durations import DurationError, parse_duration_ns
+from chaperon.core.errors import InvalidArgument, PermissionDenied
+from chaperon.core.loadtest import (
     DEFAULT_CONN,
     Inventory,
     Target,
@@ -59,7 +60,6 @@ from chaperon.loadtest import (
     parse_target,
     struct_to_dict,
 )
-from chaperon.status import InvalidArgument, PermissionDenied
 from chaperon.v1 import loadtest_pb2
 from worker_service.lang import (
     MAX_CHILDREN,

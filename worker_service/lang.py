@@ -1,6 +1,6 @@
 """The session language's names and templates, as the plan compiler sees them.
 
-A template is text with ``{{name}}`` placeholders (``chaperon.loadtest.split_template`` parses
+A template is text with ``{{name}}`` placeholders (``chaperon.core.loadtest.split_template`` parses
 it). The compiler turns one into *parts*, the form the engine takes: a list of ``bytes``
 (literal) and ``int`` (a variable slot >= 0, or ``VAR_SESSION_ID`` / ``VAR_ITERATION``), with
 adjacent literals merged. A name means, in this order:
@@ -19,7 +19,7 @@ value (variable or built-in) is inserted as is, never escaped: the engine copies
 variable used inside a JSON string must not hold quotes or backslashes, and one in a query
 string must already be URL-safe.
 
-``chaperon.loadtest.Inventory`` is the pre-pass over a plan's steps (and the scenarios they
+``chaperon.core.loadtest.Inventory`` is the pre-pass over a plan's steps (and the scenarios they
 refer to) that finds which names are variables, which WebSocket connections and child sessions
 exist, and whether a python step is present, before any op is emitted.
 """
@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from _fastpath.engine import VAR_ITERATION, VAR_SESSION_ID
-from chaperon.loadtest import Inventory, Placeholder, split_template
-from chaperon.status import InvalidArgument
+from chaperon.core.errors import InvalidArgument
+from chaperon.core.loadtest import Inventory, Placeholder, split_template
 
 Parts = list[bytes | int]
 

@@ -41,10 +41,10 @@ from _fastpath.engine import (  # noqa: F401 - re-exported: the op kinds of the 
     OP_WS_RECV,
     OP_WS_SEND,
 )
-from chaperon.allowlist import AllowList
-from chaperon.durations import parse_duration_ns
-from chaperon.loadtest import Inventory, effective_config, entry_scenarios
-from chaperon.status import InvalidArgument
+from chaperon.core.allowlist import AllowList
+from chaperon.core.durations import parse_duration_ns
+from chaperon.core.errors import InvalidArgument
+from chaperon.core.loadtest import Inventory, effective_config, entry_scenarios
 from chaperon.v1 import worker_pb2
 from worker_service.compiler import (
     DEFAULT_REQUEST_TIMEOUT_NS,

@@ -31,7 +31,13 @@ from _fastpath.engine import (
     OP_WS_CONNECT,
 )
 from chaperon._version import __version__
-from chaperon.loadtest import METHODS_WITHOUT_BODY, Target, metric_key, parse_target, ws_metric_path
+from chaperon.core.loadtest import (
+    METHODS_WITHOUT_BODY,
+    Target,
+    metric_key,
+    parse_target,
+    ws_metric_path,
+)
 from chaperon.v1 import loadtest_pb2
 from worker_service.lang import Parts, constant, invalid, is_constant, join
 

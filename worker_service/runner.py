@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from _fastpath.engine import Engine
 from _fastpath.histogram import Histogram
-from chaperon.status import ResourceExhausted
+from chaperon.core.errors import ResourceExhausted
 from chaperon.v1 import worker_pb2
 from worker_service.plan import EnginePlan
 

@@ -17,16 +17,16 @@ import grpc
 from grpc_health.v1 import health
 
 from chaperon._version import __version__
-from chaperon.allowlist import AllowList
-from chaperon.auth import TokenAuthInterceptor, bearer_metadata
-from chaperon.channels import (
+from chaperon.core.allowlist import AllowList
+from chaperon.rpc.auth import TokenAuthInterceptor, bearer_metadata
+from chaperon.rpc.channels import (
     build_server,
     host_port,
     make_channel,
     read_ca,
     server_credentials,
 )
-from chaperon.status import DecodeErrorInterceptor
+from chaperon.rpc.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc, worker_pb2, worker_pb2_grpc
 from worker_service.plan import default_threads
 from worker_service.servicer import WorkerServicer, WorkerState

@@ -6,8 +6,9 @@ import threading
 from collections.abc import Iterator
 
 from chaperon._version import __version__
-from chaperon.allowlist import AllowList
-from chaperon.status import FailedPrecondition, InvalidArgument, grpc_errors, grpc_stream_errors
+from chaperon.core.allowlist import AllowList
+from chaperon.core.errors import FailedPrecondition, InvalidArgument
+from chaperon.rpc.status import grpc_errors, grpc_stream_errors
 from chaperon.v1 import worker_pb2, worker_pb2_grpc
 from worker_service.plan import compile_assignment
 from worker_service.runner import AssignmentRunner

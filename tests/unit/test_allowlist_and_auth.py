@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 import pytest
 
-from chaperon.allowlist import AllowList
-from chaperon.auth import TokenAuthInterceptor
-from chaperon.loadtest import load_test_from_dict, target_hosts
-from chaperon.status import PermissionDenied
+from chaperon.core.allowlist import AllowList
+from chaperon.core.errors import PermissionDenied
+from chaperon.core.loadtest import load_test_from_dict, target_hosts
+from chaperon.rpc.auth import TokenAuthInterceptor
 
 
 def test_default_is_loopback_only() -> None:

@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 import yaml
 
-from chaperon.allowlist import AllowList
 from chaperon.cli import build_parser
+from chaperon.core.allowlist import AllowList
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "k8s"

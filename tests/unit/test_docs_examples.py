@@ -30,7 +30,7 @@ import yaml
 
 from _fastpath.engine import Engine
 from chaperon.builder import LoadTest, Scenario
-from chaperon.loadtest import load_file, load_test_from_dict
+from chaperon.core.loadtest import load_file, load_test_from_dict
 from chaperon.v1 import loadtest_pb2, worker_pb2
 from master_service.validation import validate_load_test
 from worker_service.plan import compile_assignment

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from support.loadtests import minimal_load_test
 
-from chaperon.durations import DurationError, parse_duration_ns
-from chaperon.loadtest import (
+from chaperon.core.durations import DurationError, parse_duration_ns
+from chaperon.core.loadtest import (
     LoadTestFileError,
     deep_merge,
     effective_config,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from support.loadtests import minimal_load_test
 
-from chaperon.loadtest import load_test_from_dict
-from chaperon.status import InvalidArgument, ResourceExhausted
+from chaperon.core.errors import InvalidArgument, ResourceExhausted
+from chaperon.core.loadtest import load_test_from_dict
 from master_service.validation import validate_load_test
 
 MINIMAL: dict[str, Any] = minimal_load_test("http://127.0.0.1:8080", concurrency=50, duration="5s")

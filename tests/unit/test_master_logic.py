@@ -16,8 +16,8 @@ import pytest
 from support.loadtests import minimal_load_test
 
 from _fastpath.histogram import Histogram
-from chaperon.loadtest import load_test_from_dict
-from chaperon.status import FailedPrecondition, InvalidArgument, NotFound
+from chaperon.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from chaperon.core.loadtest import load_test_from_dict
 from chaperon.v1 import results_pb2, worker_pb2
 from master_service.aggregator import PERCENTILES, Aggregator
 from master_service.registry import WorkerRegistry

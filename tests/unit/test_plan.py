@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from chaperon.loadtest import load_test_from_dict
-from chaperon.status import InvalidArgument
+from chaperon.core.errors import InvalidArgument
+from chaperon.core.loadtest import load_test_from_dict
 from chaperon.v1 import loadtest_pb2, worker_pb2
 from worker_service.plan import OP_DELAY, OP_HTTP, compile_assignment
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from _fastpath.engine import EX_HEADER, EX_JSON, EX_REGEX, EX_STATUS, VAR_ITERATION, VAR_SESSION_ID
-from chaperon.loadtest import Placeholder as P
-from chaperon.loadtest import display_template, load_test_from_dict, metric_key, split_template
-from chaperon.status import InvalidArgument, PermissionDenied
+from chaperon.core.errors import InvalidArgument, PermissionDenied
+from chaperon.core.loadtest import Placeholder as P
+from chaperon.core.loadtest import display_template, load_test_from_dict, metric_key, split_template
 from chaperon.v1 import loadtest_pb2, worker_pb2
 from worker_service.plan import (
     OP_ABORT,

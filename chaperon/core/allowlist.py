@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
-from chaperon.status import PermissionDenied
+from chaperon.core.errors import PermissionDenied
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK = ("127.0.0.0/8", "::1/128", "localhost")

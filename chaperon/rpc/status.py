@@ -1,6 +1,6 @@
-"""Domain errors and their mapping to gRPC status codes, in one place.
+"""The mapping of domain errors (``chaperon.core.errors``) to gRPC status codes, in one place.
 
-Services raise these plain exceptions from their domain code (which knows nothing of gRPC);
+Services raise plain domain exceptions from their domain code (which knows nothing of gRPC);
 ``grpc_errors`` wraps servicer methods and turns them into a gRPC status with a clear message
 and, for bad input, a ``google.rpc.BadRequest`` detail listing each bad field path. The client
 side reads them back with ``field_violations``.
@@ -18,59 +18,46 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from chaperon.core.errors import (
+    ChaperonError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
+
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class ChaperonError(Exception):
-    """Base class; ``code`` is the gRPC status it maps to."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidArgument(ChaperonError):
-    """Bad input; ``violations`` lists (field path, what is wrong)."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-    def __init__(self, violations: list[tuple[str, str]], what: str = "request") -> None:
-        self.violations = violations
-        shown = "; ".join(f"{f}: {d}" for f, d in violations[:5])
-        more = f" (and {len(violations) - 5} more)" if len(violations) > 5 else ""
-        super().__init__(f"invalid {what}: {shown}{more}" if violations else f"invalid {what}")
+# Each domain error's status code; a subclass maps as its nearest listed base.
+_CODES: dict[type[ChaperonError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
 
 
-class NotFound(ChaperonError):
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class FailedPrecondition(ChaperonError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class ResourceExhausted(ChaperonError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class Unimplemented(ChaperonError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-
-
-class PermissionDenied(ChaperonError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Unavailable(ChaperonError):
-    code = grpc.StatusCode.UNAVAILABLE
+def status_code(err: ChaperonError) -> grpc.StatusCode:
+    """The gRPC status code a domain error answers with (INTERNAL if unmapped)."""
+    for cls in type(err).__mro__:
+        code = _CODES.get(cls)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
 
 
 def _to_status(err: ChaperonError) -> grpc.Status:
-    status = status_pb2.Status(code=getattr(code_pb2, err.code.name), message=err.message)
+    code = status_code(err)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=err.message)
     if isinstance(err, InvalidArgument) and err.violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[

@@ -162,20 +162,3 @@ class WorkerRegistry:
             for w in self.snapshot()
             if not w.ignored and w.healthy and w.state != worker_pb2.WORKER_LOST
         ]
-
-
-def split_sessions(total: int, capacities: list[int]) -> list[int]:
-    """Split ``total`` sessions over workers in proportion to capacity (largest remainder).
-
-    The shares add up to ``total`` exactly; equal capacities give an even split with the
-    remainder spread one each over the first workers.
-    """
-    if not capacities:
-        return []
-    weights = [max(1, c) for c in capacities]
-    whole = sum(weights)
-    shares = [total * w // whole for w in weights]
-    remainders = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
-    for i in remainders[: total - sum(shares)]:
-        shares[i] += 1
-    return shares

@@ -27,10 +27,10 @@ from google.protobuf import timestamp_pb2
 from chaperon.core.allowlist import AllowList
 from chaperon.core.durations import parse_duration_ns
 from chaperon.core.errors import FailedPrecondition, NotFound
-from chaperon.core.loadtest import max_sessions
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.aggregator import Aggregator, evaluate_thresholds
-from master_service.registry import WorkerEntry, WorkerRegistry, split_sessions
+from master_service.registry import WorkerEntry, WorkerRegistry
+from master_service.splitter import Share, demands, split, split_takeover, to_entry_share
 from master_service.store import SqliteStore
 from master_service.validation import check_targets, validate_load_test
 
@@ -319,29 +319,12 @@ class Scheduler:
     def _plan(
         self, lt: loadtest_pb2.LoadTest, workers: list[WorkerEntry]
     ) -> list[tuple[WorkerEntry, list[worker_pb2.EntryShare]]]:
-        per_worker: list[list[worker_pb2.EntryShare]] = [[] for _ in workers]
-        capacities = [w.capacity for w in workers]
-        for index, entry in enumerate(lt.scenarios):
-            if entry.HasField("arrival_rate"):
-                # Open model: session slots split by capacity, and each worker's part of the
-                # arrival rate follows its slots so no worker gets arrivals it cannot seat.
-                slots = max_sessions(entry.arrival_rate)
-                for i, n in enumerate(split_sessions(slots, capacities)):
-                    if n > 0:
-                        per_worker[i].append(
-                            worker_pb2.EntryShare(
-                                entry_index=index, sessions=n, rate_fraction=n / slots
-                            )
-                        )
-                continue
-            first = 0
-            for i, n in enumerate(split_sessions(entry.concurrency, capacities)):
-                if n > 0:
-                    per_worker[i].append(
-                        worker_pb2.EntryShare(entry_index=index, sessions=n, first_session=first)
-                    )
-                first += n
-        return [(w, shares) for w, shares in zip(workers, per_worker, strict=True) if shares]
+        per_worker = split(demands(lt), [w.capacity for w in workers])
+        return [
+            (w, [to_entry_share(s) for s in shares])
+            for w, shares in zip(workers, per_worker, strict=True)
+            if shares
+        ]
 
     def _start_consumer(
         self,
@@ -380,19 +363,14 @@ class Scheduler:
             active.events.append(f"worker {lost_id} lost; no survivor to take its arrival rate")
             return
         elapsed_s = self._clock() - active.started_monotonic
-        capacities = [w.capacity for w in survivors]
+        lost_shares = [
+            Share(entry_index=s.entry_index, sessions=s.sessions, rate_fraction=s.rate_fraction)
+            for s in shares
+        ]
+        parts = split_takeover(lost_shares, [w.capacity for w in survivors])
         moved: list[str] = []
-        for i, survivor in enumerate(survivors):
-            given = []
-            for share in shares:
-                slots = split_sessions(int(share.sessions), capacities)[i]
-                if slots > 0:
-                    part = share.rate_fraction * slots / share.sessions
-                    given.append(
-                        worker_pb2.EntryShare(
-                            entry_index=share.entry_index, sessions=slots, rate_fraction=part
-                        )
-                    )
+        for survivor, part in zip(survivors, parts, strict=True):
+            given = [to_entry_share(s) for s in part]
             if not given:
                 continue
             n = len(active.extra_assignments) + 1

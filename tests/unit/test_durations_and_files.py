@@ -18,7 +18,6 @@ from chaperon.core.loadtest import (
     parse_target,
 )
 from chaperon.v1 import loadtest_pb2
-from master_service.registry import split_sessions
 
 MINIMAL = minimal_load_test("http://127.0.0.1:8080", concurrency=50, duration="5s")
 
@@ -116,18 +115,3 @@ def test_targets_and_metric_keys() -> None:
     assert metric_key(step) == "GET /users/1"
     assert metric_key(loadtest_pb2.HttpStep(method="POST", url="http://x:1/a?b=1")) == "POST /a?b=1"
     assert metric_key(loadtest_pb2.HttpStep(method="GET", path="/", metric="root")) == "root"
-
-
-@pytest.mark.parametrize(
-    ("total", "caps", "want"),
-    [
-        (10, [1, 1], [5, 5]),
-        (11, [2, 2, 2], [4, 4, 3]),
-        (7, [1, 3], [2, 5]),
-        (1, [4, 4], [1, 0]),
-        (0, [1], [0]),
-        (5, [], []),
-    ],
-)
-def test_split_sessions(total: int, caps: list[int], want: list[int]) -> None:
-    assert split_sessions(total, caps) == want

@@ -8,7 +8,8 @@ stored and, once their batch has committed, merged into the run's ``Aggregator``
 shown to watchers never runs ahead of the database); when every stream has ended (or the run's
 timeout passes, or it is cancelled) the result is computed from the merged histograms, the
 thresholds are evaluated, and the run gets its final state. Waiters (``RunLoadTest``) sleep on
-a condition variable. Talking to workers goes through ``WorkerTransport`` so tests can swap it.
+a condition variable. Talking to workers goes through ``WorkerTransport`` so tests can swap it;
+it raises ``AssignmentRefused`` or ``WorkerLost``, never a transport's status code.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
 from chaperon.core.allowlist import AllowList
 from chaperon.core.durations import parse_duration_ns
-from chaperon.core.errors import FailedPrecondition, NotFound
+from chaperon.core.errors import ChaperonError, FailedPrecondition, NotFound
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.aggregator import Aggregator, evaluate_thresholds
 from master_service.registry import WorkerEntry, WorkerRegistry
 from master_service.splitter import Share, demands, split, split_takeover, to_entry_share
 from master_service.store import SqliteStore
+from master_service.transport import AssignmentRefused, AssignmentStream, WorkerTransport
 from master_service.validation import check_targets, validate_load_test
 
 log = logging.getLogger(__name__)
@@ -47,19 +48,6 @@ DEFAULT_TIMEOUT_GRACE_S = 60.0
 DEFAULT_TIMEOUT_NO_DURATION_S = 3600.0
 # How long a worker's report may wait for the store's batched commit before the run fails.
 STORE_COMMIT_TIMEOUT_S = 30.0
-
-
-class WorkerTransport(Protocol):
-    def run_assignment(
-        self, address: str, assignment: worker_pb2.Assignment
-    ) -> AssignmentStream: ...
-
-    def cancel_assignment(self, address: str, assignment_id: str) -> None: ...
-
-
-class AssignmentStream(Protocol):
-    def __iter__(self) -> Iterator[worker_pb2.WorkerReport]: ...
-    def cancel(self) -> None: ...
 
 
 @dataclass
@@ -454,20 +442,12 @@ class Scheduler:
                 if report.error:
                     active.errors.append(f"worker {worker.worker_id}: {report.error}")
                 final = final or report.final
+        except AssignmentRefused as exc:
+            error = f"worker {worker.worker_id} refused the assignment: {exc.message}"
+            refused = True
         except Exception as exc:  # noqa: BLE001 - a failed worker is reported, not fatal
-            detail = getattr(exc, "details", lambda: None)() or str(exc)
-            code = getattr(exc, "code", lambda: None)()
-            if code is not None and code.name in (
-                "INVALID_ARGUMENT",
-                "UNIMPLEMENTED",
-                "PERMISSION_DENIED",
-                "RESOURCE_EXHAUSTED",
-                "FAILED_PRECONDITION",
-            ):
-                error = f"worker {worker.worker_id} refused the assignment: {detail}"
-                refused = True
-            else:
-                error = f"worker {worker.worker_id} ({worker.address}): {detail}"
+            detail = exc.message if isinstance(exc, ChaperonError) else str(exc)
+            error = f"worker {worker.worker_id} ({worker.address}): {detail}"
         if takeover:
             if not final and not active.cancelled and worker.worker_id not in active.lost:
                 active.errors.append(error or f"takeover {assignment.assignment_id} ended early")

@@ -1,4 +1,10 @@
-"""The master's side of the Worker service: one cached gRPC channel per worker address."""
+"""The master's side of the Worker service over gRPC: one cached channel per worker address.
+
+This is the one place where a worker's gRPC status codes mean something to the master: a
+worker that answered and refused (``_REFUSALS``) raises ``AssignmentRefused``; any other
+failure (unreachable, deadline, a stream that broke, cancelled) raises ``WorkerLost``. Both
+carry the worker's own words (the status details). The scheduler never sees a status code.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import grpc
 from chaperon.rpc.auth import bearer_metadata
 from chaperon.rpc.channels import make_channel
 from chaperon.v1 import worker_pb2, worker_pb2_grpc
+from master_service.transport import AssignmentRefused, WorkerLost
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -18,12 +25,38 @@ _OPTIONS = [
 ]
 
 
+# The codes with which a worker that answered says no: the run fails with its reason, and the
+# worker is not counted lost.
+_REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+def _domain_error(exc: grpc.RpcError) -> AssignmentRefused | WorkerLost:
+    """The domain error for a failed call: refused if the worker said no, else lost."""
+    # The errors grpc raises are also its Call objects, with the status code and details.
+    code = getattr(exc, "code", lambda: None)()
+    detail = getattr(exc, "details", lambda: None)() or str(exc)
+    if code in _REFUSALS:
+        return AssignmentRefused(detail)
+    return WorkerLost(detail)
+
+
 class _Stream:
     def __init__(self, call: grpc.Call) -> None:
         self._call = call
 
     def __iter__(self) -> Iterator[worker_pb2.WorkerReport]:
-        return iter(self._call)  # type: ignore[call-overload]
+        try:
+            yield from self._call  # type: ignore[misc]  # the call object is the iterator
+        except grpc.RpcError as exc:
+            raise _domain_error(exc) from None
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -61,14 +94,21 @@ class GrpcWorkerTransport:
         return worker_pb2_grpc.WorkerStub(channel)
 
     def run_assignment(self, address: str, assignment: worker_pb2.Assignment) -> _Stream:
-        return _Stream(self._stub(address).RunAssignment(assignment, metadata=self._metadata))
+        try:
+            call = self._stub(address).RunAssignment(assignment, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _domain_error(exc) from None
+        return _Stream(call)
 
     def cancel_assignment(self, address: str, assignment_id: str) -> None:
-        self._stub(address).CancelAssignment(
-            worker_pb2.CancelAssignmentRequest(assignment_id=assignment_id),
-            timeout=5,
-            metadata=self._metadata,
-        )
+        try:
+            self._stub(address).CancelAssignment(
+                worker_pb2.CancelAssignmentRequest(assignment_id=assignment_id),
+                timeout=5,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as exc:
+            raise _domain_error(exc) from None
 
     def close(self) -> None:
         with self._lock:

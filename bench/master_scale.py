@@ -15,7 +15,7 @@ histograms are encoded: ``delta`` (``Histogram.encode_delta()``, what workers se
 
 1. **Pure merge** (no gRPC), pinned to one CPU: ``--variants`` different precomputed reports
    (parsed, as gRPC hands them to the scheduler), every worker's in turn, ``--intervals``
-   intervals, each report handled as ``Scheduler._consume`` does: ``SerializeToString()`` (the
+   intervals, each report handled as a scheduler stream thread does: ``SerializeToString()`` (the
    bytes the store keeps), then ``Aggregator.add_report(worker, report, serialized)``. Each
    call is timed on its own (thread CPU time); "merge ms" is the sum of the ``add_report``
    calls of one interval, "serialize" that of the serializations. Beside them, per interval:
@@ -138,8 +138,8 @@ def pure_merge(
             merge_s = serialize_s = 0.0
             for w in range(workers):
                 v = (w + seq) % variants
-                # As Scheduler._consume does: serialize the parsed report (for the store), then
-                # merge those bytes. Each call timed on its own (thread CPU time).
+                # As a scheduler stream thread does: serialize the parsed report (for the
+                # store), then merge those bytes. Each call timed on its own (thread CPU time).
                 t0 = time.thread_time()
                 blob = parsed[v].SerializeToString()
                 t1 = time.thread_time()

@@ -14,7 +14,8 @@ from chaperon.core.errors import InvalidArgument
 from chaperon.rpc.status import grpc_errors, grpc_stream_errors
 from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2, worker_pb2
 from master_service.registry import WorkerEntry, WorkerRegistry
-from master_service.scheduler import TERMINAL, Scheduler
+from master_service.run_queue import TERMINAL
+from master_service.scheduler import Scheduler
 from master_service.worker_client import GrpcWorkerTransport
 
 MAX_PAGE_SIZE = 1000

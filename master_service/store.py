@@ -10,7 +10,8 @@ are queued and written by a background thread, many in one transaction, every
 transaction has committed (or failed): the scheduler merges a delta, and so lets anyone see
 it, only after that, so a figure the master has shown is always in the database and survives
 ``kill -9``. A crash loses only deltas that were received but not yet committed, which no one
-has seen. Reading deltas flushes first. Run states are written at once.
+has seen. Reading deltas flushes first. Run states are written at once. A stored run whose
+bytes no longer decode raises ``UnreadableRun`` naming it, so a caller can set it aside.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ CREATE TABLE IF NOT EXISTS deltas (
 """
 
 
+class UnreadableRun(Exception):
+    """A stored run's bytes do not decode (a damaged row); ``run_id`` names it."""
+
+    def __init__(self, run_id: str, cause: Exception) -> None:
+        super().__init__(f"stored run {run_id!r} does not decode: {cause}")
+        self.run_id = run_id
+
+
 class Store(Protocol):
     def put_run(self, run: results_pb2.LoadTestRun) -> None: ...
     def get_run(self, run_id: str) -> results_pb2.LoadTestRun | None: ...
@@ -52,6 +61,7 @@ class Store(Protocol):
         self, states: Iterable[int] = (), after_seq: int = 0, limit: int = 100
     ) -> list[tuple[int, results_pb2.LoadTestRun]]: ...
     def next_scheduled(self) -> results_pb2.LoadTestRun | None: ...
+    def count(self, state: int | None = None) -> int: ...
     def add_delta(
         self, run_id: str, worker_id: str, sequence: int, report: bytes, assignment_id: str = ""
     ) -> Future[None]: ...
@@ -123,13 +133,13 @@ class SqliteStore:
     def get_run(self, run_id: str) -> results_pb2.LoadTestRun | None:
         with self._lock:
             row = self._db.execute("SELECT run FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return _decode(row[0]) if row else None
+        return _decode(run_id, row[0]) if row else None
 
     def list_runs(
         self, states: Iterable[int] = (), after_seq: int = 0, limit: int = 100
     ) -> list[tuple[int, results_pb2.LoadTestRun]]:
         wanted = sorted({int(s) for s in states})
-        sql = "SELECT seq, run FROM runs WHERE seq > ?"
+        sql = "SELECT seq, id, run FROM runs WHERE seq > ?"
         args: list[object] = [after_seq]
         if wanted:
             sql += f" AND state IN ({','.join('?' * len(wanted))})"
@@ -138,15 +148,15 @@ class SqliteStore:
         args.append(limit)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [(seq, _decode(blob)) for seq, blob in rows]
+        return [(seq, _decode(run_id, blob)) for seq, run_id, blob in rows]
 
     def next_scheduled(self) -> results_pb2.LoadTestRun | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT run FROM runs WHERE state = ? ORDER BY seq LIMIT 1",
+                "SELECT id, run FROM runs WHERE state = ? ORDER BY seq LIMIT 1",
                 (results_pb2.SCHEDULED,),
             ).fetchone()
-        return _decode(row[0]) if row else None
+        return _decode(row[0], row[1]) if row else None
 
     def count(self, state: int | None = None) -> int:
         with self._lock:
@@ -192,7 +202,10 @@ class SqliteStore:
             self._db.close()
 
 
-def _decode(blob: bytes) -> results_pb2.LoadTestRun:
+def _decode(run_id: str, blob: bytes) -> results_pb2.LoadTestRun:
     run = results_pb2.LoadTestRun()
-    run.ParseFromString(blob)
+    try:
+        run.ParseFromString(blob)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, or whatever a damaged row raises
+        raise UnreadableRun(run_id, exc) from exc
     return run

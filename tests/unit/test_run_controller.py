@@ -1,0 +1,419 @@
+"""The run controller's decisions, fed events by hand: no threads, no gRPC, a fake clock.
+
+Each test plays what the stream threads and the runner would see (a stream opens, reports
+arrive, a stream breaks, a worker goes silent, a cancel, the deadline) and checks the actions
+the controller asks for and the final state it decides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from support.loadtests import minimal_load_test
+
+from _fastpath.histogram import Histogram
+from chaperon.core.loadtest import load_test_from_dict
+from chaperon.v1 import results_pb2, worker_pb2
+from master_service.registry import WorkerEntry
+from master_service.run_controller import (
+    FINAL_REPORT_GRACE_S,
+    INTERRUPTED_BY_MASTER,
+    Action,
+    CancelAssignment,
+    CancelRequested,
+    CancelStream,
+    DeadlinePassed,
+    Phase,
+    Refused,
+    ReportStored,
+    RunController,
+    StartAssignment,
+    StopReason,
+    StreamEnded,
+    StreamOpened,
+    WorkerSilent,
+    final_state,
+    run_timeout_s,
+)
+
+CLOSED: dict[str, Any] = minimal_load_test("http://127.0.0.1:8080", concurrency=5, duration="1s")
+OPEN: dict[str, Any] = {
+    **CLOSED,
+    "scenarios": [
+        {
+            **CLOSED["scenarios"][0],
+            "concurrency": 0,
+            "duration": "5s",
+            "arrival_rate": {"per_second": 100, "max_sessions": 10},
+        }
+    ],
+}
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.cancels = 0
+
+    def cancel(self) -> None:
+        self.cancels += 1
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _report(
+    values: list[int], final: bool = False, completed: int = 0, error: str = ""
+) -> worker_pb2.WorkerReport:
+    h = Histogram()
+    for v in values:
+        h.record(v)
+    return worker_pb2.WorkerReport(
+        final=final,
+        sessions_started=completed,
+        sessions_completed=completed,
+        elapsed_s=1.0,
+        error=error,
+        metrics=[worker_pb2.MetricDelta(key="GET /", hdr=h.encode(), count=len(values))],
+    )
+
+
+def _workers(n: int, capacity: int = 1) -> list[WorkerEntry]:
+    return [WorkerEntry(f"w{i}", f"127.0.0.1:{1000 + i}", capacity) for i in range(n)]
+
+
+def _controller(
+    lt: dict[str, Any] = CLOSED, workers: int = 2, clock: _Clock | None = None
+) -> tuple[RunController, list[StartAssignment]]:
+    run = results_pb2.LoadTestRun(
+        id="run-1", state=results_pb2.RUNNING, load_test=load_test_from_dict(lt)
+    )
+    controller = RunController(run, _workers(workers), clock=clock or _Clock())
+    starts = controller.start()
+    assert all(isinstance(a, StartAssignment) for a in starts)
+    return controller, starts  # type: ignore[return-value]
+
+
+def _open(controller: RunController, *ids: str) -> dict[str, _Stream]:
+    streams = {}
+    for assignment_id in ids:
+        streams[assignment_id] = _Stream()
+        assert controller.handle(StreamOpened(assignment_id, streams[assignment_id])) == []
+    return streams
+
+
+def _complete(controller: RunController, assignment_id: str, n: int) -> None:
+    controller.handle(ReportStored(assignment_id, _report([100] * n, final=True, completed=n)))
+    assert controller.handle(StreamEnded(assignment_id)) == []
+
+
+def test_the_sessions_are_split_over_the_workers() -> None:
+    controller, starts = _controller()
+    assert controller.worker_ids == ["w0", "w1"]
+    assert [(s.worker.worker_id, s.assignment.assignment_id) for s in starts] == [
+        ("w0", "run-1/w0"),
+        ("w1", "run-1/w1"),
+    ]
+    shares = [[(e.sessions, e.first_session) for e in s.assignment.shares] for s in starts]
+    assert shares == [[(3, 0)], [(2, 3)]]
+    assert all(s.assignment.run_id == "run-1" for s in starts)
+    assert all(s.assignment.load_test.name == "smoke" for s in starts)
+
+
+def test_a_run_whose_streams_all_end_after_their_final_report_succeeds() -> None:
+    controller, _ = _controller()
+    _open(controller, "run-1/w0", "run-1/w1")
+    controller.handle(ReportStored("run-1/w0", _report([100, 200])))
+    assert controller.progress()[1][0][:3] == ("GET /", 2, 0)
+    _complete(controller, "run-1/w0", 3)
+    assert controller.phase is Phase.RUNNING
+    _complete(controller, "run-1/w1", 2)
+    assert controller.phase is Phase.ENDED and controller.wait_ended(0)
+    run = controller.finish()
+    assert run.state == results_pb2.SUCCEEDED, run.error
+    assert run.error == "" and run.result.metrics[0].count == 7
+    assert run.result.sessions_lost == 0 and not run.result.lost_workers
+    assert run.HasField("finished_at") and controller.phase is Phase.FINISHED
+
+
+def test_a_refusal_fails_the_run_without_losing_the_worker() -> None:
+    controller, _ = _controller(workers=1)
+    assert controller.handle(Refused("run-1/w0", "python steps are off here")) == []
+    run = controller.finish()
+    assert run.state == results_pb2.FAILED
+    assert run.error == "worker w0 refused the assignment: python steps are off here"
+    assert not run.result.lost_workers
+
+
+def test_a_broken_stream_loses_its_worker_and_its_closed_sessions() -> None:
+    controller, _ = _controller()
+    streams = _open(controller, "run-1/w0", "run-1/w1")
+    controller.handle(ReportStored("run-1/w0", _report([100], completed=1)))
+    # Closed-model sessions do not move: no takeover, the stream is already over.
+    assert controller.handle(StreamEnded("run-1/w0", "connection reset")) == []
+    assert streams["run-1/w0"].cancels == 0
+    _complete(controller, "run-1/w1", 2)
+    run = controller.finish()
+    assert run.state == results_pb2.SUCCEEDED, run.error
+    assert list(run.result.lost_workers) == ["w0"]
+    assert run.result.sessions_lost == 2  # 3 given, 1 completed
+    assert run.error == "worker w0 (127.0.0.1:1000): connection reset"
+
+
+def test_a_stream_that_ends_without_its_final_report_is_a_lost_worker() -> None:
+    controller, _ = _controller()
+    _open(controller, "run-1/w0", "run-1/w1")
+    controller.handle(StreamEnded("run-1/w0"))  # clean end, no final: lost, no error text
+    _complete(controller, "run-1/w1", 2)
+    run = controller.finish()
+    assert list(run.result.lost_workers) == ["w0"] and run.error == ""
+    assert run.state == results_pb2.SUCCEEDED
+
+
+def test_every_worker_lost_fails_the_run() -> None:
+    controller, _ = _controller()
+    _open(controller, "run-1/w0", "run-1/w1")
+    for assignment_id in ("run-1/w0", "run-1/w1"):
+        controller.handle(ReportStored(assignment_id, _report([100])))
+        controller.handle(StreamEnded(assignment_id, "gone"))
+    run = controller.finish()
+    assert run.state == results_pb2.FAILED
+    assert sorted(run.result.lost_workers) == ["w0", "w1"]
+    assert run.result.metrics[0].count == 2  # what they sent is kept
+
+
+def test_a_silent_worker_is_lost_and_its_stream_cut() -> None:
+    controller, _ = _controller()
+    streams = _open(controller, "run-1/w0", "run-1/w1")
+    assert controller.handle(WorkerSilent("w0")) == [CancelStream(streams["run-1/w0"])]
+    assert controller.handle(WorkerSilent("w0")) == []  # once
+    assert controller.handle(WorkerSilent("nobody")) == []
+    # The cancelled stream ends with an error, which adds nothing: the worker is lost already.
+    controller.handle(StreamEnded("run-1/w0", "Locally cancelled by application!"))
+    _complete(controller, "run-1/w1", 2)
+    run = controller.finish()
+    assert run.error == "worker w0 stopped sending heartbeats"
+    assert list(run.result.lost_workers) == ["w0"] and run.result.sessions_lost == 3
+    # A worker whose stream is over is not lost for going silent afterwards.
+    controller2, _ = _controller(workers=1)
+    _open(controller2, "run-1/w0")
+    _complete(controller2, "run-1/w0", 5)
+    assert controller2.handle(WorkerSilent("w0")) == []
+    assert controller2.finish().state == results_pb2.SUCCEEDED
+
+
+def test_the_open_model_share_of_a_lost_worker_moves_to_the_survivors() -> None:
+    clock = _Clock()
+    controller, starts = _controller(OPEN, workers=3, clock=clock)
+    assert [[(e.sessions, e.rate_fraction) for e in s.assignment.shares] for s in starts] == [
+        [(4, 0.4)],
+        [(3, 0.3)],
+        [(3, 0.3)],
+    ]
+    streams = _open(controller, "run-1/w0", "run-1/w1", "run-1/w2")
+    clock.now += 2.5
+    actions = controller.handle(StreamEnded("run-1/w1", "connection reset"))
+    takeovers = [a for a in actions if isinstance(a, StartAssignment)]
+    assert [(t.worker.worker_id, t.assignment.assignment_id) for t in takeovers] == [
+        ("w0", "run-1/w0/takeover-1"),
+        ("w2", "run-1/w2/takeover-2"),
+    ]
+    assert [[(e.sessions, e.rate_fraction) for e in t.assignment.shares] for t in takeovers] == [
+        [(2, pytest.approx(0.2))],
+        [(1, pytest.approx(0.1))],
+    ]
+    assert all(t.assignment.schedule_offset_s == 2.5 for t in takeovers)
+    assert streams["run-1/w1"].cancels == 0  # already over
+    _open(controller, "run-1/w0/takeover-1", "run-1/w2/takeover-2")
+    for assignment_id in ("run-1/w0", "run-1/w2", "run-1/w0/takeover-1"):
+        _complete(controller, assignment_id, 1)
+    assert controller.phase is Phase.RUNNING  # one takeover still runs
+    _complete(controller, "run-1/w2/takeover-2", 1)
+    run = controller.finish()
+    assert run.state == results_pb2.SUCCEEDED, run.error
+    assert list(run.result.events) == [
+        "at 2.5s: worker w1 lost; its share of the arrival rate moved to w0, w2"
+    ]
+    assert run.result.sessions_lost == 0  # open-model slots are not sessions lost
+
+
+def test_no_survivor_means_no_takeover() -> None:
+    controller, _ = _controller(OPEN, workers=2)
+    _open(controller, "run-1/w0", "run-1/w1")
+    _complete(controller, "run-1/w0", 1)  # done: not a survivor
+    assert controller.handle(StreamEnded("run-1/w1", "gone")) == []
+    run = controller.finish()
+    assert list(run.result.events) == ["worker w1 lost; no survivor to take its arrival rate"]
+
+
+def test_a_takeover_that_ends_early_is_an_error_not_a_loss() -> None:
+    controller, _ = _controller(OPEN, workers=2)
+    _open(controller, "run-1/w0", "run-1/w1")
+    (takeover,) = controller.handle(StreamEnded("run-1/w0", "gone"))
+    assert isinstance(takeover, StartAssignment)
+    takeover_id = takeover.assignment.assignment_id
+    _open(controller, takeover_id)
+    controller.handle(StreamEnded(takeover_id))
+    _complete(controller, "run-1/w1", 1)
+    run = controller.finish()
+    assert list(run.result.lost_workers) == ["w0"]
+    assert run.error.endswith(f"takeover {takeover_id} ended early")
+    assert run.state == results_pb2.SUCCEEDED
+
+
+def _cancel_actions(streams: dict[str, _Stream], ids: list[str]) -> list[Action]:
+    return [
+        *(CancelAssignment(f"127.0.0.1:{1000 + int(i[-1])}", i) for i in ids),
+        *(CancelStream(streams[i], FINAL_REPORT_GRACE_S) for i in ids if i in streams),
+    ]
+
+
+def test_cancel_stops_every_assignment_and_keeps_partial_metrics() -> None:
+    controller, _ = _controller()
+    streams = _open(controller, "run-1/w0", "run-1/w1")
+    controller.handle(ReportStored("run-1/w0", _report([100] * 3)))
+    actions = controller.handle(CancelRequested())
+    assert actions == _cancel_actions(streams, ["run-1/w0", "run-1/w1"])
+    assert controller.phase is Phase.DRAINING
+    # Streams that end without a final report now are not lost workers.
+    controller.handle(StreamEnded("run-1/w0", "cancelled"))
+    controller.handle(ReportStored("run-1/w1", _report([100] * 2, final=True)))
+    controller.handle(StreamEnded("run-1/w1"))
+    run = controller.finish()
+    assert run.state == results_pb2.CANCELLED
+    assert run.error == "" and not run.result.lost_workers
+    assert run.result.metrics[0].count == 5
+
+
+def test_a_stream_opened_after_a_cancel_is_cut_at_once() -> None:
+    controller, _ = _controller(workers=1)
+    assert controller.handle(CancelRequested()) == [CancelAssignment("127.0.0.1:1000", "run-1/w0")]
+    late = _Stream()
+    assert controller.handle(StreamOpened("run-1/w0", late)) == [CancelStream(late)]
+
+
+def test_cancel_before_start_sends_nothing() -> None:
+    run = results_pb2.LoadTestRun(id="run-1", load_test=load_test_from_dict(CLOSED))
+    controller = RunController(run, _workers(2))
+    controller.handle(CancelRequested())
+    assert controller.start() == []
+    assert controller.phase is Phase.ENDED
+    assert controller.finish().state == results_pb2.CANCELLED
+
+
+def test_the_deadline_fails_the_run_and_counts_the_unfinished_sessions() -> None:
+    clock = _Clock()
+    controller, _ = _controller(workers=1, clock=clock)
+    assert controller.timeout_s == 61.0 and controller.deadline_s == 161.0
+    streams = _open(controller, "run-1/w0")
+    controller.handle(
+        ReportStored(
+            "run-1/w0",
+            worker_pb2.WorkerReport(sessions_started=5, sessions_completed=2),
+        )
+    )
+    assert controller.handle(DeadlinePassed()) == _cancel_actions(streams, ["run-1/w0"])
+    assert controller.handle(DeadlinePassed()) == []  # once
+    # A cancel after the deadline does not turn the failure into CANCELLED.
+    controller.handle(CancelRequested())
+    controller.handle(StreamEnded("run-1/w0"))
+    run = controller.finish()
+    assert run.state == results_pb2.FAILED
+    assert run.error == "the run passed its timeout (61s) and was stopped"
+    assert run.result.sessions_timed_out == 3
+
+
+def test_a_master_that_stops_interrupts_the_run() -> None:
+    controller, _ = _controller(workers=1)
+    streams = _open(controller, "run-1/w0")
+    controller.handle(ReportStored("run-1/w0", _report([100])))
+    assert controller.handle(CancelRequested(StopReason.MASTER_STOP)) == _cancel_actions(
+        streams, ["run-1/w0"]
+    )
+    controller.handle(StreamEnded("run-1/w0", "cancelled"))
+    run = controller.finish()
+    assert run.state == results_pb2.INTERRUPTED
+    assert run.error == INTERRUPTED_BY_MASTER and run.result.metrics[0].count == 1
+
+
+def test_failed_thresholds_fail_the_run() -> None:
+    lt = {**CLOSED, "thresholds": [{"metric": "GET /", "stat": "max", "max": 0.05}]}
+    controller, _ = _controller(lt, workers=1)
+    _open(controller, "run-1/w0")
+    _complete(controller, "run-1/w0", 5)  # 100 us = 0.1 ms > 0.05 ms
+    run = controller.finish()
+    assert run.state == results_pb2.FAILED and run.error == "thresholds failed"
+    assert not run.result.thresholds[0].passed
+
+
+def test_a_worker_error_with_metrics_does_not_fail_the_run() -> None:
+    controller, _ = _controller(workers=1)
+    _open(controller, "run-1/w0")
+    controller.handle(ReportStored("run-1/w0", _report([100], error="a hook raised")))
+    _complete(controller, "run-1/w0", 5)
+    run = controller.finish()
+    assert run.state == results_pb2.SUCCEEDED
+    assert run.error == "worker w0: a hook raised"
+
+
+def test_a_report_that_does_not_decode_raises_and_merges_nothing() -> None:
+    controller, _ = _controller(workers=1)
+    bad = worker_pb2.WorkerReport(
+        final=True, metrics=[worker_pb2.MetricDelta(key="GET /", hdr=b"junk", count=1)]
+    )
+    with pytest.raises(ValueError):
+        controller.handle(ReportStored("run-1/w0", bad))
+    assert controller.progress()[1] == []
+    controller.handle(StreamEnded("run-1/w0", "a histogram does not decode"))
+    run = controller.finish()
+    assert run.state == results_pb2.FAILED and list(run.result.lost_workers) == ["w0"]
+
+
+def test_events_after_the_end_change_nothing() -> None:
+    controller, _ = _controller(workers=1)
+    _open(controller, "run-1/w0")
+    _complete(controller, "run-1/w0", 5)
+    assert controller.finish().state == results_pb2.SUCCEEDED
+    assert controller.handle(CancelRequested()) == []
+    assert controller.handle(DeadlinePassed()) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ({}, results_pb2.SUCCEEDED),
+        ({"master_stopping": True, "cancelled": True, "timed_out": True}, results_pb2.INTERRUPTED),
+        ({"cancelled": True, "errors": True}, results_pb2.CANCELLED),
+        ({"cancelled": True, "timed_out": True}, results_pb2.FAILED),
+        ({"timed_out": True}, results_pb2.FAILED),
+        ({"errors": True, "metrics": False}, results_pb2.FAILED),
+        ({"errors": True}, results_pb2.SUCCEEDED),
+        ({"every_worker_lost": True}, results_pb2.FAILED),
+        ({"thresholds_passed": False}, results_pb2.FAILED),
+    ],
+)
+def test_final_state(flags: dict[str, bool], want: int) -> None:
+    args = {
+        "master_stopping": False,
+        "cancelled": False,
+        "timed_out": False,
+        "errors": False,
+        "metrics": True,
+        "every_worker_lost": False,
+        "thresholds_passed": True,
+    }
+    state, _ = final_state(**{**args, **flags})
+    assert state == want
+
+
+def test_run_timeout() -> None:
+    assert run_timeout_s(load_test_from_dict({**CLOSED, "timeout": "90s"})) == 90.0
+    assert run_timeout_s(load_test_from_dict(CLOSED)) == 61.0
+    assert run_timeout_s(load_test_from_dict(OPEN)) == 65.0
+    no_duration = minimal_load_test("http://127.0.0.1:8080", duration=None, iterations=1)
+    assert run_timeout_s(load_test_from_dict(no_duration)) == 3600.0

@@ -113,7 +113,7 @@ demand_lists = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.integers(min_value=0, max_value=1_000_000), capacities)
 def test_split_sessions_conserves_and_follows_capacity(total: int, caps: list[int]) -> None:
     parts = split_sessions(total, caps)
@@ -124,7 +124,7 @@ def test_split_sessions_conserves_and_follows_capacity(total: int, caps: list[in
         assert abs(part - total * weight / sum(weights)) < 1
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(demand_lists, capacities)
 def test_split_conserves_sessions_and_rate(wanted: list[Demand], caps: list[int]) -> None:
     per_worker = split(wanted, caps)
@@ -147,7 +147,7 @@ def test_split_conserves_sessions_and_rate(wanted: list[Demand], caps: list[int]
             assert ends[-1] == demand.sessions
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(demand_lists, capacities, capacities)
 def test_takeover_conserves_the_lost_share(
     wanted: list[Demand], caps: list[int], survivors: list[int]

@@ -216,11 +216,39 @@ from _fastpath.histogram cimport (
 )
 from _fastpath.http1 cimport h1_parser, h1_init, h1_feed, h1_feed_eof, H1_DONE, H1_ERROR
 from _fastpath.tls cimport (
+    tls_conn, tls_resume,
     tls_ctx_new, tls_ctx_free, tls_resume_init, tls_resume_clear, tls_conn_init, tls_conn_start,
     tls_handshake, tls_read, tls_write, tls_conn_close, tls_error_text, tls_drained,
     TLS_OK, TLS_WANT_READ, TLS_WANT_WRITE, TLS_CLOSED, TLS_RESET, TLS_FAILED, TLS_ERRTEXT_SIZE,
 )
 
+from _fastpath.engine_config cimport config_t, stage_t
+from _fastpath.engine_conn cimport target_t, SERVER_NAME_SIZE
+from _fastpath.engine_metrics cimport (
+    mstats_t, HIST_HIGHEST, NKINDS, K_CONNECT, K_TIMEOUT, K_RESET, K_CLOSED, K_4XX, K_5XX,
+    K_TLS, K_EXTRACT, K_ABORT, K_PROTOCOL, K_PYTHON,
+)
+from _fastpath.engine_plan cimport (
+    op_t, part_t, tmpl_t, extract_t, C_OP_HTTP, C_OP_DELAY, C_OP_RANDOM_DELAY, C_OP_REPEAT,
+    C_OP_LOOP, C_OP_ASSIGN, C_OP_UPDATE_ADD, C_OP_UNSET, C_OP_RETRY, C_OP_ADD_METRIC,
+    C_OP_ABORT, C_OP_PYTHON, C_OP_ASYNC, C_OP_AWAIT, C_OP_AWAIT_ALL, C_OP_SPREAD, C_OP_SIGNAL,
+    C_OP_AWAIT_SIGNAL, C_OP_WS_CONNECT, C_OP_WS_SEND, C_OP_WS_RECV, C_OP_WS_AWAIT_RECV,
+    C_OP_WS_CLOSE, C_VAR_SESSION_ID, C_VAR_ITERATION,
+)
+from _fastpath.engine_session cimport (
+    session_t, frame_t, sx_t, var_t, ST_IDLE, ST_CONNECTING, ST_WRITING, ST_READING, ST_DELAY,
+    ST_YIELD, ST_DONE, ST_FREE, ST_HANDSHAKING, ST_STARTING, ST_WAIT, ST_WS, PH_RUN, PH_INIT,
+    PH_TEARDOWN, PH_CHILD, W_CHILD, W_ALL, W_SIGNAL, W_WS, W_SLOT, MAX_DEPTH, MAX_STEPS,
+    JAR_SIZE, MAX_VAR_BYTES,
+)
+from _fastpath.engine_thread cimport (
+    thread_t, heap_ent, MAX_EVENTS, RBUF_SIZE, MAX_WAIT_MS, ARRIVAL_BATCH, WARM_WINDOW, SCAN_NS,
+    SPIN_NS, TIMER_SLACK_NS,
+)
+from _fastpath.engine_ws cimport (
+    ws_conn_t, WS_MAX_MESSAGE, WC_CLOSED, WC_CONNECTING, WC_HS_WRITE, WC_HS_READ, WC_OPEN,
+    WC_CLOSING, WC_TLS,
+)
 
 cdef extern from *:
     """

@@ -1,0 +1,87 @@
+# cython: language_level=3
+"""The plan an engine runs: a flat array of ``op_t``, with its templates and extractors.
+
+Theory of operation
+-------------------
+``Engine`` copies the worker's plan into one calloc'ed ``op_t`` array (``config_t.ops``,
+``engine_config.pxd``): init ops, run ops, teardown ops. The threads only read it. Pointers
+in an op (``req``, template parts, extractors, the python callable) point into memory the
+``Engine`` keeps alive (its request buffer, or objects in ``Engine._keep``) until
+``Engine._free``. What each field means per op kind is in ``engine.pyx``'s docstring and
+``engine_state.pxi``/``engine_ws.pxi``.
+"""
+
+from libc.stdint cimport int32_t, int64_t
+
+from _fastpath.extract cimport jp_step
+from _fastpath.includes.regex cimport regex_t
+
+
+cdef enum:
+    C_OP_HTTP = 1
+    C_OP_DELAY = 2
+    C_OP_RANDOM_DELAY = 3
+    C_OP_REPEAT = 4
+    C_OP_LOOP = 5
+    C_OP_ASSIGN = 6
+    C_OP_UPDATE_ADD = 7
+    C_OP_UNSET = 8
+    C_OP_RETRY = 9
+    C_OP_ADD_METRIC = 10
+    C_OP_ABORT = 11
+    C_OP_PYTHON = 12
+    C_OP_ASYNC = 13
+    C_OP_AWAIT = 14
+    C_OP_AWAIT_ALL = 15
+    C_OP_SPREAD = 16
+    C_OP_SIGNAL = 17
+    C_OP_AWAIT_SIGNAL = 18
+    C_OP_WS_CONNECT = 19
+    C_OP_WS_SEND = 20
+    C_OP_WS_RECV = 21
+    C_OP_WS_AWAIT_RECV = 22
+    C_OP_WS_CLOSE = 23
+    C_VAR_SESSION_ID = -1
+    C_VAR_ITERATION = -2
+
+
+# A template: literal bytes and variables, in order (``engine_state.pxi``).
+cdef struct part_t:
+    const char* data        # a literal; NULL: the variable ``var``
+    int64_t len
+    int32_t var             # slot >= 0, or C_VAR_SESSION_ID / C_VAR_ITERATION
+
+cdef struct tmpl_t:
+    part_t* parts
+    int32_t nparts
+
+cdef struct extract_t:
+    int32_t var
+    int32_t kind            # EX_* (engine.pyx)
+    int32_t optional
+    int32_t nsteps          # JSON path
+    jp_step* steps
+    regex_t** re            # regex: one compiled copy per thread (glibc's regexec locks
+                            # each regex_t), owned by Engine._keep
+    const char* name        # header name
+    size_t name_len
+
+cdef struct op_t:
+    int32_t kind
+    int32_t target
+    int32_t metric          # -1: not measured (teardown ops): no latency, count or error
+    int32_t no_body
+    const char* req         # plain HTTP: the request; NULL for a templated one
+    size_t req_len
+    int64_t delay_ns        # DELAY; RANDOM_DELAY: the minimum; RETRY: backoff; waits: timeout
+    int64_t arg             # REPEAT: count; LOOP: duration_ns; RANDOM_DELAY: max - min; ...
+    int32_t body_end        # REPEAT/LOOP/RETRY/ASYNC/SPREAD: the body is (index, body_end)
+    int32_t a               # variable slot, child, connection, signal or opcode (per kind)
+    int32_t b
+    int32_t has_body        # templated HTTP: ``body`` is sent with a Content-Length
+    int32_t cookies         # HTTP: the session's cookie jar is sent and updated
+    int32_t nextract
+    tmpl_t head             # templated HTTP head, ASSIGN value, WS connect head, WS payload
+    tmpl_t body             # templated HTTP body; WS_AWAIT_RECV: expected message
+    extract_t* extract
+    void* pyfunc            # PYTHON: the callable (a borrowed reference: Engine keeps it)

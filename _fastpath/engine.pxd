@@ -8,9 +8,12 @@ Theory of operation
 
 * ``engine_plan.pxd``     the plan: ``op_t`` and its templates and extractors;
 * ``engine_config.pxd``   the run's settings, shared read-only by the threads: ``config_t``;
-* ``engine_conn.pxd``     a target (``target_t``);
-* ``engine_session.pxd``  a session slot: ``session_t``, its frames and stateful part;
-* ``engine_ws.pxd``       a session's WebSocket connection: ``ws_conn_t``;
+* ``engine_conn.pxd``     the one connection type of HTTP and WebSocket (``conn_t``), its
+                          target (``target_t``) and a thread's I/O context (``io_t``);
+* ``engine_session.pxd``  a session slot: ``session_t`` (with its HTTP connection), its
+                          frames and stateful part;
+* ``engine_ws.pxd``       a session's WebSocket connection: ``ws_conn_t`` (a ``conn_t`` and
+                          the WebSocket state);
 * ``engine_thread.pxd``   an engine thread: ``thread_t``, its heap and loop limits;
 * ``engine_metrics.pxd``  what a thread records: ``mstats_t`` and the error kinds.
 

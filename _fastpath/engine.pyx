@@ -118,16 +118,21 @@ op is timed from the intended start (a late wake-up does not shift the ops after
 closed model intended == actual: one histogram is recorded and ``swap`` returns a copy as the
 service time (cheaper than recording twice, and the hot path stays as it was).
 
+Connections. HTTP and WebSocket use one connection type, ``conn_t`` (``engine_conn.pxd``, code
+in ``engine_conn.pxi``): non-blocking connect, TLS handshake and resumption, read, write of a
+pending buffer, close, written once. A session's HTTP connection is ``session_t.conn``; the
+HTTP exchange here (``sess_send_request``, ``on_readable``, ``on_connect_ready``) only sets
+the request as the connection's pending write and feeds what it reads to the parser.
+
 HTTPS. A target ``(ip, port, True, server_name)`` is reached over TLS with the client layer of
-``tls.pxd`` (OpenSSL, non-blocking; this module only follows its rules). After the TCP connect
-the session is HANDSHAKING (``tls_conn_start``, then ``tls_handshake`` on every event until it
-is done), still under the connect deadline; then WRITING/READING as for plain HTTP with
-``tls_write``/``tls_read`` in place of ``send``/``read``. Whatever the state, the operation
+``tls.pxd`` (OpenSSL, non-blocking; ``engine_conn.pxi`` follows its rules). The session is
+CONNECTING while its connection does the TCP connect and then the handshake, both under the
+connect deadline; then WRITING/READING as for plain HTTP. Whatever the state, the operation
 that returned TLS_WANT_x is retried when the socket is x-ready: WANT_WRITE arms EPOLLOUT,
 WANT_READ disarms it (EPOLLIN is always on). Level-triggered epoll cannot see bytes OpenSSL
-already decrypted (read-ahead), so a TLS read goes back to epoll only when ``tls_read`` says
-the connection is drained. A kept connection that turns readable while idle may carry a TLS
-1.3 session ticket (kept) rather than an EOF (dropped). Each session slot keeps the last
+already decrypted (read-ahead), so a TLS read goes back to epoll only when the connection is
+drained (``conn_drained``). A kept connection that turns readable while idle may carry a TLS
+1.3 session ticket (kept) rather than an EOF (dropped). Each connection slot keeps the last
 session its server offered (``tls_resume``, tag = target index) and offers it on its next
 connect to that target, so reconnects (``Connection: close``, an idle close, a target switch)
 resume instead of doing a full handshake. One ``SSL_CTX`` per thread (verification against
@@ -136,9 +141,10 @@ when some target uses TLS. An op that connected includes the connect and the han
 latency and service time. A handshake or verification failure is the error kind ``tls`` (the
 text of the latest is ``Engine.tls_error``); a peer that closes or resets during the handshake
 is ``closed``/``reset``. Plain targets pay one predictable branch (``tls.ssl == NULL``) in
-the read, write and close paths. OpenSSL allocates per connection, not per request: 40-60 KB
-per TLS connection (its record buffers and state; ``bench/tls.py`` measured 56 KB of peak RSS
-with OpenSSL 3.0), so 10k TLS sessions need about 0.5 GB, not the ~18 MB of 10k plain ones.
+the connection's read, write and close paths. OpenSSL allocates per connection, not per
+request: 40-60 KB per TLS connection (its record buffers and state; ``bench/tls.py`` measured
+56 KB of peak RSS with OpenSSL 3.0), so 10k TLS sessions need about 0.5 GB, not the ~18 MB of
+10k plain ones.
 
 Per request the hot path makes three syscalls: ``send`` (the whole request, usually), one
 share of ``epoll_wait`` and ``read``. Sockets stay registered for EPOLLIN for their whole life;
@@ -173,8 +179,9 @@ The rare fatal error of a thread (epoll failing) is kept as an errno and turned 
 exception by ``wait``. EAGAIN == EWOULDBLOCK on Linux, the only platform (epoll).
 Memory comes from ``calloc`` and is freed in one place, ``Engine._free`` (``close`` and
 ``__dealloc__``), and so are the OpenSSL objects (each ``SSL`` before its fd is closed, the
-slots' sessions, then the per-thread ``SSL_CTX``); threads keep the Engine alive while they
-run, so it cannot be freed under them.
+connections' resumable sessions (``conn_free``), then the per-thread ``SSL_CTX``); threads
+keep the Engine alive while they run, so it cannot be freed under them. The data layout is
+declared one type per ``.pxd`` (listed in ``engine.pxd``).
 File descriptors: one per session plus one per thread; ``start`` raises RLIMIT_NOFILE's soft
 limit to the hard one and fails with a clear error when that is still too low.
 """
@@ -223,7 +230,10 @@ from _fastpath.tls cimport (
 )
 
 from _fastpath.engine_config cimport config_t, stage_t
-from _fastpath.engine_conn cimport target_t, SERVER_NAME_SIZE
+from _fastpath.engine_conn cimport (
+    conn_t, io_t, target_t, SERVER_NAME_SIZE, CONN_CLOSED, CONN_CONNECTING, CONN_HANDSHAKING,
+    CONN_OPEN, CONN_EOF, CONN_AGAIN,
+)
 from _fastpath.engine_metrics cimport (
     mstats_t, HIST_HIGHEST, NKINDS, K_CONNECT, K_TIMEOUT, K_RESET, K_CLOSED, K_4XX, K_5XX,
     K_TLS, K_EXTRACT, K_ABORT, K_PROTOCOL, K_PYTHON,
@@ -237,7 +247,7 @@ from _fastpath.engine_plan cimport (
 )
 from _fastpath.engine_session cimport (
     session_t, frame_t, sx_t, var_t, ST_IDLE, ST_CONNECTING, ST_WRITING, ST_READING, ST_DELAY,
-    ST_YIELD, ST_DONE, ST_FREE, ST_HANDSHAKING, ST_STARTING, ST_WAIT, ST_WS, PH_RUN, PH_INIT,
+    ST_YIELD, ST_DONE, ST_FREE, ST_STARTING, ST_WAIT, ST_WS, PH_RUN, PH_INIT,
     PH_TEARDOWN, PH_CHILD, W_CHILD, W_ALL, W_SIGNAL, W_WS, W_SLOT, MAX_DEPTH, MAX_STEPS,
     JAR_SIZE, MAX_VAR_BYTES,
 )
@@ -247,7 +257,7 @@ from _fastpath.engine_thread cimport (
 )
 from _fastpath.engine_ws cimport (
     ws_conn_t, WS_MAX_MESSAGE, WC_CLOSED, WC_CONNECTING, WC_HS_WRITE, WC_HS_READ, WC_OPEN,
-    WC_CLOSING, WC_TLS,
+    WC_CLOSING,
 )
 
 cdef extern from *:
@@ -299,6 +309,9 @@ _MAX_START_DELAY_NS = 100 * 365 * 86400 * 1_000_000_000   # start delays: a cent
 ERROR_KINDS = ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx", "tls",
                "extract", "abort", "protocol", "python")
 
+
+include "engine_conn.pxi"
+
 # ------------------------------------------------------------------------------ nogil core
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -344,22 +357,6 @@ cdef uint32_t heap_pop(thread_t* t) noexcept nogil:
     return top
 
 
-cdef inline int errno_kind(int e) noexcept nogil:
-    if e == ETIMEDOUT:
-        return K_TIMEOUT
-    return K_RESET
-
-
-cdef inline void close_conn(session_t* s) noexcept nogil:
-    if s.fd >= 0:
-        if s.tls.ssl != NULL:
-            tls_conn_close(&s.tls)  # before close(fd); keeps a healthy session resumable
-        close(s.fd)         # also removes it from the epoll set
-        s.fd = -1
-    s.target = -1
-    s.epout = 0
-
-
 cdef inline void record_error(thread_t* t, session_t* s, int32_t metric, int kind) noexcept nogil:
     cdef mstats_t* m
     s.failed = 1            # for retry_on_error (engine_state.pxi)
@@ -383,150 +380,32 @@ cdef inline void end_session(thread_t* t, session_t* s) noexcept nogil:
         t.free_slots[t.nfree] = s.index
         t.nfree += 1
     else:
-        close_conn(s)
+        conn_close(&s.conn)
         s.state = ST_DONE
 
 
-cdef inline int epoll_interest(thread_t* t, uint32_t index, int fd, bint want_out) noexcept nogil:
-    """EPOLLIN, and EPOLLOUT if ``want_out``, for one of session ``index``'s sockets."""
-    cdef epoll_event ev
-    ev.events = EPOLLIN | (EPOLLOUT if want_out else 0)
-    ev.data.u64 = ((<uint64_t>index) << 32) | <uint32_t>fd
-    return epoll_ctl(t.epfd, EPOLL_CTL_MOD, fd, &ev)
+# ------------------------------------------------------------------------------ HTTP exchange
+# An HTTP op over the session's connection: the request is the connection's pending write
+# (borrowed from ``s.req``), the response goes through the sans-IO parser (``http1.pxd``).
 
-
-cdef inline int set_events(thread_t* t, session_t* s, bint want_out) noexcept nogil:
-    s.epout = want_out
-    return epoll_interest(t, s.index, s.fd, want_out)
-
-
-cdef int tcp_open(thread_t* t, const target_t* tg, uint32_t index, int* fd_out) noexcept nogil:
-    """A non-blocking connect, registered for session ``index``: 0 connected, 1 in progress
-    (EPOLLOUT armed), -1 failed. The HTTP connection and the WebSocket ones use it."""
-    cdef int one = 1
-    cdef int fd, rc
-    cdef epoll_event ev
-    fd = socket(tg.family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
-    if fd < 0:
-        return -1
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-    rc = connect(fd, <sockaddr*>&tg.addr, tg.addrlen)
-    if rc != 0 and errno != EINPROGRESS and errno != EINTR:
-        close(fd)
-        return -1
-    ev.events = EPOLLIN | (EPOLLOUT if rc != 0 else 0)
-    ev.data.u64 = ((<uint64_t>index) << 32) | <uint32_t>fd
-    if epoll_ctl(t.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
-        close(fd)
-        return -1
-    fd_out[0] = fd
-    return 1 if rc != 0 else 0
-
-
-cdef int sess_connect(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
-    """0: connected, 1: in progress (EPOLLOUT armed), -1: failed."""
-    cdef int fd = -1
-    cdef int rc = tcp_open(t, &t.cfg.targets[op.target], s.index, &fd)
-    if rc < 0:
-        return -1
-    s.fd = fd
-    s.target = op.target
-    s.epout = rc != 0
+cdef inline int http_write(thread_t* t, session_t* s) noexcept nogil:
+    """Write the request: 0 fully sent (READING), 1 pending (WRITING), < 0: -1 - kind."""
+    cdef int rc = conn_write(&t.io, &s.conn)
+    if rc == 0:
+        s.state = ST_READING
+    elif rc > 0:
+        s.state = ST_WRITING
     return rc
 
 
-cdef int tls_kind(thread_t* t, tls_conn* c, int rc) noexcept nogil:
-    """The error kind of a TLS failure code on ``c`` (the HTTP connection's or a WebSocket's;
-    slow path; keeps the text for ``tls_error``)."""
-    tls_error_text(c, rc, t.tls_error, TLS_ERRTEXT_SIZE)
-    if rc == TLS_CLOSED:
-        return K_CLOSED
-    if rc == TLS_RESET:
-        return errno_kind(c.sys_errno)
-    return K_TLS
-
-
-cdef inline int want_events(thread_t* t, session_t* s, ssize_t want) noexcept nogil:
-    """Arm EPOLLOUT for TLS_WANT_WRITE, disarm it for TLS_WANT_READ (EPOLLIN is always on)."""
-    cdef bint out = want == TLS_WANT_WRITE
-    if s.epout != out:
-        return set_events(t, s, out)
-    return 0
-
-
-cdef int sess_write_tls(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
-    """``sess_write`` over TLS: retried with the same bytes whatever it waited for."""
-    cdef ssize_t n
-    while s.wpos < s.req_len:
-        n = tls_write(&s.tls, s.req + s.wpos, s.req_len - s.wpos)
-        if n > 0:
-            s.wpos += <size_t>n
-            continue
-        if n == TLS_WANT_WRITE or n == TLS_WANT_READ:
-            s.state = ST_WRITING
-            if want_events(t, s, n) != 0:
-                return -1 - K_RESET
-            return 1
-        return -1 - tls_kind(t, &s.tls, <int>n)
-    s.state = ST_READING
-    if s.epout and set_events(t, s, False) != 0:
-        return -1 - K_RESET
-    return 0
-
-
-cdef int sess_write(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
-    """0: request fully sent (READING), 1: pending (WRITING, EPOLLOUT armed), <0: -1 - kind."""
-    cdef ssize_t n
-    if s.tls.ssl != NULL:
-        return sess_write_tls(t, s, op)
-    while s.wpos < s.req_len:
-        n = send(s.fd, s.req + s.wpos, s.req_len - s.wpos, MSG_NOSIGNAL)
-        if n >= 0:
-            s.wpos += <size_t>n
-            continue
-        if errno == EINTR:
-            continue
-        if errno == EAGAIN:
-            s.state = ST_WRITING
-            if not s.epout and set_events(t, s, True) != 0:
-                return -1 - K_RESET
-            return 1
-        return -1 - errno_kind(errno)
-    s.state = ST_READING
-    if s.epout and set_events(t, s, False) != 0:
-        return -1 - K_RESET
-    return 0
-
-
-cdef int sess_handshake(thread_t* t, session_t* s) noexcept nogil:
-    """One handshake step: 0 done, 1 waiting (HANDSHAKING, interest set), <0: -1 - kind."""
-    cdef int rc = tls_handshake(&s.tls)
-    if rc == TLS_OK:
-        return 0
-    if rc == TLS_WANT_READ or rc == TLS_WANT_WRITE:
-        s.state = ST_HANDSHAKING
-        if want_events(t, s, rc) != 0:
-            return -1 - K_RESET
-        return 1
-    return -1 - tls_kind(t, &s.tls, rc)
-
-
-cdef int sess_start_tls(thread_t* t, session_t* s) noexcept nogil:
-    """TCP is connected to a TLS target: attach an SSL (offering the slot's session if it
-    came from this target) and take the first handshake step. As ``sess_handshake``."""
-    cdef int rc = tls_conn_start(&s.tls, t.ssl_ctx, s.fd, t.cfg.targets[s.target].server_name,
-                                 &s.resume, s.target)
-    if rc != TLS_OK:
-        return -1 - tls_kind(t, &s.tls, rc)
-    return sess_handshake(t, s)
-
-
 cdef inline int sess_send_request(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept nogil:
-    s.wpos = 0
     s.deadline_ns = now + t.cfg.request_timeout_ns
     if op.metric >= 0:
         t.requests_sent += 1
-    return sess_write(t, s, op)
+    s.conn.wbuf = <const unsigned char*>s.req
+    s.conn.wpos = 0
+    s.conn.wlen = s.req_len
+    return http_write(t, s)
 
 
 include "engine_rules.pxi"
@@ -677,37 +556,27 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
             s.req_len = op.req_len
         elif http_prepare(t, s, op, now):
             return
-        if s.fd >= 0 and s.target != op.target:
-            close_conn(s)
-        if s.fd < 0:
-            rc = sess_connect(t, s, op)
+        if s.conn.fd >= 0 and s.conn.target != op.target:
+            conn_close(&s.conn)
+        if s.conn.fd < 0:
+            # the connect timeout covers TCP and the TLS handshake
+            s.deadline_ns = now + cfg.connect_timeout_ns
+            rc = conn_open(&t.io, &s.conn, op.target, &cfg.targets[op.target])
             if rc > 0:
                 s.state = ST_CONNECTING
-                s.deadline_ns = now + cfg.connect_timeout_ns
                 return
             if rc < 0:
-                record_error(t, s, op.metric, K_CONNECT)
+                record_error(t, s, op.metric, -1 - rc)
+                conn_close(&s.conn)
                 s.op_index += 1
                 now = now_ns()
                 s.intended_ns = now
                 continue
-            if cfg.targets[op.target].tls:
-                s.deadline_ns = now + cfg.connect_timeout_ns
-                rc = sess_start_tls(t, s)
-                if rc > 0:
-                    return
-                if rc < 0:
-                    record_error(t, s, op.metric, -1 - rc)
-                    close_conn(s)
-                    s.op_index += 1
-                    now = now_ns()
-                    s.intended_ns = now
-                    continue
         rc = sess_send_request(t, s, op, now)
         if rc >= 0:
             return
         record_error(t, s, op.metric, -1 - rc)
-        close_conn(s)
+        conn_close(&s.conn)
         s.op_index += 1
         now = now_ns()
         s.intended_ns = now
@@ -718,7 +587,7 @@ cdef void fail_op(thread_t* t, session_t* s, int kind, int64_t now) noexcept nog
     record_error(t, s, t.cfg.ops[s.op_index].metric, kind)
     if s.x != NULL:
         s.x.capturing = 0
-    close_conn(s)
+    conn_close(&s.conn)
     s.state = ST_IDLE
     s.op_index += 1
     s.intended_ns = now
@@ -746,7 +615,7 @@ cdef void complete(thread_t* t, session_t* s, int64_t now, bint reusable) noexce
     if status >= 400:
         s.failed = 1
     if not reusable or not s.parser.keep_alive:
-        close_conn(s)
+        conn_close(&s.conn)
     s.state = ST_IDLE
     if (op.nextract > 0 or op.cookies) and after_response(t, s, op, status) != 0:
         sess_fail(t, s, op.metric, K_EXTRACT, now)
@@ -764,120 +633,53 @@ cdef inline void on_eof(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         fail_op(t, s, K_CLOSED, now)
 
 
-cdef void on_readable_tls(thread_t* t, session_t* s, int64_t now) noexcept nogil:
-    """``on_readable`` over TLS. Level-triggered epoll cannot see bytes OpenSSL already holds
-    (read-ahead), so go back to epoll only when tls.pxd's drain rule says so."""
-    cdef ssize_t n
-    cdef size_t consumed
-    cdef int rc
-    while True:
-        n = tls_read(&s.tls, t.rbuf, RBUF_SIZE)
-        if n > 0:
-            rc = h1_feed(&s.parser, t.rbuf, <size_t>n, &consumed)
-            if s.x != NULL and s.x.capturing:
-                capture(t, s, t.rbuf, consumed)
-            if rc == H1_DONE:
-                # Reusable only if nothing followed the response (not even a close or an
-                # error kept for the next call).
-                complete(t, s, now_ns(), consumed == <size_t>n and s.state == ST_READING
-                         and tls_drained(&s.tls))
-                return
-            if rc == H1_ERROR:
-                fail_op(t, s, K_CLOSED, now)
-                return
-            if n < RBUF_SIZE and tls_drained(&s.tls):
-                break
-        elif n == TLS_CLOSED:
-            on_eof(t, s, now)
-            return
-        elif n == TLS_WANT_READ:
-            break
-        elif n == TLS_WANT_WRITE:
-            # Rare (a TLS 1.3 key update to answer): wait for EPOLLOUT; in READING any event
-            # retries the read, and a WRITING session retries its write anyway.
-            if not s.epout and set_events(t, s, True) != 0:
-                fail_op(t, s, K_RESET, now)
-            return
-        else:
-            fail_op(t, s, tls_kind(t, &s.tls, <int>n), now)
-            return
-    if s.epout and s.state == ST_READING and set_events(t, s, False) != 0:
-        fail_op(t, s, K_RESET, now)
-
-
 cdef void on_readable(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """The response's bytes, as they come (any number of reads before epoll waits again)."""
+    cdef conn_t* c = &s.conn
     cdef ssize_t n
     cdef size_t consumed
     cdef int rc
-    if s.tls.ssl != NULL:
-        on_readable_tls(t, s, now)
-        return
     while True:
-        n = read(s.fd, t.rbuf, RBUF_SIZE)
+        n = conn_read(&t.io, c, t.rbuf, RBUF_SIZE)
         if n > 0:
             rc = h1_feed(&s.parser, t.rbuf, <size_t>n, &consumed)
             if s.x != NULL and s.x.capturing:
                 capture(t, s, t.rbuf, consumed)
             if rc == H1_DONE:
-                # Extra bytes, or a response before the request was fully sent: the
-                # connection's state is unknown, so it is not reused.
-                complete(t, s, now_ns(), consumed == <size_t>n and s.state == ST_READING)
+                # Extra bytes, a response before the request was fully sent, or a close or
+                # an error kept by the TLS layer: the connection's state is unknown, so it
+                # is not reused.
+                complete(t, s, now_ns(), consumed == <size_t>n and s.state == ST_READING
+                         and conn_quiet(c))
                 return
             if rc == H1_ERROR:
                 fail_op(t, s, K_CLOSED, now)
                 return
-            if n < RBUF_SIZE:
-                return          # drained; level-triggered epoll reports the rest
-        elif n == 0:
+            if conn_drained(c, n, RBUF_SIZE):
+                break           # level-triggered epoll reports the rest
+        elif n == CONN_AGAIN:
+            return
+        elif n == CONN_EOF:
             on_eof(t, s, now)
             return
-        elif errno == EINTR:
-            continue
-        elif errno == EAGAIN:
-            return
         else:
-            fail_op(t, s, errno_kind(errno), now)
+            fail_op(t, s, <int>(-1 - n), now)
             return
+    if conn_wait_in(&t.io, c) != CONN_AGAIN:
+        fail_op(t, s, K_RESET, now)
 
 
 cdef void on_idle_readable(thread_t* t, session_t* s) noexcept nogil:
     """A connection kept for later became readable: EOF, an error or stray bytes; drop it.
     Over TLS it may also be a post-handshake message (a TLS 1.3 session ticket, which the
-    read hands to the slot): WANT_READ means just that, keep the connection."""
-    cdef ssize_t n
-    if s.tls.ssl != NULL:
-        if tls_read(&s.tls, t.rbuf, RBUF_SIZE) != TLS_WANT_READ:
-            close_conn(s)
-        return
-    n = read(s.fd, t.rbuf, RBUF_SIZE)
-    if n < 0 and (errno == EAGAIN or errno == EINTR):
-        return
-    close_conn(s)
+    read hands to the slot's ``resume``): nothing to read then, keep the connection."""
+    if conn_read(&t.io, &s.conn, t.rbuf, RBUF_SIZE) != CONN_AGAIN:
+        conn_close(&s.conn)
 
 
 cdef void on_connect_ready(thread_t* t, session_t* s, int64_t now) noexcept nogil:
-    cdef int err = 0
-    cdef socklen_t len_ = sizeof(err)
-    cdef int rc
-    if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len_) != 0:
-        err = errno
-    if err != 0:
-        fail_op(t, s, K_TIMEOUT if err == ETIMEDOUT else K_CONNECT, now)
-        return
-    if t.cfg.targets[s.target].tls:
-        rc = sess_start_tls(t, s)          # the connect deadline still runs
-        if rc > 0:
-            return
-        if rc < 0:
-            fail_op(t, s, -1 - rc, now)
-            return
-    rc = sess_send_request(t, s, &t.cfg.ops[s.op_index], now)
-    if rc < 0:
-        fail_op(t, s, -1 - rc, now)
-
-
-cdef void on_handshake_ready(thread_t* t, session_t* s, int64_t now) noexcept nogil:
-    cdef int rc = sess_handshake(t, s)
+    """An event while the connection is on its way (TCP, then TLS): once up, send."""
+    cdef int rc = conn_establish(&t.io, &s.conn, &t.cfg.targets[s.conn.target])
     if rc > 0:
         return
     if rc == 0:
@@ -893,7 +695,7 @@ cdef void on_event(thread_t* t, epoll_event* ev, int64_t now) noexcept nogil:
     cdef session_t* s = &t.sessions[idx]
     cdef int32_t st
     cdef int rc
-    if s.fd != fd:
+    if s.conn.fd != fd:
         if s.x != NULL and s.x.ws != NULL:
             ws_event(t, s, fd, ev.events, now)
         return              # else stale: that connection is gone
@@ -905,15 +707,12 @@ cdef void on_event(thread_t* t, epoll_event* ev, int64_t now) noexcept nogil:
     elif st == ST_WRITING:
         if ev.events & (EPOLLIN | EPOLLHUP):
             on_readable(t, s, now)
-            if s.fd != fd or s.state != ST_WRITING:
+            if s.conn.fd != fd or s.state != ST_WRITING:
                 return
-        # TLS retries the write whatever the event: it may have waited for a read
-        if ev.events & (EPOLLOUT | EPOLLERR) or s.tls.ssl != NULL:
-            rc = sess_write(t, s, &t.cfg.ops[s.op_index])
+        if conn_write_ready(&s.conn, ev.events):
+            rc = http_write(t, s)
             if rc < 0:
                 fail_op(t, s, -1 - rc, now)
-    elif st == ST_HANDSHAKING:
-        on_handshake_ready(t, s, now)
     else:
         on_idle_readable(t, s)
 
@@ -926,8 +725,7 @@ cdef void scan_timeouts(thread_t* t, int64_t now) noexcept nogil:
     cdef session_t* s
     for i in range(t.nslots):
         s = &t.sessions[i]
-        if (s.state == ST_CONNECTING or s.state == ST_WRITING or s.state == ST_READING
-                or s.state == ST_HANDSHAKING):
+        if s.state == ST_CONNECTING or s.state == ST_WRITING or s.state == ST_READING:
             if now >= s.run_deadline_ns:
                 sess_abandon(t, s, now)
             elif now >= s.deadline_ns:
@@ -1025,7 +823,7 @@ cdef int thread_loop(thread_t* t) noexcept nogil:
         pthread_mutex_unlock(&t.lock)
 
     for i in range(t.nslots):
-        close_conn(&t.sessions[i])
+        conn_close(&t.sessions[i].conn)
         if t.sessions[i].x != NULL:
             ws_close_all(t, &t.sessions[i])
     chaperon_store_int(&t.done, 1)

@@ -196,7 +196,7 @@ cdef class Engine:
                    int32_t nsessions, int32_t nthreads,
                    int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
                    list stages, object tls_ca_file, bint tls_insecure):
-        cdef int32_t i, j, per, extra, first
+        cdef int32_t i, j, k, per, extra, first
         cdef char errbuf[TLS_ERRTEXT_SIZE]
         cdef const char* ca_path = NULL
         cdef bint any_tls = False
@@ -252,14 +252,11 @@ cdef class Engine:
         if self.sessions != NULL:
             self.nsessions = nslots
             for i in range(nslots):
-                self.sessions[i].fd = -1
-                self.sessions[i].target = -1
-                tls_conn_init(&self.sessions[i].tls)
-                tls_resume_init(&self.sessions[i].resume)
+                conn_init(&self.sessions[i].conn, 0)    # owner: set with the index below
         if self.threads != NULL:
             self.nthreads = nthreads
             for i in range(nthreads):
-                self.threads[i].epfd = -1
+                self.threads[i].io.epfd = -1
         if (cfg.targets == NULL or cfg.ops == NULL or self.reqbuf == NULL
                 or self.sessions == NULL or self.threads == NULL):
             raise MemoryError()
@@ -340,6 +337,10 @@ cdef class Engine:
             t.next_due_ns = INT64_MAX
             for j in range(t.nslots):
                 t.sessions[j].index = j
+                t.sessions[j].conn.owner = j        # the epoll tag of its connections
+                if cfg.stateful and cfg.nconns > 0:
+                    for k in range(cfg.nconns):
+                        (<ws_conn_t*>t.sessions[j].x.ws)[k].conn.owner = j
                 if j >= t.nsessions:
                     t.sessions[j].state = ST_DONE       # a child slot, not started
                 if cfg.stateful:
@@ -390,8 +391,8 @@ cdef class Engine:
             if tls_ca_file is not None and not tls_insecure:
                 ca_path = tls_ca_file
             for i in range(nthreads):
-                self.threads[i].ssl_ctx = tls_ctx_new(ca_path, tls_insecure, errbuf, sizeof(errbuf))
-                if self.threads[i].ssl_ctx == NULL:
+                self.threads[i].io.ssl_ctx = tls_ctx_new(ca_path, tls_insecure, errbuf, sizeof(errbuf))
+                if self.threads[i].io.ssl_ctx == NULL:
                     where = "" if ca_path == NULL else f"tls_ca_file={os.fsdecode(tls_ca_file)!r}: "
                     raise ValueError(where + errbuf.decode(errors="replace"))
 
@@ -421,8 +422,8 @@ cdef class Engine:
         if self.threads != NULL:
             for i in range(self.nthreads):
                 t = &self.threads[i]
-                if t.epfd >= 0:
-                    close(t.epfd)
+                if t.io.epfd >= 0:
+                    close(t.io.epfd)
                 if t.lock_ok:
                     pthread_mutex_destroy(&t.lock)
                 for b in range(2):
@@ -438,8 +439,7 @@ cdef class Engine:
                 free(t.events)
         if self.sessions != NULL:
             for i in range(self.nsessions):
-                close_conn(&self.sessions[i])       # frees the SSL, if any
-                tls_resume_clear(&self.sessions[i].resume)
+                conn_free(&self.sessions[i].conn)   # the SSL and the resumable session
                 if self.sessions[i].x != NULL:
                     sx_free(&self.cfg, self.sessions[i].x)
             free(self.sessions)
@@ -448,7 +448,7 @@ cdef class Engine:
         self.sx = NULL
         if self.threads != NULL:
             for i in range(self.nthreads):
-                tls_ctx_free(self.threads[i].ssl_ctx)   # after every SSL made from it
+                tls_ctx_free(self.threads[i].io.ssl_ctx)   # after every SSL made from it
             free(self.threads)
             self.threads = NULL
         free(self.cfg.ops)
@@ -483,9 +483,9 @@ cdef class Engine:
                 raise ValueError(f"origin_ns={origin_ns} is in the future (now is {now_ns()})")
         _raise_nofile_limit(self.nsessions + self.nthreads + 64)
         for i in range(self.nthreads):
-            if self.threads[i].epfd < 0:    # a failed start() may be retried
-                self.threads[i].epfd = epoll_create1(EPOLL_CLOEXEC)
-            if self.threads[i].epfd < 0:
+            if self.threads[i].io.epfd < 0:    # a failed start() may be retried
+                self.threads[i].io.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.threads[i].io.epfd < 0:
                 raise OSError(errno, "epoll_create1 failed")
         if self.cfg.open_model:
             # the threads warm up first; the last one sets the origin and the end (set_origin)
@@ -589,7 +589,7 @@ cdef class Engine:
                 continue
             with nogil:
                 pthread_mutex_lock(&t.lock)
-                memcpy(text, t.tls_error, TLS_ERRTEXT_SIZE)
+                memcpy(text, t.io.tls_error, TLS_ERRTEXT_SIZE)
                 pthread_mutex_unlock(&t.lock)
             text[TLS_ERRTEXT_SIZE - 1] = 0
             if text[0] != 0:

@@ -84,11 +84,11 @@ cdef int wait_events(thread_t* t, int64_t d, bint precise) noexcept nogil:
     if precise and d > 0 and t.use_pwait2:
         ts.tv_sec = <long>(d // 1000000000)
         ts.tv_nsec = <long>(d % 1000000000)
-        n = epoll_pwait2(t.epfd, t.events, MAX_EVENTS, &ts)
+        n = epoll_pwait2(t.io.epfd, t.events, MAX_EVENTS, &ts)
         if n >= 0 or (errno != ENOSYS and errno != EPERM):
             return n
         t.use_pwait2 = 0    # old kernel, or a seccomp filter that does not know it
-    return epoll_wait(t.epfd, t.events, MAX_EVENTS, <int>((d + 999999) // 1000000))
+    return epoll_wait(t.io.epfd, t.events, MAX_EVENTS, <int>((d + 999999) // 1000000))
 
 
 # ------------------------------------------------------------------------------ warm-up
@@ -96,36 +96,24 @@ cdef int wait_events(thread_t* t, int64_t d, bint precise) noexcept nogil:
 cdef void warm_done(thread_t* t, session_t* s, bint ok) noexcept nogil:
     """A slot's warm-up connect (and handshake) ended: keep the connection, idle, or drop it
     (the session that takes the slot connects again and counts any failure then)."""
-    if ok and s.epout and set_events(t, s, False) != 0:
+    if ok and s.conn.epout and conn_set_out(&t.io, &s.conn, False) != 0:
         ok = False
     if not ok:
-        close_conn(s)
+        conn_close(&s.conn)
     s.state = ST_FREE
     t.warming -= 1
-
-
-cdef inline void warm_tls(thread_t* t, session_t* s, int rc) noexcept nogil:
-    """After ``sess_start_tls``/``sess_handshake``: > 0 waiting (HANDSHAKING), else done."""
-    if rc <= 0:
-        warm_done(t, s, rc == 0)
 
 
 cdef void warm_event(thread_t* t, epoll_event* ev) noexcept nogil:
     cdef uint64_t u = ev.data.u64
     cdef session_t* s = &t.sessions[<uint32_t>(u >> 32)]
-    cdef int err = 0
-    cdef socklen_t len_ = sizeof(err)
-    if s.fd != <int><uint32_t>u:
+    cdef int rc
+    if s.conn.fd != <int><uint32_t>u:
         return
     if s.state == ST_CONNECTING:
-        if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len_) != 0 or err != 0:
-            warm_done(t, s, False)
-        elif t.cfg.targets[s.target].tls:
-            warm_tls(t, s, sess_start_tls(t, s))
-        else:
-            warm_done(t, s, True)
-    elif s.state == ST_HANDSHAKING:
-        warm_tls(t, s, sess_handshake(t, s))
+        rc = conn_establish(&t.io, &s.conn, &t.cfg.targets[s.conn.target])
+        if rc <= 0:             # else still on its way
+            warm_done(t, s, rc == 0)
     else:
         on_idle_readable(t, s)      # a warmed connection: EOF (dropped) or a TLS ticket (kept)
 
@@ -135,7 +123,7 @@ cdef int warm_poll(thread_t* t, int64_t d) noexcept nogil:
     cdef int n, i
     if d > <int64_t>MAX_WAIT_MS * 1000000:
         d = <int64_t>MAX_WAIT_MS * 1000000
-    n = epoll_wait(t.epfd, t.events, MAX_EVENTS, <int>((d + 999999) // 1000000))
+    n = epoll_wait(t.io.epfd, t.events, MAX_EVENTS, <int>((d + 999999) // 1000000))
     if n < 0:
         if errno == EINTR:
             return 0
@@ -167,16 +155,14 @@ cdef int warm_up(thread_t* t) noexcept nogil:
         while next_slot < t.nsessions and t.warming < WARM_WINDOW:
             s = &t.sessions[next_slot]
             next_slot += 1
-            rc = sess_connect(t, s, op)
+            rc = conn_open(&t.io, &s.conn, op.target, &cfg.targets[op.target])
             if rc < 0:
+                conn_close(&s.conn)
                 continue
             t.warming += 1
             s.state = ST_CONNECTING
             if rc == 0:
-                if cfg.targets[op.target].tls:
-                    warm_tls(t, s, sess_start_tls(t, s))
-                else:
-                    warm_done(t, s, True)
+                warm_done(t, s, True)
         pthread_mutex_unlock(&t.lock)
         if t.warming == 0 and next_slot >= t.nsessions:
             break
@@ -188,8 +174,8 @@ cdef int warm_up(thread_t* t) noexcept nogil:
     # past the deadline (or cancelled): what is still in flight is dropped
     for i in range(t.nsessions):
         s = &t.sessions[i]
-        if s.state == ST_CONNECTING or s.state == ST_HANDSHAKING:
-            close_conn(s)
+        if s.state == ST_CONNECTING:
+            conn_close(&s.conn)
             s.state = ST_FREE
     t.warming = 0
     return -1 if t.fatal_errno else 0

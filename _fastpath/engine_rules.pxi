@@ -135,6 +135,6 @@ cdef bint sess_phase_end(thread_t* t, session_t* s) noexcept nogil:
 cdef void sess_abandon(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     """The in-flight op ran past ``run_deadline_ns`` (scenario timeout, or teardown's cut-off):
     drop its connection without counting an error, and stop."""
-    close_conn(s)
+    conn_close(&s.conn)
     if not sess_stop(t, s, now):
         sess_run(t, s, now)

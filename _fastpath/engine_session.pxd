@@ -6,7 +6,9 @@ Theory of operation
 -------------------
 Sessions live in one calloc'ed array per ``Engine`` (each thread owns a contiguous slice; a
 session's children follow the thread's sessions), which never moves while the threads run:
-the TLS layer needs a ``tls_conn`` to stay put while its ``SSL`` lives. ``state`` says what
+the TLS layer needs a connection's ``tls_conn`` to stay put while its ``SSL`` lives. A session
+has one HTTP connection (``conn``, ``engine_conn.pxd``), kept alive from op to op while its
+target stays the same, and its WebSocket connections in ``sx_t.ws``. ``state`` says what
 the session waits for (``ST_*``); ``phase`` which slice of the ops it walks (``PH_*``); the
 life of a session is in ``engine.pyx``'s docstring and ``engine_rules.pxi``. The stateful part
 (``sx_t``, only when ``config_t.stateful``) is the language's: ``engine_state.pxi``. Every
@@ -17,19 +19,19 @@ buffer here is malloc'ed lazily by the engine thread and freed in ``Engine._free
 from libc.stdint cimport int32_t, int64_t, uint32_t
 
 from _fastpath.http1 cimport h1_parser
-from _fastpath.tls cimport tls_conn, tls_resume
+from _fastpath.engine_conn cimport conn_t
 
 
 cdef enum:
     ST_IDLE = 0
-    ST_CONNECTING = 1
+    ST_CONNECTING = 1   # the HTTP connection is on its way (TCP, then TLS: ``conn.state``)
     ST_WRITING = 2
     ST_READING = 3
     ST_DELAY = 4        # parked in the heap by a delay op
     ST_YIELD = 5        # parked in the heap to let the loop breathe (many ops failed at once)
     ST_DONE = 6
     ST_FREE = 7         # open model: an unused slot (it may keep a keep-alive connection)
-    ST_HANDSHAKING = 8  # TLS handshake after the TCP connect (under the connect deadline)
+                        # 8 was HANDSHAKING: the connection's own state now (CONNECTING covers it)
     ST_STARTING = 9     # parked in the heap by the session's start delay (no op run yet)
     ST_WAIT = 10        # waiting for a child, a signal or a WebSocket message (scanned: deadline_ns)
     ST_WS = 11          # a WebSocket connect, send or close in flight (scanned: deadline_ns)
@@ -61,11 +63,9 @@ cdef struct frame_t:
     int32_t op
 
 cdef struct session_t:
-    int fd
+    conn_t conn             # the HTTP connection (kept alive between ops)
     int32_t state
     int32_t op_index
-    int32_t target          # target of the open connection, -1 without one
-    int32_t epout           # EPOLLOUT is armed
     uint32_t index          # within its thread
     int32_t fresh           # open model: arrived, first op not started (exempt from stop_ns)
     int32_t phase           # PH_*
@@ -79,14 +79,10 @@ cdef struct session_t:
     int64_t op_start_ns     # actual start of the current op (connect or send)
     int64_t intended_ns     # intended start of the current op (arrival, or previous completion + delays)
     int64_t deadline_ns     # of the in-flight phase (connect or request)
-    size_t wpos
     h1_parser parser
-    # TLS (unused by plain targets: ``tls.ssl`` stays NULL). The session array never moves,
-    # as tls.pxd requires while an SSL lives.
-    tls_conn tls
-    tls_resume resume       # the last session the server offered, tag = target index
     frame_t frames[MAX_DEPTH]
-    const char* req         # the request being written: op.req, or rendered into x.wbuf
+    const char* req         # the current op's request: op.req, or rendered into x.wbuf;
+                            # the connection's pending write borrows it
     size_t req_len
     int32_t failed          # an error was recorded since the last op began (retry_on_error)
     sx_t* x                 # NULL for plain plans

@@ -294,7 +294,7 @@ cdef bint retry_frame(thread_t* t, session_t* s, int64_t now) noexcept nogil:
 
 cdef void sess_end_now(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     """The session ends before its time (a fatal failure): its teardown, if it has one."""
-    close_conn(s)
+    conn_close(&s.conn)
     s.depth = 0
     if s.phase == PH_CHILD:
         child_finish(t, s, now)
@@ -373,7 +373,7 @@ cdef void child_start(thread_t* t, session_t* p, int32_t c, int32_t first, int32
 cdef void child_finish(thread_t* t, session_t* ch, int64_t now) noexcept nogil:
     """A child's body is over (or it stopped, or failed): free the slot, tell the parent."""
     cdef session_t* p = &t.sessions[ch.x.parent]
-    close_conn(ch)
+    conn_close(&ch.conn)
     ws_close_all(t, ch)
     if ch.x.running:
         t.children -= 1

@@ -7,7 +7,7 @@ Theory of operation
 One ``thread_t`` per engine thread, in a calloc'ed array inside ``Engine``; the thread's loop
 (``thread_loop`` in ``engine.pyx``) is the only code that touches it while it runs, except
 ``Engine.swap`` and ``Engine.tls_error``, which take ``lock`` (held by the loop while it
-processes one epoll batch). It owns one epoll set (``epfd``), one receive buffer shared by
+processes one epoll batch). It owns one epoll set (``io.epfd``, shared by its connections with the ``SSL_CTX``), one receive buffer shared by
 its sessions (``rbuf``, ``RBUF_SIZE`` bytes: every connection of the thread reads into it and
 its user parses the bytes before the next read), a binary min-heap of parked sessions
 (``heap``, at most one entry per session), the ready stack (sessions woken by another one),
@@ -19,12 +19,11 @@ thread, only when a target uses TLS) is freed there after every connection made 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 
 from _fastpath.engine_config cimport config_t
+from _fastpath.engine_conn cimport io_t
 from _fastpath.engine_metrics cimport mstats_t
 from _fastpath.engine_session cimport session_t
 from _fastpath.includes.epoll cimport epoll_event
-from _fastpath.includes.openssl cimport SSL_CTX
 from _fastpath.includes.pthread cimport pthread_mutex_t
-from _fastpath.tls cimport TLS_ERRTEXT_SIZE
 
 
 cdef enum:
@@ -64,7 +63,6 @@ cdef struct thread_t:
     int32_t children        # child sessions running
     int32_t nready
     int32_t active
-    int epfd
     int32_t cur             # stats[cur] is recorded into; flipped by swap under ``lock``
     mstats_t* stats[2]
     mstats_t* rec
@@ -94,5 +92,4 @@ cdef struct thread_t:
     int32_t warming         # open model warm-up: slots whose connect/handshake is in flight
     int fatal_errno
     int done
-    SSL_CTX* ssl_ctx        # NULL when no target uses TLS
-    char tls_error[TLS_ERRTEXT_SIZE]    # text of the latest TLS failure (diagnostics)
+    io_t io                 # the epoll set, the SSL_CTX and the latest TLS error text

@@ -3,19 +3,22 @@
 #
 # Theory of operation
 # -------------------
-# A session of a plan with ``nconns`` > 0 owns that many ``ws_conn_t`` (its ``sx_t.ws``),
-# each its own socket beside the session's HTTP connection, registered in the thread's epoll
-# set with the same ``index << 32 | fd`` tag: an event whose fd is not the session's HTTP fd
-# is looked up among its WebSocket fds (``ws_event``).
+# A session of a plan with ``nconns`` > 0 owns that many ``ws_conn_t`` (its ``sx_t.ws``,
+# ``engine_ws.pxd``), each a ``conn_t`` (``engine_conn.pxd``: connect, TLS, read, write and
+# close are the same code as the HTTP connection's) beside the session's HTTP connection,
+# registered in the thread's epoll set with the same ``index << 32 | fd`` tag: an event whose
+# fd is not the session's HTTP fd is looked up among its WebSocket fds (``ws_event``).
 #
-# A connection moves CONNECTING -> HS_WRITE (the upgrade request, with a fresh random
-# Sec-WebSocket-Key) -> HS_READ (``ws_handshake_feed`` checks the 101 and the accept) ->
-# OPEN -> CLOSING (our close frame sent, the server's awaited) -> CLOSED. Bytes to send (the
-# request, frames, pongs, the close frame) go through the connection's ``out`` buffer: sent
-# at once, the rest when EPOLLOUT says so. Whatever the session is doing, a readable
-# connection is read and decoded at once: data messages are queued in the connection's
-# ``inbox`` (up to ``max_capture`` bytes; beyond it new messages are dropped), pings are
-# answered, a close frame from the server is answered and the socket closed.
+# A connection moves CONNECTING (``conn_open``/``conn_establish``: TCP, then TLS for wss) ->
+# HS_WRITE (the upgrade request, with a fresh random Sec-WebSocket-Key) -> HS_READ
+# (``ws_handshake_feed`` checks the 101 and the accept) -> OPEN -> CLOSING (our close frame
+# sent, the server's awaited) -> CLOSED. Bytes to send (the request, frames, pongs, the close
+# frame) are appended to the connection's ``out`` buffer, which the ``conn_t`` borrows as its
+# pending write: sent at once, the rest when the socket is ready (``conn_write``). Whatever
+# the session is doing, a readable connection is read and decoded at once: data messages are
+# queued in the connection's ``inbox`` (up to ``max_capture`` bytes; beyond it new messages
+# are dropped), pings are answered, a close frame from the server is answered and the socket
+# closed.
 #
 # The ops: connect, send and close are in flight in state ST_WS (the periodic scan fails
 # them at their deadline: the connect timeout for a connect, the request timeout for the
@@ -47,9 +50,7 @@ cdef int ws_alloc(config_t* cfg, sx_t* x) noexcept nogil:
         return -1
     for i in range(cfg.nconns):
         c = &(<ws_conn_t*>x.ws)[i]
-        c.fd = -1
-        tls_conn_init(&c.tls)
-        tls_resume_init(&c.resume)
+        conn_init(&c.conn, 0)       # owner: set with the session's index (Engine._allocate)
         ws_decoder_init(&c.dec, WS_MAX_MESSAGE)   # a bigger message breaks the protocol
     return 0
 
@@ -62,7 +63,7 @@ cdef void ws_free(config_t* cfg, sx_t* x) noexcept nogil:
     for i in range(cfg.nconns):
         c = &(<ws_conn_t*>x.ws)[i]
         ws_drop(c)
-        tls_resume_clear(&c.resume)
+        conn_free(&c.conn)
         ws_decoder_free(&c.dec)
         free(c.hs)
         free(c.inbox)
@@ -74,16 +75,10 @@ cdef void ws_free(config_t* cfg, sx_t* x) noexcept nogil:
 cdef void ws_drop(ws_conn_t* c) noexcept nogil:
     """Close the socket at once; the connection is reusable by a later ws_connect."""
     cdef size_t limit
-    if c.fd >= 0:
-        if c.tls.ssl != NULL:
-            tls_conn_close(&c.tls)  # before close(fd); keeps a healthy session resumable
-        close(c.fd)
-        c.fd = -1
+    conn_close(&c.conn)         # also forgets what ``out`` still held
     free(c.hs)
     c.hs = NULL
     c.state = WC_CLOSED
-    c.epout = 0
-    c.out_pos = c.out_len = 0
     c.in_head = c.in_len = 0
     limit = c.dec.limit     # a fresh decoder for the next connection
     ws_decoder_free(&c.dec)
@@ -91,14 +86,17 @@ cdef void ws_drop(ws_conn_t* c) noexcept nogil:
 
 
 cdef int out_append(ws_conn_t* c, const unsigned char* data, size_t n) noexcept nogil:
+    """Bytes onto ``out``, the connection's pending write (``conn.wbuf`` is moved with it if
+    it grows: the TLS layer accepts a moving write buffer with the same bytes)."""
     cdef size_t cap = c.out_cap
-    if c.out_pos == c.out_len:
-        c.out_pos = c.out_len = 0
-    if buf_reserve(<char**>&c.out, &cap, c.out_len + n) != 0:
+    if c.conn.wpos == c.conn.wlen:
+        c.conn.wpos = c.conn.wlen = 0
+    if buf_reserve(<char**>&c.out, &cap, c.conn.wlen + n) != 0:
         return -1
     c.out_cap = cap
-    memcpy(c.out + c.out_len, data, n)
-    c.out_len += n
+    memcpy(c.out + c.conn.wlen, data, n)
+    c.conn.wbuf = c.out
+    c.conn.wlen += n
     return 0
 
 
@@ -111,7 +109,7 @@ cdef int frame_append(thread_t* t, ws_conn_t* c, int opcode, const unsigned char
     cdef size_t at
     if out_append(c, hdr, h) != 0:
         return -1
-    at = c.out_len
+    at = c.conn.wlen
     if n > 0:
         if out_append(c, payload, n) != 0:
             return -1
@@ -119,42 +117,9 @@ cdef int frame_append(thread_t* t, ws_conn_t* c, int opcode, const unsigned char
     return 0
 
 
-cdef int ws_set_out(thread_t* t, session_t* s, ws_conn_t* c, bint want) noexcept nogil:
-    if c.epout == want:
-        return 0
-    c.epout = want
-    return epoll_interest(t, s.index, c.fd, want)
-
-
-cdef int ws_flush(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
-    """Send what ``out`` holds: 0 all sent, 1 the rest waits for EPOLLOUT, -1 - kind failed."""
-    cdef ssize_t n
-    while c.out_pos < c.out_len:
-        if c.tls.ssl != NULL:
-            n = tls_write(&c.tls, c.out + c.out_pos, c.out_len - c.out_pos)
-            if n > 0:
-                c.out_pos += <size_t>n
-                continue
-            if n == TLS_WANT_WRITE or n == TLS_WANT_READ:
-                if ws_set_out(t, s, c, n == TLS_WANT_WRITE) != 0:
-                    return -1 - K_RESET
-                return 1
-            return -1 - tls_kind(t, &c.tls, <int>n)
-        n = send(c.fd, c.out + c.out_pos, c.out_len - c.out_pos, MSG_NOSIGNAL)
-        if n >= 0:
-            c.out_pos += <size_t>n
-        elif errno == EINTR:
-            continue
-        elif errno == EAGAIN:
-            if ws_set_out(t, s, c, True) != 0:
-                return -1 - K_RESET
-            return 1
-        else:
-            return -1 - errno_kind(errno)
-    c.out_pos = c.out_len = 0
-    if ws_set_out(t, s, c, False) != 0:
-        return -1 - K_RESET
-    return 0
+cdef inline int ws_flush(thread_t* t, ws_conn_t* c) noexcept nogil:
+    """Send what ``out`` holds: 0 all sent, 1 the rest waits for the socket, -1 - kind."""
+    return conn_write(&t.io, &c.conn)
 
 
 cdef int inbox_push(config_t* cfg, ws_conn_t* c, const unsigned char* data, size_t n) noexcept nogil:
@@ -201,10 +166,9 @@ cdef void ws_close_all(thread_t* t, session_t* s) noexcept nogil:
     code[1] = 0xE8
     for i in range(t.cfg.nconns):
         c = ws_conn(s, i)
-        if c.fd >= 0 and c.state == WC_OPEN and c.out_pos == c.out_len:
-            c.out_pos = c.out_len = 0
+        if c.conn.fd >= 0 and c.state == WC_OPEN and c.conn.wpos == c.conn.wlen:
             if frame_append(t, c, WS_OP_CLOSE, code, 2) == 0:
-                send_once(c)
+                conn_write_once(&c.conn)
         ws_drop(c)
         c.broken = 0
 
@@ -276,59 +240,22 @@ cdef int ws_connect_op(thread_t* t, session_t* s, const op_t* op, ws_conn_t* c,
         ws_fail(t, s, c, K_PROTOCOL, now)
         return 1
     ws_handshake_init(c.hs, accept)
-    c.target = op.target
-    rc = tcp_open(t, &t.cfg.targets[op.target], s.index, &c.fd)
-    if rc < 0:
-        ws_fail(t, s, c, K_CONNECT, now)
-        return 1
     s.state = ST_WS
-    s.deadline_ns = now + t.cfg.connect_timeout_ns
+    s.deadline_ns = now + t.cfg.connect_timeout_ns     # TCP and the TLS handshake (wss)
+    c.state = WC_CONNECTING
+    rc = conn_open(&t.io, &c.conn, op.target, &t.cfg.targets[op.target])
+    if rc < 0:
+        ws_fail(t, s, c, -1 - rc, now)
+        return 1
     if rc > 0:
-        c.state = WC_CONNECTING
-        c.epout = 1
         return 1
-    return ws_connected(t, s, c, now)
-
-
-cdef int ws_connected(thread_t* t, session_t* s, ws_conn_t* c, int64_t now) noexcept nogil:
-    """TCP is up: the TLS handshake first (wss), then the upgrade request."""
-    cdef int rc
-    if not t.cfg.targets[c.target].tls:
-        return ws_handshake_write(t, s, c, now)
-    rc = tls_conn_start(&c.tls, t.ssl_ctx, c.fd, t.cfg.targets[c.target].server_name,
-                        &c.resume, c.target)
-    if rc != TLS_OK:
-        ws_fail(t, s, c, tls_kind(t, &c.tls, rc), now)
-        return 1
-    c.state = WC_TLS
-    return ws_tls_step(t, s, c, now)
-
-
-cdef int ws_tls_step(thread_t* t, session_t* s, ws_conn_t* c, int64_t now) noexcept nogil:
-    """One step of the TLS handshake (still under the connect deadline)."""
-    cdef int rc = tls_handshake(&c.tls)
-    if rc == TLS_OK:
-        return ws_handshake_write(t, s, c, now)
-    if rc == TLS_WANT_READ or rc == TLS_WANT_WRITE:
-        if ws_set_out(t, s, c, rc == TLS_WANT_WRITE) != 0:
-            ws_fail(t, s, c, K_RESET, now)
-        return 1
-    ws_fail(t, s, c, tls_kind(t, &c.tls, rc), now)
-    return 1
-
-
-cdef void send_once(ws_conn_t* c) noexcept nogil:
-    """Best effort, never waits: a close frame on the way out."""
-    if c.tls.ssl != NULL:
-        tls_write(&c.tls, c.out, c.out_len)
-    else:
-        send(c.fd, c.out, c.out_len, MSG_NOSIGNAL)
+    return ws_handshake_write(t, s, c, now)
 
 
 cdef int ws_handshake_write(thread_t* t, session_t* s, ws_conn_t* c, int64_t now) noexcept nogil:
     cdef int rc
     c.state = WC_HS_WRITE
-    rc = ws_flush(t, s, c)
+    rc = ws_flush(t, c)
     if rc < 0:
         ws_fail(t, s, c, -1 - rc, now)
         return 1
@@ -359,7 +286,7 @@ cdef int ws_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept 
         c.state = WC_CLOSING
         s.state = ST_WS
         s.deadline_ns = now + t.cfg.request_timeout_ns
-        rc = ws_flush(t, s, c)
+        rc = ws_flush(t, c)
         if rc < 0:
             ws_fail(t, s, c, -1 - rc, now)
         return 1
@@ -373,7 +300,7 @@ cdef int ws_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept 
         if frame_append(t, c, op.b, <unsigned char*>s.x.wbuf, pos) != 0:
             ws_fail(t, s, c, K_PROTOCOL, now)
             return 1
-        rc = ws_flush(t, s, c)
+        rc = ws_flush(t, c)
         if rc < 0:
             ws_fail(t, s, c, -1 - rc, now)
             return 1
@@ -406,27 +333,14 @@ cdef int ws_read(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
     cdef ssize_t n
     cdef size_t off, used
     cdef int ev, rc
-    while c.fd >= 0:
-        if c.tls.ssl != NULL:
-            n = tls_read(&c.tls, t.rbuf, RBUF_SIZE)
-            if n == TLS_CLOSED:
-                return 1
-            if n == TLS_WANT_READ:
-                return 0
-            if n == TLS_WANT_WRITE:     # rare (a key update to answer): retried on EPOLLOUT
-                return -1 - K_RESET if ws_set_out(t, s, c, True) != 0 else 0
-            if n < 0:
-                return -1 - tls_kind(t, &c.tls, <int>n)
-        else:
-            n = read(c.fd, t.rbuf, RBUF_SIZE)
-            if n == 0:
-                return 1
-            if n < 0:
-                if errno == EINTR:
-                    continue
-                if errno == EAGAIN:
-                    return 0
-                return -1 - errno_kind(errno)
+    while c.conn.fd >= 0:
+        n = conn_read(&t.io, &c.conn, t.rbuf, RBUF_SIZE)
+        if n == CONN_EOF:
+            return 1
+        if n == CONN_AGAIN:
+            return 0
+        if n < 0:
+            return <int>n       # -1 - kind
         off = 0
         if c.state == WC_HS_READ:
             rc = ws_handshake_feed(c.hs, t.rbuf, <size_t>n, &used)
@@ -450,19 +364,20 @@ cdef int ws_read(thread_t* t, session_t* s, ws_conn_t* c) noexcept nogil:
             elif ev == WS_EV_PING:
                 if frame_append(t, c, WS_OP_PONG, c.dec.ctl, c.dec.ctl_len) != 0:
                     return -1 - K_PROTOCOL
-                rc = ws_flush(t, s, c)
+                rc = ws_flush(t, c)
                 if rc < 0:
                     return rc
             elif ev == WS_EV_CLOSE:
                 if c.state == WC_OPEN:
-                    c.out_pos = c.out_len = 0       # answer it (best effort), then close
+                    c.conn.wpos = c.conn.wlen = 0   # answer it (best effort), then close
                     if frame_append(t, c, WS_OP_CLOSE, c.dec.ctl, 2 if c.dec.ctl_len >= 2 else 0) == 0:
-                        send_once(c)
+                        conn_write_once(&c.conn)
                 return 1
             elif ev == WS_EV_ERROR or ev == WS_EV_NOMEM:
                 return -1 - K_PROTOCOL
-        if n < RBUF_SIZE and (c.tls.ssl == NULL or tls_drained(&c.tls)):
-            return 0
+        if conn_drained(&c.conn, n, RBUF_SIZE):
+            n = conn_wait_in(&t.io, &c.conn)
+            return 0 if n == CONN_AGAIN else <int>n
     return 0
 
 
@@ -471,12 +386,10 @@ cdef void ws_event(thread_t* t, session_t* s, int fd, uint32_t events, int64_t n
     cdef int32_t i
     cdef ws_conn_t* c = NULL
     cdef const op_t* op
-    cdef int err = 0
-    cdef socklen_t len_ = sizeof(err)
     cdef int rc
     cdef bint mine
     for i in range(t.cfg.nconns):
-        if ws_conn(s, i).fd == fd:
+        if ws_conn(s, i).conn.fd == fd:
             c = ws_conn(s, i)
             break
     if c == NULL:
@@ -486,22 +399,17 @@ cdef void ws_event(thread_t* t, session_t* s, int fd, uint32_t events, int64_t n
     mine = (op != NULL and (s.state == ST_WS or (s.state == ST_WAIT and s.x.wait_kind == W_WS))
             and op.kind >= C_OP_WS_CONNECT and op.a == i)
     if c.state == WC_CONNECTING:
-        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len_) != 0:
-            err = errno
-        if err != 0:
+        rc = conn_establish(&t.io, &c.conn, &t.cfg.targets[c.conn.target])
+        if rc < 0:
             if mine:
-                ws_fail(t, s, c, K_TIMEOUT if err == ETIMEDOUT else K_CONNECT, now)
+                ws_fail(t, s, c, -1 - rc, now)
             else:
                 ws_drop(c)
-            return
-        ws_connected(t, s, c, now)
+        elif rc == 0:
+            ws_handshake_write(t, s, c, now)
         return
-    if c.state == WC_TLS:
-        ws_tls_step(t, s, c, now)
-        return
-    # TLS retries a pending write whatever the event: it may have waited for a read
-    if (events & (EPOLLOUT | EPOLLERR) or c.tls.ssl != NULL) and c.out_pos < c.out_len:
-        rc = ws_flush(t, s, c)
+    if conn_write_ready(&c.conn, events):
+        rc = ws_flush(t, c)
         if rc < 0:
             if mine:
                 ws_fail(t, s, c, -1 - rc, now)

@@ -29,9 +29,10 @@ bytes and keeps the failure in ``c.pending`` for the next call. So: the connecti
 (safe to go back to ``epoll_wait``) when ``tls_read`` returned a WANT code, or ``0 < got < n``
 with ``tls_drained(c)``; otherwise call ``tls_read`` again.
 
-Engine states: CONNECTING (TCP) -> HANDSHAKING (``tls_conn_start`` once, then
-``tls_handshake`` on every event until TLS_OK) -> WRITING/READING as for plain HTTP, with
-``send``/``read`` replaced by ``tls_write``/``tls_read``. A keep-alive connection that turns
+Engine connection states (``engine_conn.pxd``, the one connection type of HTTP and
+WebSocket): CONNECTING (TCP) -> HANDSHAKING (``tls_conn_start`` once, then ``tls_handshake``
+on every event until TLS_OK) -> OPEN, where ``conn_write``/``conn_read`` call
+``tls_write``/``tls_read`` in place of ``send``/``read``. A keep-alive connection that turns
 readable while idle: ``tls_read`` into the thread buffer; WANT_READ means a post-handshake
 message (a TLS 1.3 session ticket) was consumed, keep it; anything else, close it.
 

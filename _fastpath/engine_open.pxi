@@ -1,4 +1,6 @@
-# Included by engine.pyx: the open model's arrival schedule and its warm-up (see the module docstring).
+# Included by engine.pyx: the open model's arrival schedule and its warm-up (see the module
+# docstring). The warm-up opens each slot's HTTP connection with ``conn_open`` and steps it
+# with ``conn_establish`` (``engine_conn.pxi``), as an HTTP op would, and keeps it idle.
 
 # ------------------------------------------------------------------------------ open model
 

@@ -31,7 +31,7 @@ cdef enum:
     ST_YIELD = 5        # parked in the heap to let the loop breathe (many ops failed at once)
     ST_DONE = 6
     ST_FREE = 7         # open model: an unused slot (it may keep a keep-alive connection)
-                        # 8 was HANDSHAKING: the connection's own state now (CONNECTING covers it)
+                        # (8 was HANDSHAKING: now conn.state's; CONNECTING covers it)
     ST_STARTING = 9     # parked in the heap by the session's start delay (no op run yet)
     ST_WAIT = 10        # waiting for a child, a signal or a WebSocket message (scanned: deadline_ns)
     ST_WS = 11          # a WebSocket connect, send or close in flight (scanned: deadline_ns)

@@ -3,16 +3,16 @@
 #
 # Theory of operation
 # -------------------
-# A plan that uses any of it gives every session slot an ``sx_t`` (engine.pxd): variables,
-# a render buffer, a capture buffer, a cookie jar, WebSocket connections, received signals
-# and the parent/child links. Plain plans have none, and their ops take none of these paths:
-# the per-op cost for them is one ``op.req != NULL`` test and one ``s.failed`` test.
+# A plan that uses any of it gives every session slot an ``sx_t`` (engine_session.pxd):
+# variables, a render buffer, a capture buffer, a cookie jar, WebSocket connections, received
+# signals and the parent/child links. Plain plans have none, and their ops take none of these
+# paths: the per-op cost for them is one ``op.req != NULL`` test and one ``s.failed`` test.
 #
 # * **Templates** (``tmpl_t``) are literal bytes and variable slots, split at plan time;
 #   ``render`` appends one to the session's ``wbuf``. A templated HTTP op renders its head,
-#   the cookie jar, then its body, and writes the Content-Length it measured; the write path
-#   then sends ``s.req`` as it sends a plain op's bytes. An unset variable fails the op
-#   (``extract``).
+#   the cookie jar, then its body, and writes the Content-Length it measured; the session's
+#   connection then writes ``s.req`` (its borrowed pending write) as it writes a plain op's
+#   bytes. An unset variable fails the op (``extract``).
 # * **Extraction and cookies**: an op that extracts (or keeps cookies) has its response bytes
 #   appended to ``cap`` as the parser consumes them (up to ``max_capture``); when the
 #   response is complete ``after_response`` stores Set-Cookie values in the jar and runs

@@ -7,13 +7,14 @@ Theory of operation
 One ``thread_t`` per engine thread, in a calloc'ed array inside ``Engine``; the thread's loop
 (``thread_loop`` in ``engine.pyx``) is the only code that touches it while it runs, except
 ``Engine.swap`` and ``Engine.tls_error``, which take ``lock`` (held by the loop while it
-processes one epoll batch). It owns one epoll set (``io.epfd``, shared by its connections with the ``SSL_CTX``), one receive buffer shared by
-its sessions (``rbuf``, ``RBUF_SIZE`` bytes: every connection of the thread reads into it and
-its user parses the bytes before the next read), a binary min-heap of parked sessions
-(``heap``, at most one entry per session), the ready stack (sessions woken by another one),
-the free-slot stack (open model) and two sets of per-metric accumulators. Everything is
-allocated by ``Engine._allocate`` and freed in ``Engine._free``; the ``SSL_CTX`` (one per
-thread, only when a target uses TLS) is freed there after every connection made from it.
+processes one epoll batch). It owns one epoll set and one ``SSL_CTX`` (``io``, which its
+connections share), one receive buffer shared by its sessions (``rbuf``, ``RBUF_SIZE`` bytes:
+every connection of the thread reads into it and its user parses the bytes before the next
+read), a binary min-heap of parked sessions (``heap``, at most one entry per session), the
+ready stack (sessions woken by another one), the free-slot stack (open model) and two sets of
+per-metric accumulators. Everything is allocated by ``Engine._allocate`` and freed in
+``Engine._free``; the ``SSL_CTX`` (one per thread, only when a target uses TLS) is freed there
+after every connection made from it.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t

@@ -1,16 +1,91 @@
-"""Shared, light test setup: make ``tests/support`` importable as ``support``.
+"""Test tiers: each test's marker comes from its directory.
 
-Nothing here starts a process; the fixtures that do live in ``tests/integration/conftest.py``.
+The directory a test lives in is its tier, and the tier is its marker:
+
+- ``tests/unit``: the **pure** tier, no marker. No network at all, not even loopback: it
+  passes inside ``unshare -rn``. Run it with ``pytest -m "not engine and not system"``.
+- ``tests/engine``: marker ``engine``. Loopback sockets inside the test process: the engine,
+  the codecs and the TLS layer against servers on threads.
+- ``tests/system``: marker ``system``. Other processes: nginx, the session-language target,
+  ``chaperon`` masters and workers.
+
+:func:`pytest_collection_modifyitems` adds each test's marker from its directory, and refuses
+an ``engine``/``system`` marker written on a test of another directory (move the file
+instead). A test that opens an IP socket in the pure tier fails at once, whatever the
+machine's network (see :func:`_no_network_in_the_pure_tier`).
 """
 
 from __future__ import annotations
 
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
+import pytest
+
+_TESTS_DIR = Path(__file__).resolve().parent
+if str(_TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(_TESTS_DIR))
+
+from support import tiers  # noqa: E402
 
 # The session-language target server: started only by tests that ask for these fixtures.
 from support.lang_fixture import lang_server, lang_server_process  # noqa: E402, F401
+
+
+def _tier_of(path: Path) -> str | None:
+    """The tier of a test file, from its directory under ``tests/`` (None for a stray file)."""
+    try:
+        top = path.resolve().relative_to(_TESTS_DIR).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return tiers.TIER_OF_DIRECTORY.get(top)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = _tier_of(item.path)
+        for marker in tiers.MARKERS:
+            if marker != tier and item.get_closest_marker(marker) is not None:
+                raise pytest.UsageError(
+                    f"{item.nodeid} is marked {marker!r} but lives in the {tier} tier's "
+                    f"directory: move it to tests/{tiers.DIRECTORY_OF_TIER[marker]}/"
+                )
+        if tier in tiers.MARKERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture of the test is set up, so that fixtures can ask which tier runs.
+    tiers.current = _tier_of(item.path)
+
+
+def _refuse_ip(name: str, original: Any) -> Any:
+    def guarded(self: socket.socket, *args: Any, **kwargs: Any) -> Any:
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise tiers.NetworkInPureTier(
+                f"socket.{name} on an IP socket in the pure tier (tests/unit): a test that "
+                "needs loopback belongs in tests/engine (in-process servers) or tests/system "
+                "(server processes)"
+            )
+        return original(self, *args, **kwargs)
+
+    return guarded
+
+
+@pytest.fixture(autouse=True)
+def _no_network_in_the_pure_tier(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """In the pure tier, ``bind``/``connect``/``sendto`` on an IP socket raise.
+
+    So a socket test put in ``tests/unit`` by mistake fails on every machine, not only inside
+    ``unshare -rn`` where loopback is down. Unix sockets (asyncio's self-pipe) stay allowed.
+    """
+    if _tier_of(request.node.path) == tiers.PURE:
+        for name in ("bind", "connect", "connect_ex", "sendto"):
+            monkeypatch.setattr(socket.socket, name, _refuse_ip(name, getattr(socket.socket, name)))
+    yield

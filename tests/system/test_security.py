@@ -17,8 +17,6 @@ import pytest
 from support.cluster import run_master, run_worker
 from support.loadtests import metric, minimal_load_test, to_proto
 
-pytestmark = pytest.mark.integration
-
 TOKEN = "s3cret-token-for-tests"
 
 

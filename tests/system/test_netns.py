@@ -41,8 +41,6 @@ from support.nginx import _TEMP_DIRS, NginxServer, nginx_binary, render_config
 from support.ports import LOOPBACK
 from support.procs import ManagedProcess, chaperon_command, python_env, running
 
-pytestmark = pytest.mark.integration
-
 # Each namespace is a host of its own: fixed ports cannot clash with anything.
 MASTER_PORT = 50051
 WORKER_PORT = 50052

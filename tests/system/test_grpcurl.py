@@ -14,8 +14,6 @@ import pytest
 from support.cluster import Service, run_worker, wait_for_workers
 from support.loadtests import assert_hdr_matches, decode_hdr, metric, minimal_load_test
 
-pytestmark = pytest.mark.integration
-
 GRPCURL_TIMEOUT_S = 60.0
 
 

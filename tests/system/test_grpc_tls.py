@@ -21,8 +21,6 @@ from support.loadtests import minimal_load_test
 from support.ports import address, free_port
 from support.procs import ManagedProcess, chaperon_command, python_env, running
 
-pytestmark = pytest.mark.integration
-
 
 def _wait_tls_health(addr: str, ca: bytes, proc: ManagedProcess, timeout_s: float = 30) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -9,10 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
 from support.loadtests import metric, to_proto
-
-pytestmark = pytest.mark.integration
 
 
 def _run(master_stub, load_test: dict):

@@ -52,8 +52,6 @@ from support.loadtests import minimal_load_test, to_proto
 from support.procs import wait_for_health
 from support.restart import RestartableMaster, restartable_master
 
-pytestmark = pytest.mark.integration
-
 RPC_TIMEOUT_S = 10.0
 # Calls that may legitimately outlive their deadline: a valid RunLoadTest, a Watch.
 SHORT_TIMEOUT_S = 0.4

@@ -30,8 +30,6 @@ from support.lang_runs import (
 from support.lang_scenarios import http
 from support.loadtests import metric, to_proto
 
-pytestmark = pytest.mark.integration
-
 FAILING_SESSIONS = 4
 HEALTHY_SESSIONS = 2
 ITERATIONS = 3

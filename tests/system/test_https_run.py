@@ -14,11 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from support.certs import make_certs
 from support.procs import chaperon_command, python_env
-
-pytestmark = pytest.mark.integration
 
 SERVER = r"""
 import http.server, ssl, sys, threading

@@ -20,7 +20,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from support.lang_fixture import LangServer
 from support.lang_runs import (
     assert_succeeded,
@@ -44,8 +43,6 @@ from support.lang_scenarios import (
     stateful_load_test,
 )
 from support.loadtests import metric, to_proto
-
-pytestmark = pytest.mark.integration
 
 GRPCURL_TIMEOUT_S = 60
 

@@ -14,11 +14,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
-import pytest
 from support.cluster import run_master, run_worker, wait_for_workers
 from support.loadtests import metric, minimal_load_test, to_proto
-
-pytestmark = pytest.mark.integration
 
 DURATION_S = 6
 KILL_AFTER_S = 2.0

@@ -16,8 +16,6 @@ import pytest
 from support.loadtests import minimal_load_test, to_proto
 from support.procs import wait_for_health
 
-pytestmark = pytest.mark.integration
-
 RPC_TIMEOUT_S = 10.0
 TARGET = "http://127.0.0.1:8080"
 

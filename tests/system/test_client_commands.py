@@ -18,8 +18,6 @@ from support.cluster import Service, run_master, run_worker
 from support.loadtests import minimal_load_test
 from support.procs import chaperon_command, python_env
 
-pytestmark = pytest.mark.integration
-
 TOKEN = "cli-token"
 
 

@@ -24,8 +24,6 @@ from support.procs import (
     wait_for_health,
 )
 
-pytestmark = pytest.mark.integration
-
 RUN_TIMEOUT_S = 90.0
 
 

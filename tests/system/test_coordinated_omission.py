@@ -29,11 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-
 from _fastpath.engine import OP_HTTP, Engine
-
-pytestmark = pytest.mark.integration
 
 S = 1_000_000_000
 

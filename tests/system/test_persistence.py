@@ -34,8 +34,6 @@ from support.loadtests import assert_hdr_matches, metric, minimal_load_test, to_
 from support.nginx import NginxServer, nginx_binary, nginx_server
 from support.restart import RestartableMaster, restartable_master
 
-pytestmark = pytest.mark.integration
-
 RPC_TIMEOUT_S = 10.0
 LONG_RUN_S = 6
 # How long each step may take before the scenario gives up on it.

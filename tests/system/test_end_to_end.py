@@ -12,8 +12,6 @@ import urllib.request
 import pytest
 from support.loadtests import assert_hdr_matches, metric, minimal_load_test, percentile, to_proto
 
-pytestmark = pytest.mark.integration
-
 RPC_TIMEOUT_S = 60.0
 
 

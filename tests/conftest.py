@@ -1,18 +1,19 @@
-"""Test tiers: each test's marker comes from its directory.
+"""Test tiers, and the fixtures that start the tests' servers (registered once, here).
 
 The directory a test lives in is its tier, and the tier is its marker:
 
 - ``tests/unit``: the **pure** tier, no marker. No network at all, not even loopback: it
   passes inside ``unshare -rn``. Run it with ``pytest -m "not engine and not system"``.
 - ``tests/engine``: marker ``engine``. Loopback sockets inside the test process: the engine,
-  the codecs and the TLS layer against servers on threads.
+  the codecs and the TLS layer against servers on threads (``support.servers``).
 - ``tests/system``: marker ``system``. Other processes: nginx, the session-language target,
-  ``chaperon`` masters and workers.
+  ``chaperon`` masters and workers (``support.servers``, ``support.cluster``).
 
 :func:`pytest_collection_modifyitems` adds each test's marker from its directory, and refuses
 an ``engine``/``system`` marker written on a test of another directory (move the file
 instead). A test that opens an IP socket in the pure tier fails at once, whatever the
-machine's network (see :func:`_no_network_in_the_pure_tier`).
+machine's network (see :func:`_no_network_in_the_pure_tier`); ``support.servers`` refuses to
+start a server process outside the system tier.
 """
 
 from __future__ import annotations
@@ -29,10 +30,16 @@ _TESTS_DIR = Path(__file__).resolve().parent
 if str(_TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(_TESTS_DIR))
 
+# The servers the tests start, as fixtures: requested by name, started only when asked for.
 from support import tiers  # noqa: E402
-
-# The session-language target server: started only by tests that ask for these fixtures.
-from support.lang_fixture import lang_server, lang_server_process  # noqa: E402, F401
+from support.servers import (  # noqa: E402, F401
+    certs,
+    lang_server,
+    lang_server_process,
+    nginx,
+    spoiler,
+    tls_server,
+)
 
 
 def _tier_of(path: Path) -> str | None:
@@ -59,7 +66,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    # Before any fixture of the test is set up, so that fixtures can ask which tier runs.
+    # Before any fixture of the test is set up: support.servers reads it to refuse a server
+    # process outside the system tier.
     tiers.current = _tier_of(item.path)
 
 

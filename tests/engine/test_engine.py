@@ -3,163 +3,26 @@
 Each test starts its own server (one selector thread, keep-alive, behaviour chosen per test)
 and stops it in a ``finally``; every wait is bounded. Each failure kind is provoked by a real
 misbehaving server on loopback: a full accept queue (connect timeout), silence (request
-timeout), RST, EOF mid-body, idle close, ``Connection: close``, 4xx/5xx. The 10k-session
-memory test needs nginx and is skipped without it.
+timeout), RST, EOF mid-body, idle close, ``Connection: close``, 4xx/5xx. The servers come
+from ``support.servers``; the 10k-session memory test, which needs nginx, is in
+``tests/system/test_engine_memory.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import selectors
-import shutil
 import socket
-import struct
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
+from support.servers import Reply, free_port, get, ok
+from support.servers import http_server as server
 
 from _fastpath.engine import ERROR_KINDS, OP_DELAY, OP_HTTP, Engine
 from _fastpath.histogram import Histogram
-
-
-@dataclass
-class Reply:
-    data: bytes = b""
-    close: bool = False  # close after sending
-    reset: bool = False  # abort with RST instead of answering
-    silent: bool = False  # never answer
-
-
-def ok(body: bytes = b"ok\n", status: int = 200, extra: bytes = b"") -> Reply:
-    return Reply(
-        b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n%s\r\n" % (status, len(body), extra) + body
-    )
-
-
-Handler = Callable[[bytes, bytes, bytes], Reply]  # (method, path, body) -> Reply
-
-
-class Server:
-    """Keep-alive HTTP/1.1 server on one selector thread; counts requests and connections."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.requests = 0
-        self.connections = 0
-        self.body_sizes: list[int] = []
-        self._lock = threading.Lock()
-        self._stop = False
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(1024)
-        self._listener.setblocking(False)
-        self.port = self._listener.getsockname()[1]
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self._listener, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._run, name="test-http-server")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            for key, _ in self._sel.select(0.02):
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._readable(key.fileobj, key.data)  # type: ignore[arg-type]
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except BlockingIOError:
-                return
-            conn.setblocking(False)
-            with self._lock:
-                self.connections += 1
-            self._sel.register(conn, selectors.EVENT_READ, bytearray())
-
-    def _drop(self, conn: socket.socket, reset: bool = False) -> None:
-        self._sel.unregister(conn)
-        if reset:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()
-
-    def _readable(self, conn: socket.socket, buf: bytearray) -> None:
-        try:
-            data = conn.recv(1 << 20)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(conn)
-            return
-        buf += data
-        while True:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).split(b"\r\n")
-            method, path, _ = head[0].split(b" ", 2)
-            length = 0
-            for line in head[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if len(buf) < end + 4 + length:
-                return
-            body = bytes(buf[end + 4 : end + 4 + length])
-            del buf[: end + 4 + length]
-            with self._lock:
-                self.requests += 1
-                self.body_sizes.append(len(body))
-            reply = self.handler(method, path, body)
-            if reply.silent:
-                continue
-            if reply.reset:
-                if reply.data:  # a partial answer first
-                    conn.setblocking(True)
-                    conn.sendall(reply.data)
-                self._drop(conn, reset=True)
-                return
-            conn.setblocking(True)
-            conn.sendall(reply.data)
-            conn.setblocking(False)
-            if reply.close:
-                self._drop(conn)
-                return
-
-    def stop(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        for key in list(self._sel.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self._sel.close()
-
-
-@contextmanager
-def server(handler: Handler = lambda m, p, b: ok()) -> Iterator[Server]:
-    srv = Server(handler)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-def get(path: bytes = b"/", method: bytes = b"GET", body: bytes = b"") -> bytes:
-    head = b"%s %s HTTP/1.1\r\nHost: test\r\n" % (method, path)
-    if body or method == b"POST":
-        head += b"Content-Length: %d\r\n" % len(body)
-    return head + b"\r\n" + body
 
 
 def make(port: int, ops: list, keys: list[str] | None = None, **kw) -> Engine:
@@ -186,14 +49,6 @@ def run(
         return out
     finally:
         engine.close()
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---------------------------------------------------------------- runs
@@ -624,116 +479,3 @@ finally:
     )
     assert out.returncode == 0, out.stderr
     assert "RLIMIT_NOFILE allows 128" in out.stdout and "ulimit -Hn" in out.stdout
-
-
-NGINX_CONF = """
-worker_processes 1;
-worker_rlimit_nofile 40000;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 20000; multi_accept on; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} backlog=16384;
-        location = / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
-TEN_K_CHILD = """
-import json, sys, threading, time
-from _fastpath.engine import OP_HTTP, Engine
-
-def status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-
-def established(port):
-    suffix = ":%04X" % port
-    with open("/proc/net/tcp") as f:
-        return sum(1 for l in f if l.split()[2].endswith(suffix) and l.split()[3] == "01")
-
-port = int(sys.argv[1])
-eng = Engine(targets=[("127.0.0.1", port)], metric_keys=["GET /"], sessions=10000,
-             ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n", False)],
-             duration_ns=2_500_000_000)
-gaps, stop = [0.0], threading.Event()
-def ticker():
-    last = time.monotonic()
-    while not stop.is_set():
-        time.sleep(0.001)
-        now = time.monotonic(); gaps.append(now - last); last = now
-th = threading.Thread(target=ticker); th.start()
-try:
-    eng.start()
-    eng.swap()       # waits for the first batch (10k connects) with the GIL released
-    stop.set(); th.join()
-    peak = 0
-    # Sample often and long enough that a busy machine cannot make us miss the plateau.
-    while not eng.done:
-        time.sleep(0.05)
-        peak = max(peak, established(port))
-    assert eng.wait(30)
-    rows = eng.swap()
-    print(json.dumps({"hwm_kb": status_kb("VmHWM"), "established": peak,
-                      "responses": eng.stats()["responses"],
-                      "errors": sum(r[3] for r in rows), "gap_s": max(gaps)}))
-finally:
-    stop.set(); th.join(); eng.close()
-"""
-
-
-def test_ten_thousand_sessions_fit_in_200_mb() -> None:
-    import resource
-
-    if not os.access("/usr/sbin/nginx", os.X_OK):
-        pytest.skip("needs /usr/sbin/nginx (a server that takes 10k connections)")
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    if hard != resource.RLIM_INFINITY and hard < 10_100:
-        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 10100")
-    tmp = tempfile.mkdtemp(prefix="chaperon-10k-")
-    port = free_port()
-    with open(os.path.join(tmp, "nginx.conf"), "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, port=port))
-    nginx = subprocess.Popen(
-        ["/usr/sbin/nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf", "-e", f"{tmp}/error.log"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nginx did not start"
-                time.sleep(0.02)
-        out = subprocess.run(
-            [sys.executable, "-c", TEN_K_CHILD, str(port)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
-        assert out.returncode == 0, out.stderr
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert res["established"] == 10_000
-    assert res["errors"] == 0 and res["responses"] >= 10_000
-    assert res["hwm_kb"] < 200 * 1024, res
-    # swap() waited for the engine's first batch without holding the GIL
-    assert res["gap_s"] < 0.1, res

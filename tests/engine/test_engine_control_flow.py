@@ -1,20 +1,16 @@
 """The engine's control-flow ops: repeat, repeat_traced, loop and random_delay.
 
-Against real servers on 127.0.0.1 that count requests per path (the selector server of
-``test_engine``), or log their arrival times (``LogServer`` of ``test_engine_session_rules``)
-where timing matters. Every wait is bounded; servers are stopped in ``finally``.
+Against real servers on 127.0.0.1 (``support.servers``) that count requests per path
+(``counting_server``), or log their arrival times (``LogServer``) where timing matters.
+Every wait is bounded; servers are stopped in ``finally``.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from test_engine import Server, free_port, get, ok
-from test_engine_session_rules import log_server
+from support.servers import counting_server, free_port, get, log_server
 
 from _fastpath.engine import (
     OP_DELAY,
@@ -35,21 +31,6 @@ def http(path: bytes, metric: int = 0) -> tuple:
 
 def repeat(count: int, body_len: int, metric: int = -1) -> tuple:
     return (OP_REPEAT, count, body_len, metric)
-
-
-@contextmanager
-def counting_server() -> Iterator[tuple[Server, Counter]]:
-    paths: Counter = Counter()
-
-    def handler(method: bytes, path: bytes, body: bytes):
-        paths[path] += 1
-        return ok()
-
-    srv = Server(handler)
-    try:
-        yield srv, paths
-    finally:
-        srv.stop()
 
 
 def run(eng: Engine, timeout_s: float = 10.0) -> tuple[dict[str, tuple], dict[str, int], float]:

@@ -2,7 +2,7 @@
 
 The schedule is checked twice: the C inversion of the cumulative count against a Python
 reference (bisection on the integral of the rate), and a real run against the small servers of
-``test_engine`` on 127.0.0.1, whose request timestamps show when sessions really started.
+``support.servers`` on 127.0.0.1, whose request timestamps show when sessions really started.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_engine import Reply, free_port, get, ok, server
+from support.servers import Reply, free_port, get, ok
+from support.servers import http_server as server
 
 from _fastpath.engine import OP_DELAY, OP_HTTP, Engine, _arrival_offsets_ns
 from _fastpath.histogram import Histogram

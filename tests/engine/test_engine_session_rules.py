@@ -1,7 +1,7 @@
 """The engine's per-session rules: scenario timeout, start delays, init and teardown ops.
 
-Against real servers on 127.0.0.1: the selector server of ``test_engine`` where answers are
-immediate, and ``LogServer`` below (a thread per connection, so one slow answer delays nobody
+Against real servers on 127.0.0.1 from ``support.servers``: the selector server where answers
+are immediate, and ``LogServer`` (a thread per connection, so one slow answer delays nobody
 else) where an answer must come late. ``LogServer`` logs every request with its connection and
 arrival time, which shows the order of a session's ops (a session keeps its connection) and
 when sessions really started. Every wait is bounded; servers are stopped in ``finally``.
@@ -9,115 +9,16 @@ when sessions really started. Every wait is bounded; servers are stopped in ``fi
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from test_engine import free_port, get
+from support.servers import SILENT, free_port, get, log_server
 
 from _fastpath.engine import OP_DELAY, OP_HTTP, Engine
 
 S = 1_000_000_000
 MS = 1_000_000
-SILENT = -1.0  # a LogServer delay: never answer
-
-
-class LogServer:
-    """Keep-alive HTTP/1.1 server (GET only), one thread per connection.
-
-    ``delays`` maps a path to how long its answer takes (``SILENT``: none comes)."""
-
-    def __init__(self, delays: dict[bytes, float] | None = None) -> None:
-        self.delays = delays or {}
-        self.log: list[tuple[int, bytes, float]] = []  # (connection id, path, monotonic s)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(256)
-        self._listener.settimeout(0.05)
-        self.port = self._listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept, name="test-log-server")
-        self._acceptor.start()
-
-    def _accept(self) -> None:
-        cid = 0
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            cid += 1
-            th = threading.Thread(target=self._serve, args=(conn, cid), daemon=True)
-            self._threads.append(th)
-            th.start()
-
-    def _serve(self, conn: socket.socket, cid: int) -> None:
-        conn.settimeout(0.05)
-        buf = b""
-        with conn:
-            while not self._stop.is_set():
-                try:
-                    data = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
-                buf += data
-                while b"\r\n\r\n" in buf:
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    path = head.split(b" ", 2)[1]
-                    with self._lock:
-                        self.log.append((cid, path, time.monotonic()))
-                    delay = self.delays.get(path, 0.0)
-                    if delay == SILENT:
-                        continue
-                    if self._stop.wait(delay):
-                        return
-                    try:
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
-                    except OSError:
-                        return
-
-    def count(self, path: bytes) -> int:
-        with self._lock:
-            return sum(1 for _, p, _ in self.log if p == path)
-
-    def times(self, path: bytes) -> list[float]:
-        with self._lock:
-            return [t for _, p, t in self.log if p == path]
-
-    def by_connection(self) -> dict[int, list[bytes]]:
-        out: dict[int, list[bytes]] = {}
-        with self._lock:
-            for cid, path, _ in self.log:
-                out.setdefault(cid, []).append(path)
-        return out
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        self._acceptor.join(5)
-        for th in self._threads:
-            th.join(5)
-
-
-@contextmanager
-def log_server(delays: dict[bytes, float] | None = None) -> Iterator[LogServer]:
-    srv = LogServer(delays)
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def http(metric: int, path: bytes, target: int = 0) -> tuple:

@@ -13,9 +13,9 @@ library (``GET /__counts``, ``POST /__reset``), so sync tests need no event loop
 counts a request when it receives it; a few counts land a moment after the client has its
 answer (``by_route``, ``ws_close``), so compare those with :meth:`LangServer.wait_for`.
 
-For pytest: the ``lang_server_process`` fixture (one process per module) and the
-``lang_server`` fixture (the same process, counts zeroed before each test). Import both
-into a ``conftest.py`` or a test module to use them.
+Tests start it through ``support.servers`` (``start_lang_server``, and the fixtures
+``lang_server_process``, one process per module, and ``lang_server``, the same process with
+its counts zeroed before each test).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from .certs import CertFiles
 from .ports import LOOPBACK, free_port
@@ -151,17 +149,3 @@ def start_lang_server(
 
         with running(process, ready) as proc:
             yield LangServer(proc, port, ca_file=tls.ca_cert if tls else None)
-
-
-@pytest.fixture(scope="module")
-def lang_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LangServer]:
-    """One ``lang_server`` process for the module."""
-    with start_lang_server(tmp_path_factory.mktemp("lang_server")) as server:
-        yield server
-
-
-@pytest.fixture
-def lang_server(lang_server_process: LangServer) -> LangServer:
-    """The module's ``lang_server`` with every count zeroed for this test."""
-    lang_server_process.reset()
-    return lang_server_process

@@ -1,4 +1,4 @@
-"""A throw-away nginx on loopback: the load target of the integration tests and the bench.
+"""A throw-away nginx on loopback: the load target of the system tests and the bench.
 
 Theory of operation: everything nginx writes (pid, error log, access log, the temp dirs of
 every module) lives in one directory, so it needs no root-owned path and leaves nothing
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from .procs import ManagedProcess, running, wait_for_tcp
 
 NGINX_BIN = os.environ.get("CHAPERON_TEST_NGINX", "/usr/sbin/nginx")
 STATUS_CODES = (200, 204, 400, 404, 429, 500, 502, 503)
-_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 def nginx_binary() -> str | None:
@@ -91,7 +92,7 @@ def render_config(
         else f"        location = /status/{code} {{ return {code}; }}"
         for code in STATUS_CODES
     )
-    temp_paths = "\n".join(f"    {name}_temp_path {d}/{name};" for name in _TEMP_DIRS)
+    temp_paths = "\n".join(f"    {name}_temp_path {d}/{name};" for name in TEMP_DIRS)
     return f"""\
 {user}daemon off;
 master_process on;
@@ -198,30 +199,63 @@ def nginx_server(
     limits. ``tls_cert`` and ``tls_key`` add an HTTPS listener on ``tls_port`` (default: a
     free one), ``NginxServer.tls_port``.
     """
-    binary = nginx_binary()
-    if binary is None:
-        raise FileNotFoundError(f"nginx not found at {NGINX_BIN} nor on PATH")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    for name in _TEMP_DIRS:
+    for name in TEMP_DIRS:
         (directory / name).mkdir(exist_ok=True)
     port = free_port() if port is None else port
     tls = None
     if tls_cert is not None and tls_key is not None:
         tls = TlsListener(free_port() if tls_port is None else tls_port, tls_cert, tls_key)
+    config = render_config(directory, port, access_log=access_log, tuning=tuning, tls=tls)
+    listeners = [(LOOPBACK, port)] + ([(LOOPBACK, tls.port)] if tls is not None else [])
+    with run_nginx(directory, config, listeners, cpu=cpu, ready_timeout_s=ready_timeout_s) as proc:
+        yield NginxServer(directory, port, proc, tls_port=None if tls is None else tls.port)
+
+
+def has_ssl_module() -> bool:
+    """Whether the installed nginx was built with the SSL module (``nginx -V``)."""
+    binary = nginx_binary()
+    if binary is None:
+        return False
+    build = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False)
+    return "--with-http_ssl_module" in build.stderr + build.stdout
+
+
+@contextmanager
+def run_nginx(
+    directory: Path,
+    config: str,
+    listeners: Sequence[tuple[str, int]],
+    *,
+    cpu: int | None = None,
+    ready_timeout_s: float = 15.0,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+    ready: Callable[[ManagedProcess], None] | None = None,
+) -> Iterator[ManagedProcess]:
+    """Run nginx with ``config`` as ``directory/nginx.conf``; ready once every (host, port) of
+    ``listeners`` accepts a connection and nginx is still running (or once ``ready`` returns);
+    stopped on exit. ``wrap`` rewrites the command (to run it in a network namespace, say).
+
+    The one place an nginx process is started: :func:`nginx_server` renders the usual config,
+    ``support.servers`` renders the special ones (several HTTPS listeners, say)."""
+    binary = nginx_binary()
+    if binary is None:
+        raise FileNotFoundError(f"nginx not found at {NGINX_BIN} nor on PATH")
     conf = directory / "nginx.conf"
-    conf.write_text(render_config(directory, port, access_log=access_log, tuning=tuning, tls=tls))
+    conf.write_text(config)
     argv = [binary, "-p", f"{directory}/", "-c", str(conf), "-e", str(directory / "error.log")]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
+    if wrap is not None:
+        argv = wrap(argv)
     process = ManagedProcess("nginx", argv, directory, extra_logs=[directory / "error.log"])
 
-    def ready(proc: ManagedProcess) -> None:
-        wait_for_tcp(LOOPBACK, port, ready_timeout_s, process=proc)
-        if tls is not None:
-            wait_for_tcp(LOOPBACK, tls.port, ready_timeout_s, process=proc)
+    def listening(proc: ManagedProcess) -> None:
+        for host, port in listeners:
+            wait_for_tcp(host, port, ready_timeout_s, process=proc)
         # Connected, but to whom? If nginx failed to bind, it exits; make sure it is alive.
         proc.check_running()
 
-    with running(process, ready) as proc:
-        yield NginxServer(directory, port, proc, tls_port=None if tls is None else tls.port)
+    with running(process, ready or listening) as proc:
+        yield proc

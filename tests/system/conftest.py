@@ -1,9 +1,10 @@
-"""Fixtures that run real processes on 127.0.0.1: nginx, a master, two workers.
+"""Fixtures of the system tier that run Chaperon itself on 127.0.0.1: a master, two workers.
 
-Each fixture starts its process on a free port, waits for readiness with a deadline
-(TCP for nginx, gRPC health for ours, ``ListWorkers`` for registered workers) and always
-stops it. nginx is per test, so its access-log count belongs to that test alone; the master
-and workers are per module, so a module's tests share one cluster.
+Each fixture starts its process on a free port, waits for readiness with a deadline (gRPC
+health, ``ListWorkers`` for registered workers) and always stops it. They are per module, so
+a module's tests share one cluster. The load targets (nginx per test, so its access-log count
+belongs to that test alone; the session-language server) are the fixtures of
+``support.servers``, registered in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -17,18 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 from support.cluster import Service, run_master, run_worker, wait_for_workers
-from support.nginx import NginxServer, nginx_binary, nginx_server
 
 WORKERS = 2
-
-
-@pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[NginxServer]:
-    """A fresh nginx for this test (``.port``, ``.base_url``, ``.requests_served()``)."""
-    if nginx_binary() is None:
-        pytest.skip("nginx is not installed (/usr/sbin/nginx): apt-get install nginx-light")
-    with nginx_server(tmp_path / "nginx") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """Coordinated omission: a server that stalls for one second, measured open and closed.
 
-The server (a Python asyncio process on 127.0.0.1) answers at once, except that every request
-it receives between 2 s and 3 s after its first request is held until 3 s. The engine is driven
-directly from Python (the CLI path is tested elsewhere).
+The server (``support.servers.stalling_server``, a Python asyncio process on 127.0.0.1)
+answers at once, except that every request it receives between 2 s and 3 s after its first
+request is held until 3 s. The engine is driven directly from Python (the CLI path is tested
+elsewhere).
 
 Open model, 1000 sessions/s for 6 s, 2000 slots (so no arrival is dropped): about 1000 of the
 6000 requests arrive during the stall and wait between 0 and 1 s, so
@@ -24,62 +25,13 @@ stall once, so only ~4 of tens of thousands of samples see it: p99 < 100 ms alth
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+
+from support.servers import stalling_server
 
 from _fastpath.engine import OP_HTTP, Engine
 
 S = 1_000_000_000
-
-SERVER = r"""
-import asyncio, sys, time
-
-first = None
-
-async def handle(reader, writer):
-    global first
-    try:
-        while True:
-            await reader.readuntil(b"\r\n\r\n")
-            now = time.monotonic()
-            if first is None:
-                first = now
-            if first + 2.0 <= now < first + 3.0:
-                await asyncio.sleep(first + 3.0 - now)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-
-async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await server.serve_forever()
-
-asyncio.run(main())
-"""
-
-
-@contextmanager
-def stalling_server() -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # the port, once listening (EOF if the server died)
-        assert line.strip().isdigit(), "the stalling server did not start"
-        yield int(line)
-    finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def drive(engine: Engine) -> tuple:

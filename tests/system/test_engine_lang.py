@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support.certs import make_certs
-from support.lang_fixture import LangServer, start_lang_server
+from support.servers import LangServer, start_lang_server
 
 from _fastpath.engine import (
     EX_HEADER,

@@ -11,21 +11,15 @@ misbehave during the handshake (silent, closing, resetting). Every wait is bound
 
 from __future__ import annotations
 
-import os
-import socket
-import struct
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.certs import CertFiles, make_certs
-from support.nginx import nginx_binary
-from support.ports import LOOPBACK, free_port
-from support.procs import ManagedProcess, running, wait_for_tcp
+from support.certs import CertFiles
+from support.ports import LOOPBACK
+from support.servers import HandshakeSpoiler, TlsNginx, skip_without_tls_nginx, tls_nginx
 
 from _fastpath.engine import ERROR_KINDS, OP_HTTP, Engine
 
@@ -37,148 +31,11 @@ BIG = b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n"
 BIG_SIZE = 300_000  # many TLS records, several 64 KiB reads per response
 
 
-def _free_ipv6_port() -> int | None:
-    """A free port on ::1, or None when the machine has no IPv6 loopback."""
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-            port: int = s.getsockname()[1]
-            return port
-    except OSError:
-        return None
-
-
-@dataclass
-class Ports:
-    plain: int  # HTTP
-    tls: int  # HTTPS, TLS 1.2 and 1.3
-    tls12: int  # HTTPS, TLS 1.2 only
-    tls6: int | None  # HTTPS on [::1], when the machine has IPv6 loopback
-
-
-class Nginx:
-    """The module's nginx; ``mark()`` then ``served(mark, n)`` returns the new log lines."""
-
-    def __init__(self, directory: Path, ports: Ports) -> None:
-        self.log = directory / "access.log"
-        self.ports = ports
-
-    def _lines(self) -> list[list[str]]:
-        try:
-            return [line.split() for line in self.log.read_text().splitlines()]
-        except FileNotFoundError:
-            return []
-
-    def mark(self) -> int:
-        """The log's length once it has settled (an earlier test's last request may still be
-        logged just after that test saw its response)."""
-        return len(self.served(0, 0, timeout_s=2.0))
-
-    def served(
-        self, mark: int, expected: int, timeout_s: float = 5.0, port: int | None = None
-    ) -> list[list[str]]:
-        """Lines logged since ``mark`` (for ``port`` only, if given): polled until there are
-        ``expected`` and the log has held still for 0.1 s (nginx logs just after it
-        answers), or the deadline."""
-        deadline = time.monotonic() + timeout_s
-        lines = self._lines()[mark:]
-        stable_since = time.monotonic()
-        while True:
-            now = time.monotonic()
-            mine = [ln for ln in lines if port is None or ln[0] == str(port)]
-            if (len(mine) >= expected and now - stable_since >= 0.1) or now >= deadline:
-                return mine
-            time.sleep(0.02)
-            latest = self._lines()[mark:]
-            if len(latest) != len(lines):
-                lines, stable_since = latest, time.monotonic()
-
-
-def _config(d: Path, ports: Ports, certs: CertFiles) -> str:
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    temp = "\n".join(
-        f"    {n}_temp_path {d}/{n};" for n in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    tls = f"""
-        ssl_certificate {certs.server_cert};
-        ssl_certificate_key {certs.server_key};
-        location = / {{ return 200 "ok\\n"; }}
-        location = /big.bin {{ root {d}; }}"""
-    v6 = (
-        f"""
-    server {{
-        listen [::1]:{ports.tls6} ssl;
-        ssl_protocols TLSv1.2 TLSv1.3;{tls}
-    }}"""
-        if ports.tls6
-        else ""
-    )
-    return f"""\
-{user}daemon off;
-master_process on;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-{temp}
-    log_format t '$server_port $status $ssl_session_reused $connection $request_uri';
-    access_log {d}/access.log t;
-    keepalive_requests 1000000;
-    default_type application/octet-stream;
-    server {{
-        listen {LOOPBACK}:{ports.plain};
-        location = / {{ return 200 "ok\\n"; }}
-    }}
-    server {{
-        listen {LOOPBACK}:{ports.tls} ssl;
-        ssl_protocols TLSv1.2 TLSv1.3;{tls}
-    }}
-    server {{
-        listen {LOOPBACK}:{ports.tls12} ssl;
-        ssl_protocols TLSv1.2;{tls}
-    }}{v6}
-}}
-"""
-
-
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertFiles:
-    return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def nginx(tmp_path_factory: pytest.TempPathFactory, certs: CertFiles) -> Iterator[Nginx]:
-    binary = nginx_binary()
-    if binary is None:
-        pytest.skip("nginx is not installed (set CHAPERON_TEST_NGINX or install nginx)")
-    build = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False)
-    if "--with-http_ssl_module" not in build.stderr + build.stdout:
-        pytest.skip(f"{binary} was built without the SSL module (--with-http_ssl_module)")
-    d = tmp_path_factory.mktemp("nginx-engine-tls")
-    (d / "big.bin").write_bytes(bytes(range(256)) * (BIG_SIZE // 256) + b"x" * (BIG_SIZE % 256))
-    v4: list[int] = []
-    for _ in range(100):  # the kernel may hand the same free port out twice
-        if len(v4) == 3:
-            break
-        port = free_port()
-        if port not in v4:
-            v4.append(port)
-    ports = Ports(*v4, _free_ipv6_port())
-    conf = d / "nginx.conf"
-    conf.write_text(_config(d, ports, certs))
-    argv = [binary, "-p", f"{d}/", "-c", str(conf), "-e", str(d / "error.log")]
-    proc = ManagedProcess("nginx", argv, d, extra_logs=[d / "error.log"])
-
-    def ready(p: ManagedProcess) -> None:
-        for port in (ports.plain, ports.tls, ports.tls12):
-            wait_for_tcp(LOOPBACK, port, 15.0, process=p)
-        if ports.tls6:
-            wait_for_tcp("::1", ports.tls6, 15.0, process=p)
-        p.check_running()
-
-    with running(proc, ready):
-        yield Nginx(d, ports)
+def nginx(tmp_path_factory: pytest.TempPathFactory, certs: CertFiles) -> Iterator[TlsNginx]:
+    skip_without_tls_nginx()
+    with tls_nginx(tmp_path_factory.mktemp("nginx-engine-tls"), certs, BIG_SIZE) as server:
+        yield server
 
 
 @dataclass
@@ -228,7 +85,7 @@ def connections(lines: list[list[str]]) -> int:
 # ------------------------------------------------------------------------------ nginx
 
 
-def test_https_closed_model_verified_keep_alive(nginx: Nginx, certs: CertFiles) -> None:
+def test_https_closed_model_verified_keep_alive(nginx: TlsNginx, certs: CertFiles) -> None:
     mark = nginx.mark()
     res = run(
         one_target(
@@ -250,7 +107,7 @@ def test_https_closed_model_verified_keep_alive(nginx: Nginx, certs: CertFiles) 
 
 @pytest.mark.parametrize("version", ["1.3", "1.2"])
 def test_connection_close_reconnects_and_resumes(
-    nginx: Nginx, certs: CertFiles, version: str
+    nginx: TlsNginx, certs: CertFiles, version: str
 ) -> None:
     port = nginx.ports.tls if version == "1.3" else nginx.ports.tls12
     mark = nginx.mark()
@@ -264,7 +121,7 @@ def test_connection_close_reconnects_and_resumes(
     assert reused(lines) == 40 - 2, lines
 
 
-def test_large_responses_through_read_ahead(nginx: Nginx, certs: CertFiles) -> None:
+def test_large_responses_through_read_ahead(nginx: TlsNginx, certs: CertFiles) -> None:
     # Responses far larger than the 64 KiB receive buffer: OpenSSL holds decrypted bytes the
     # kernel no longer reports (the drain rule), and a stall would end as a timeout.
     mark = nginx.mark()
@@ -282,7 +139,7 @@ def test_large_responses_through_read_ahead(nginx: Nginx, certs: CertFiles) -> N
     assert len(nginx.served(mark, 30, port=nginx.ports.tls)) == 30
 
 
-def test_unknown_ca_fails_every_op_as_tls(nginx: Nginx) -> None:
+def test_unknown_ca_fails_every_op_as_tls(nginx: TlsNginx) -> None:
     mark = nginx.mark()
     res = run(one_target(https(nginx.ports.tls), sessions=2, iterations=5))  # system CAs only
     assert res.rows == {"GET /": (0, 10, {"tls": 10})}
@@ -293,7 +150,7 @@ def test_unknown_ca_fails_every_op_as_tls(nginx: Nginx) -> None:
     assert nginx.served(mark, 0, timeout_s=0.2) == []
 
 
-def test_insecure_succeeds_without_the_ca(nginx: Nginx) -> None:
+def test_insecure_succeeds_without_the_ca(nginx: TlsNginx) -> None:
     mark = nginx.mark()
     res = run(one_target(https(nginx.ports.tls, "wrong.example"), tls_insecure=True))
     assert res.rows == {"GET /": (100, 0, {})}
@@ -305,7 +162,7 @@ def test_insecure_succeeds_without_the_ca(nginx: Nginx) -> None:
     [("wrong.example", "hostname mismatch"), ("127.0.0.2", "IP address mismatch")],
 )
 def test_wrong_server_name_fails_verification(
-    nginx: Nginx, certs: CertFiles, name: str, reason: str
+    nginx: TlsNginx, certs: CertFiles, name: str, reason: str
 ) -> None:
     res = run(
         one_target(
@@ -318,7 +175,7 @@ def test_wrong_server_name_fails_verification(
 
 @pytest.mark.parametrize("name", [None, "", "127.0.0.1"])
 def test_ip_literal_server_name_is_verified_as_an_ip(
-    nginx: Nginx, certs: CertFiles, name: str | None
+    nginx: TlsNginx, certs: CertFiles, name: str | None
 ) -> None:
     res = run(
         one_target(
@@ -329,7 +186,7 @@ def test_ip_literal_server_name_is_verified_as_an_ip(
 
 
 @pytest.mark.parametrize("name", ["localhost", None])
-def test_ipv6_target(nginx: Nginx, certs: CertFiles, name: str | None) -> None:
+def test_ipv6_target(nginx: TlsNginx, certs: CertFiles, name: str | None) -> None:
     if nginx.ports.tls6 is None:
         pytest.skip("no IPv6 loopback")
     mark = nginx.mark()
@@ -345,7 +202,7 @@ def test_ipv6_target(nginx: Nginx, certs: CertFiles, name: str | None) -> None:
     assert len(nginx.served(mark, 10, port=nginx.ports.tls6)) == 10
 
 
-def test_plain_http_server_behind_a_tls_target(nginx: Nginx, certs: CertFiles) -> None:
+def test_plain_http_server_behind_a_tls_target(nginx: TlsNginx, certs: CertFiles) -> None:
     res = run(
         one_target(https(nginx.ports.plain), sessions=2, iterations=3, tls_ca_file=certs.ca_cert)
     )
@@ -354,7 +211,7 @@ def test_plain_http_server_behind_a_tls_target(nginx: Nginx, certs: CertFiles) -
     assert "wrong version number" in res.tls_error or "packet length" in res.tls_error
 
 
-def test_open_model_over_tls(nginx: Nginx, certs: CertFiles) -> None:
+def test_open_model_over_tls(nginx: TlsNginx, certs: CertFiles) -> None:
     mark = nginx.mark()
     res = run(
         one_target(
@@ -375,7 +232,7 @@ def test_open_model_over_tls(nginx: Nginx, certs: CertFiles) -> None:
     assert connections(lines) <= 8  # a slot keeps its TLS connection for the next arrival
 
 
-def test_mixed_http_and_https_targets(nginx: Nginx, certs: CertFiles) -> None:
+def test_mixed_http_and_https_targets(nginx: TlsNginx, certs: CertFiles) -> None:
     mark = nginx.mark()
     eng = Engine(
         targets=[(LOOPBACK, nginx.ports.plain), https(nginx.ports.tls)],
@@ -397,55 +254,6 @@ def test_mixed_http_and_https_targets(nginx: Nginx, certs: CertFiles) -> None:
 
 
 # ------------------------------------------------------------------------------ misbehaving peers
-
-
-class HandshakeSpoiler:
-    """Accepts and reads the ClientHello, then closes ("close"), resets ("reset"), or never
-    accepts at all ("silent": the kernel completes the TCP handshake, nobody answers)."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.listener = socket.create_server((LOOPBACK, 0), backlog=64)
-        self.listener.settimeout(0.05)
-        self.port: int = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="tls-spoiler", daemon=True)
-        if mode != "silent":
-            self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    conn.recv(65536)
-                    if self.mode == "reset":
-                        conn.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5.0)
-        self.listener.close()
-
-
-@pytest.fixture
-def spoiler(request: pytest.FixtureRequest) -> Iterator[HandshakeSpoiler]:
-    srv = HandshakeSpoiler(request.param)
-    try:
-        yield srv
-    finally:
-        srv.close()
 
 
 @pytest.mark.parametrize("spoiler", ["close", "reset"], indirect=True)

@@ -1,6 +1,7 @@
 """HTTPS through the whole system: ``chaperon run`` with an https base_url.
 
-A small HTTPS server (Python's ssl and http.server, keep-alive HTTP/1.1) on 127.0.0.1 serves
+A small HTTPS server (``support.servers.https_script_server``: Python's ssl and http.server,
+keep-alive HTTP/1.1) on 127.0.0.1 serves
 a certificate the test makes; the load test names ``https://localhost:PORT`` and the CA with
 ``config.tls_ca_file``. Without the CA every request fails verification, counted as ``tls``.
 """
@@ -9,62 +10,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from support.certs import make_certs
 from support.procs import chaperon_command, python_env
-
-SERVER = r"""
-import http.server, ssl, sys, threading
-
-count = 0
-lock = threading.Lock()
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        global count
-        with lock:
-            count += 1
-        body = str(count).encode() if self.path == "/count" else b"ok\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-
-cert, key = sys.argv[1], sys.argv[2]
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-server.socket = ctx.wrap_socket(server.socket, server_side=True)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
-
-
-@contextmanager
-def https_server(cert: Path, key: Path) -> Iterator[int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(cert), str(key)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip().isdigit(), "the HTTPS server did not start"
-        yield int(line)
-    finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+from support.servers import https_script_server
 
 
 def _run(tmp_path: Path, config: dict) -> dict:
@@ -97,7 +47,7 @@ def _run(tmp_path: Path, config: dict) -> dict:
 
 def test_https_run_verifies_against_the_given_ca(tmp_path: Path) -> None:
     certs = make_certs(tmp_path / "certs")
-    with https_server(certs.server_cert, certs.server_key) as port:
+    with https_script_server(certs.server_cert, certs.server_key) as port:
         run = _run(
             tmp_path,
             {"base_url": f"https://localhost:{port}", "tls_ca_file": str(certs.ca_cert)},

@@ -1,6 +1,6 @@
 """The session-language target server (``support.lang_server``), run as a real process.
 
-One server per module through ``support.lang_fixture`` (counts zeroed before each test);
+One server per module through ``support.servers`` (counts zeroed before each test);
 every endpoint is called with aiohttp's client or a plain socket and the counts the server
 reports are compared with what was sent, exactly, including at concurrency 200. The process
 lifecycle (``READY <port>``, exit 0 on SIGTERM with WebSockets open) has its own server.
@@ -20,11 +20,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-from support.lang_fixture import (
-    LangServer,
-    start_lang_server,
-)
 from support.ports import LOOPBACK
+from support.servers import LangServer, start_lang_server
 
 T = TypeVar("T")
 WS_TIMEOUT_S = 5.0

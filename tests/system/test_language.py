@@ -20,7 +20,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from support.lang_fixture import LangServer
 from support.lang_runs import (
     assert_succeeded,
     chaperon_run,
@@ -43,6 +42,7 @@ from support.lang_scenarios import (
     stateful_load_test,
 )
 from support.loadtests import metric, to_proto
+from support.servers import LangServer
 
 GRPCURL_TIMEOUT_S = 60
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import pytest
-from support.lang_fixture import LangServer
 from support.lang_runs import (
     assert_succeeded,
     chaperon_run,
@@ -29,6 +28,7 @@ from support.lang_runs import (
 )
 from support.lang_scenarios import http
 from support.loadtests import metric, to_proto
+from support.servers import LangServer
 
 FAILING_SESSIONS = 4
 HEALTHY_SESSIONS = 2

@@ -18,7 +18,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,10 @@ from support.netns import (
     packet_loss,
     private_network,
     wait_for_health_in,
-    wait_for_tcp_in,
 )
-from support.nginx import _TEMP_DIRS, NginxServer, nginx_binary, render_config
 from support.ports import LOOPBACK
 from support.procs import ManagedProcess, chaperon_command, python_env, running
+from support.servers import NginxServer, nginx_binary, nginx_in_namespace
 
 # Each namespace is a host of its own: fixed ports cannot clash with anything.
 MASTER_PORT = 50051
@@ -107,37 +106,6 @@ class NetnsCluster:
         return "\n".join(p.describe() for p in (self.master, self.worker, self.nginx.process))
 
 
-@contextmanager
-def nginx_in(host: Host, directory: Path, client: Host) -> Iterator[NginxServer]:
-    """nginx in ``host``'s namespace on its address, ready as seen from ``client``'s."""
-    binary = nginx_binary()
-    assert binary is not None
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in _TEMP_DIRS:
-        (directory / name).mkdir(exist_ok=True)
-    conf = render_config(directory, TARGET_PORT)
-    listen = f"listen {LOOPBACK}:{TARGET_PORT};"
-    log_format = "log_format short '$status $request_method $request_uri';"
-    assert listen in conf and log_format in conf, "support.nginx's config changed shape"
-    # Listen on the target's own address, and log who asked (after the status, which
-    # NginxServer.requests_served(status) reads first).
-    conf = conf.replace(listen, f"listen {host.address}:{TARGET_PORT};").replace(
-        log_format, "log_format short '$status $request_method $request_uri $remote_addr';"
-    )
-    (directory / "nginx.conf").write_text(conf)
-    argv = [binary, "-p", f"{directory}/", "-c", str(directory / "nginx.conf")]
-    argv += ["-e", str(directory / "error.log")]
-    process = ManagedProcess(
-        "nginx", host.argv(argv), directory, extra_logs=[directory / "error.log"]
-    )
-
-    def ready(proc: ManagedProcess) -> None:
-        wait_for_tcp_in(client, host.address, TARGET_PORT, processes=[proc])
-
-    with running(process, ready) as proc:
-        yield NginxServer(directory, TARGET_PORT, proc)
-
-
 def wait_for_worker_listed(cluster: NetnsCluster, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Poll ``chaperon workers`` (from the master's namespace) until the worker is listed."""
     deadline = time.monotonic() + timeout_s
@@ -169,7 +137,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
         net = stack.enter_context(private_network(("master", "worker", "target")))
         tag = net.tag
         master_host, worker_host = net["master"], net["worker"]
-        nginx = stack.enter_context(nginx_in(net["target"], directory / "nginx", worker_host))
+        nginx = stack.enter_context(
+            nginx_in_namespace(net["target"], directory / "nginx", worker_host, TARGET_PORT)
+        )
         master_argv = [*chaperon_command(), "master", "--host", master_host.address]
         master_argv += ["--port", str(MASTER_PORT), "--db", str(directory / "master.db")]
         master_argv += ["--allow-target", net.subnet]

@@ -31,8 +31,8 @@ import grpc
 import pytest
 from support.cluster import Service, run_worker, wait_for_workers
 from support.loadtests import assert_hdr_matches, metric, minimal_load_test, to_proto
-from support.nginx import NginxServer, nginx_binary, nginx_server
 from support.restart import RestartableMaster, restartable_master
+from support.servers import NginxServer, nginx_binary, start_nginx
 
 RPC_TIMEOUT_S = 10.0
 LONG_RUN_S = 6
@@ -230,7 +230,7 @@ def crash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrashRecord]:
     base: Path = tmp_path_factory.mktemp("persistence")
     record = CrashRecord()
     with (
-        nginx_server(base / "nginx") as nginx,
+        start_nginx(base / "nginx") as nginx,
         restartable_master(base / "master") as master,
         run_worker(base / "worker", master.address, threads=1) as worker,
     ):

@@ -335,7 +335,7 @@ def check_json(doc: bytes | memoryview, steps: list, path: str) -> int:
     return rc
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_random_documents_and_paths(data: st.DataObject) -> None:
     doc, value = data.draw(documents())
@@ -366,7 +366,7 @@ def mutated_documents(draw: st.DrawFn) -> tuple[bytes, list]:
     return bytes(buf), steps
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_documents())
 def test_mutated_documents_match_reference_and_stay_in_bounds(case: tuple[bytes, list]) -> None:
     doc, steps = case
@@ -374,7 +374,7 @@ def test_mutated_documents_match_reference_and_stay_in_bounds(case: tuple[bytes,
     assert check_json(guarded(doc), steps, path) == check_json(doc, steps, path)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=300), st.sampled_from(["$", "$.a", "$[0]", "$.a[1].b", "$[2][0]"]))
 def test_random_bytes_never_crash(doc: bytes, path: str) -> None:
     rc, start, end, _ = JsonPath(path).find(guarded(doc))
@@ -383,7 +383,7 @@ def test_random_bytes_never_crash(doc: bytes, path: str) -> None:
     assert len(out) <= len(doc)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_string, st.booleans())
 def test_unescape_matches_json(text: str, ensure_ascii: bool) -> None:
     ensure_ascii = ensure_ascii or ref._SURROGATE.search(text) is not None
@@ -467,7 +467,7 @@ def heads(draw: st.DrawFn) -> bytes:
     return out + draw(st.sampled_from([b"", b"X-A: body\r\n", b"Set-Cookie: z\n"]))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(heads(), _name, st.binary(max_size=4))
 def test_headers_match_reference(head: bytes, name: bytes, junk: bytes) -> None:
     assert headers(head, name) == ref.headers(head, name)
@@ -514,7 +514,7 @@ def chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes]:
     return out + draw(eol), data
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chunked_bodies(), st.binary(max_size=8), st.integers(0, 10_000))
 def test_dechunk_against_reference_chunker(
     case: tuple[bytes, bytes], tail: bytes, cut: int
@@ -531,7 +531,7 @@ def test_dechunk_against_reference_chunker(
     assert dechunk_into(guarded(prefix)) == -1
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(
     chunked_bodies(), st.lists(st.tuples(st.integers(0, 500), st.binary(max_size=2)), max_size=3)
 )
@@ -651,7 +651,7 @@ def set_cookies(draw: st.DrawFn) -> bytes:
     return b";".join([pair, *((draw(ows) + a) for a in attributes)])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(
     st.lists(st.tuples(_cookie_name, _cookie_value), max_size=4, unique_by=lambda p: p[0]),
     set_cookies(),

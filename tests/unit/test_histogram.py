@@ -25,8 +25,8 @@ PERCENTILES = [10, 20, 30, 40, 50, 60, 75, 80, 85, 90, 95, 99, 99.9, 99.99, 99.9
 
 # hdrh is pure Python and walks all 23,552 slots per query, so its comparisons get few examples.
 SLOW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-MEDIUM = settings(max_examples=80, deadline=None)
-FAST = settings(max_examples=300, deadline=None)
+MEDIUM = settings(max_examples=40, deadline=None)
+FAST = settings(max_examples=150, deadline=None)
 
 # Latency-like mixtures: zeros, the unit-resolution range, log-uniform, and the top end.
 _value = st.one_of(
@@ -383,7 +383,7 @@ def test_decode_garbage_raises_value_error_only(data: bytes) -> None:
     _decode_or_value_error(base64.b64encode(data))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_decode_mutated_encoding_raises_value_error_only(data: st.DataObject) -> None:
     # Mutate the outer bytes (mostly caught by zlib) and, re-compressed, the payload itself so
@@ -688,7 +688,7 @@ def test_add_encoded_garbage_as_decode(data: bytes) -> None:
         assert decode == encoded_way == inflated
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_add_encoded_mutated_as_decode(data: st.DataObject) -> None:
     # The same damage as test_decode_mutated_encoding_raises_value_error_only; whatever decode
@@ -976,7 +976,7 @@ def test_delta_layouts_and_overflow() -> None:
             read(huge.encode_delta())
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_delta_mutated_as_decode(data: st.DataObject) -> None:
     # Whatever decode says of a damaged delta (an error, or a histogram), add_encoded says the

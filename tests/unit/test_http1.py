@@ -272,7 +272,7 @@ def responses(draw: st.DrawFn) -> tuple[bytes, bool]:
     return out, no_body
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     responses(), st.lists(st.integers(0, 10_000), max_size=8), st.binary(max_size=10), st.booleans()
 )
@@ -310,7 +310,7 @@ def mutated(draw: st.DrawFn) -> tuple[bytes, bool]:
     return bytes(buf), no_body
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(mutated(), st.lists(st.integers(0, 10_000), max_size=6), st.booleans())
 def test_mutated_input_matches_reference(
     case: tuple[bytes, bool], cuts: list[int], eof: bool

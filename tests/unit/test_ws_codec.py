@@ -299,7 +299,7 @@ def _length_form(payload: bytes) -> st.SearchStrategy[int]:
     return st.sampled_from([16, 64] if len(payload) < 65536 else [64])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(server_streams(), st.lists(st.integers(0, 200_000), max_size=10))
 def test_random_streams_split_anywhere(case: tuple[bytes, list[tuple]], cuts: list[int]) -> None:
     data, events = case
@@ -326,7 +326,7 @@ def mutated_streams(draw: st.DrawFn) -> bytes:
     return bytes(buf)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_streams(), st.lists(st.integers(0, 3000), max_size=6), st.sampled_from([50, LIMIT]))
 def test_mutated_streams_match_reference(data: bytes, cuts: list[int], limit: int) -> None:
     assert decode_c(split(data, cuts), limit) == ref.decode_server_stream(data, limit)
@@ -480,7 +480,7 @@ def mutated_heads(draw: st.DrawFn) -> bytes:
     return bytes(buf)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(mutated_heads(), st.lists(st.integers(0, 300), max_size=5))
 def test_mutated_handshakes_match_reference(data: bytes, cuts: list[int]) -> None:
     assert handshake_c(split(data, cuts), RFC_ACCEPT) == ref.parse_handshake(data, RFC_ACCEPT)

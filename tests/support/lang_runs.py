@@ -1,4 +1,4 @@
-"""Running load tests for the language integration tests, and reading what came back.
+"""Running load tests for the language system tests, and reading what came back.
 
 Two ways in, both real processes: :func:`chaperon_run` runs ``chaperon run FILE --json``
 (master and worker in one process, python steps allowed, the file's directory on

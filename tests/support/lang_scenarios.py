@@ -1,4 +1,4 @@
-"""The stateful load test of the language integration tests, and what a run of it must count.
+"""The stateful load test of the language system tests, and what a run of it must count.
 
 :func:`stateful_load_test` is one load test (the proto3 JSON form, as a dict) that uses most of
 the session language against ``support.lang_server``: an ``init`` and a ``teardown`` request,

@@ -1,6 +1,6 @@
 """A local HTTP + WebSocket target that counts exactly what it receives.
 
-The target of the session-language integration tests and of its benchmark: every endpoint
+The target of the session-language system tests and of its benchmark: every endpoint
 does one small, predictable thing (log in, check a token or a cookie, echo, answer a status,
 push WebSocket messages) and bumps counters, so a test can compare what the generator says
 it sent with what this server saw.

@@ -12,7 +12,7 @@ The directory a test lives in is its tier, and the tier is its marker:
 :func:`pytest_collection_modifyitems` adds each test's marker from its directory, and refuses
 an ``engine``/``system`` marker written on a test of another directory (move the file
 instead). A test that opens an IP socket in the pure tier fails at once, whatever the
-machine's network (see :func:`_no_network_in_the_pure_tier`); ``support.servers`` refuses to
+machine's network (see :func:`_guard_ip_sockets`); ``support.servers`` refuses to
 start a server process outside the system tier.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +63,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, tier))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    # Before any fixture of the test is set up: support.servers reads it to refuse a server
-    # process outside the system tier.
-    tiers.current = _tier_of(item.path)
+_GUARDED = ("bind", "connect", "connect_ex", "sendto")
+_ORIGINALS: dict[str, Any] = {name: getattr(socket.socket, name) for name in _GUARDED}
 
 
-def _refuse_ip(name: str, original: Any) -> Any:
+def _refuse_ip(name: str) -> Any:
+    original = _ORIGINALS[name]
+
     def guarded(self: socket.socket, *args: Any, **kwargs: Any) -> Any:
         if self.family in (socket.AF_INET, socket.AF_INET6):
             raise tiers.NetworkInPureTier(
@@ -84,16 +82,29 @@ def _refuse_ip(name: str, original: Any) -> Any:
     return guarded
 
 
-@pytest.fixture(autouse=True)
-def _no_network_in_the_pure_tier(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """In the pure tier, ``bind``/``connect``/``sendto`` on an IP socket raise.
+def _guard_ip_sockets(on: bool) -> None:
+    """Make ``bind``/``connect``/``connect_ex``/``sendto`` on an IP socket raise (or not).
 
-    So a socket test put in ``tests/unit`` by mistake fails on every machine, not only inside
-    ``unshare -rn`` where loopback is down. Unix sockets (asyncio's self-pipe) stay allowed.
+    On for the setup, call and teardown of every pure test (its fixtures of any scope
+    included), so a socket test put in ``tests/unit`` by mistake fails on every machine, not
+    only inside ``unshare -rn`` where loopback is down. Unix sockets (asyncio's self-pipe)
+    stay allowed. Sockets opened in C (the engine, gRPC) are not seen here; ``unshare -rn``
+    catches those.
     """
-    if _tier_of(request.node.path) == tiers.PURE:
-        for name in ("bind", "connect", "connect_ex", "sendto"):
-            monkeypatch.setattr(socket.socket, name, _refuse_ip(name, getattr(socket.socket, name)))
-    yield
+    for name in _GUARDED:
+        setattr(socket.socket, name, _refuse_ip(name) if on else _ORIGINALS[name])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture of the test is set up: support.servers reads the tier to refuse a
+    # server process outside the system tier.
+    tiers.current = _tier_of(item.path)
+    _guard_ip_sockets(tiers.current == tiers.PURE)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    # After the test's fixtures are torn down (the runner's own teardown goes first).
+    _guard_ip_sockets(False)
+    tiers.current = None

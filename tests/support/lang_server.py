@@ -8,7 +8,7 @@ it sent with what this server saw.
 Run it as ``python -m tests.support.lang_server --port P [--host 127.0.0.1]``; it prints
 ``READY <port>`` once it listens (``--port 0`` lets the kernel pick and prints the port it
 got) and exits with code 0 on SIGTERM or SIGINT, closing open WebSockets with 1001.
-``support.lang_fixture.start_lang_server()`` starts it for tests.
+``support.servers.start_lang_server()`` starts it for tests.
 
 Theory of operation: one aiohttp application in one process and one event loop. Counters
 live in one plain dict (:class:`Counts`) incremented by handlers between two ``await``\\ s,

@@ -305,6 +305,14 @@ EX_BODY = 5
 VAR_SESSION_ID = -1
 VAR_ITERATION = -2
 _CONTROL_OPS = (OP_REPEAT, OP_LOOP)
+# The engine's limits per session, defined here once; the compiler (chaperon.core.lang.limits)
+# reads them, so a plan it accepts is one the engine takes.
+MAX_NESTING = MAX_DEPTH     # repeat/loop/retry/async/cc_spread bodies in bodies (frames)
+MAX_VARIABLES = 256
+MAX_CONNS = 16              # WebSocket connections
+MAX_SIGNALS = 64            # distinct signal values
+MAX_CHILDREN = 256          # child session slots
+MAX_UPDATE_ADD = 1 << 62    # |delta| of an integer variable's update: int64 stays far away
 _MAX_START_DELAY_NS = 100 * 365 * 86400 * 1_000_000_000   # start delays: a century at most
 ERROR_KINDS = ("connect", "timeout", "reset", "closed", "http_4xx", "http_5xx", "tls",
                "extract", "abort", "protocol", "python")

@@ -13,10 +13,6 @@ from _fastpath.includes.regex cimport regex_t
 
 _STATE_BLOCKS = {OP_REPEAT: 2, OP_LOOP: 2, OP_RETRY: 3, OP_ASYNC: 2, OP_SPREAD: 4}
 _STATE_KINDS = frozenset(range(OP_ASSIGN, OP_WS_CLOSE + 1))
-_MAX_CHILDREN = 256
-_MAX_CONNS = 16
-_MAX_SIGNALS = 64
-_MAX_VARS = 256
 
 
 cdef class _CMem:
@@ -94,7 +90,7 @@ def _parse_state_op(where, op, int ntargets, int nmetrics, dict limits):
         return (kind, var(op[1]), _check_parts(where, op[2], nvars),
                 metric(op[3] if len(op) == 4 else -1))
     if kind == OP_UPDATE_ADD:
-        return (kind, var(op[1]), _check_int(f"{where} delta", op[2], -(1 << 62)),
+        return (kind, var(op[1]), _check_int(f"{where} delta", op[2], -MAX_UPDATE_ADD),
                 metric(op[3] if len(op) == 4 else -1))
     if kind == OP_UNSET:
         return (kind, var(op[1]))

@@ -142,8 +142,8 @@ cdef class Engine:
             "nconns": _check_int("nconns", nconns, 0),
             "nsignals": _check_int("nsignals", nsignals, 0),
         }
-        for what, limit in (("nvars", _MAX_VARS), ("nchildren", _MAX_CHILDREN),
-                            ("nconns", _MAX_CONNS), ("nsignals", _MAX_SIGNALS)):
+        for what, limit in (("nvars", MAX_VARIABLES), ("nchildren", MAX_CHILDREN),
+                            ("nconns", MAX_CONNS), ("nsignals", MAX_SIGNALS)):
             if limits[what] > limit:
                 raise ValueError(f"{what}={limits[what]} is over the limit of {limit}")
         max_capture = _check_int("max_capture", max_capture, 0)

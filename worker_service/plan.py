@@ -1,20 +1,13 @@
-"""The plan compiler: scenario steps (protobuf) -> the engine's flat op arrays.
+"""The worker's side of the plan compiler: compile an assignment with this worker's backend.
 
-Everything that can be decided before the first request is decided here: target hosts are
-resolved to addresses, each HTTP request is rendered once to its exact bytes (request line,
-headers, body) or split into literal bytes and variable slots, metric keys, variables,
-connections, child sessions and signals are numbered. The engine then only copies bytes to
-sockets and records latencies; it never sees a Python object per request (python steps
-aside). This module holds the result (``EnginePlan``) and the per-entry rules (init, run,
-teardown, sequences, timing, the open model); ``compiler`` compiles the steps, ``render`` the
-requests, ``lang`` the templates and names.
+The compiler is ``chaperon.core.lang`` (the master checks load tests with the same rules);
+this module gives it the worker's ``Backend`` (allow-list, DNS, python steps) and says how
+many engine threads a worker runs by default.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
 from _fastpath.engine import (  # noqa: F401 - re-exported: the op kinds of the plans
     OP_ABORT,
@@ -42,124 +35,10 @@ from _fastpath.engine import (  # noqa: F401 - re-exported: the op kinds of the 
     OP_WS_SEND,
 )
 from chaperon.core.allowlist import AllowList
-from chaperon.core.durations import parse_duration_ns
-from chaperon.core.errors import InvalidArgument
-from chaperon.core.loadtest import Inventory, effective_config, entry_scenarios
+from chaperon.core.lang.plan import EnginePlan, trim_schedule  # noqa: F401 - re-exported
+from chaperon.core.lang.plan import compile_assignment as _compile
 from chaperon.v1 import worker_pb2
-from worker_service.compiler import (
-    DEFAULT_REQUEST_TIMEOUT_NS,
-    StepCompiler,
-    duration_ns,
-    resolve,  # noqa: F401 - kept importable from here
-)
-from worker_service.lang import DEFAULT_MAX_CAPTURE
-
-DEFAULT_CONNECT_TIMEOUT_NS = 5_000_000_000
-# Bytes of a response kept for extraction at most (config max_capture).
-MAX_MAX_CAPTURE = 64 * 1024 * 1024
-
-
-@dataclass
-class EnginePlan:
-    """Arguments for one ``_fastpath.engine.Engine`` (one scenario entry's share)."""
-
-    entry_index: int
-    # (ip, port) for http, (ip, port, True, host name) for https
-    targets: list[tuple[Any, ...]] = field(default_factory=list)
-    metric_keys: list[str] = field(default_factory=list)
-    ops: list[tuple[Any, ...]] = field(default_factory=list)
-    sessions: int = 0
-    iterations: int = 0
-    duration_ns: int = 0
-    connect_timeout_ns: int = DEFAULT_CONNECT_TIMEOUT_NS
-    request_timeout_ns: int = DEFAULT_REQUEST_TIMEOUT_NS
-    # Open model: sessions per second (this worker's share) and the ramp stages
-    # [(duration_ns, target_per_s)]; ``sessions`` is then the number of session slots.
-    arrival_rate_per_s: float = 0.0
-    rate_stages: list[tuple[int, float]] = field(default_factory=list)
-    # HTTPS: a PEM CA bundle on the worker (None: the system's), or no verification at all.
-    tls_ca_file: str | None = None
-    tls_insecure: bool = False
-    # Per-session rules: init ops once before, teardown ops once after (not measured), a limit
-    # on each run of the scenario, and an initial delay (fixed + uniform random part).
-    init_ops: list[tuple[Any, ...]] = field(default_factory=list)
-    teardown_ops: list[tuple[Any, ...]] = field(default_factory=list)
-    scenario_timeout_ns: int = 0
-    start_delay_ns: int = 0
-    start_random_delay_ns: int = 0
-    # The session language: variable slots (index = slot), child-session slots, WebSocket
-    # connections and distinct signal values per session, response bytes kept for extraction.
-    var_names: list[str] = field(default_factory=list)
-    nchildren: int = 0
-    nconns: int = 0
-    nsignals: int = 0
-    max_capture: int = DEFAULT_MAX_CAPTURE
-    # Closed model: the entry-wide number of the first session ({{session_id}}).
-    session_id_base: int = 0
-
-    @property
-    def open_model(self) -> bool:
-        return self.arrival_rate_per_s > 0 or bool(self.rate_stages)
-
-    def engine_kwargs(self, threads: int) -> dict[str, Any]:
-        extra: dict[str, Any] = {}
-        if self.open_model:
-            extra = {"arrival_rate_per_s": self.arrival_rate_per_s, "rate_stages": self.rate_stages}
-        if any(len(t) > 2 and t[2] for t in self.targets):
-            extra["tls_ca_file"] = self.tls_ca_file
-            extra["tls_insecure"] = self.tls_insecure
-        # Only what is used, so plain plans keep the engine's plain path.
-        for name in ("init_ops", "teardown_ops"):
-            if getattr(self, name):
-                extra[name] = getattr(self, name)
-        for name in (
-            "scenario_timeout_ns",
-            "start_delay_ns",
-            "start_random_delay_ns",
-            "nchildren",
-            "nconns",
-            "nsignals",
-            "session_id_base",
-        ):
-            if getattr(self, name):
-                extra[name] = getattr(self, name)
-        if self.var_names:
-            extra["var_names"] = list(self.var_names)
-        if self.max_capture != DEFAULT_MAX_CAPTURE:
-            extra["max_capture"] = self.max_capture
-        return {
-            **extra,
-            "targets": self.targets,
-            "metric_keys": self.metric_keys,
-            "ops": self.ops,
-            "sessions": self.sessions,
-            "threads": max(1, min(threads, self.sessions)),
-            "iterations": self.iterations,
-            "duration_ns": self.duration_ns,
-            "connect_timeout_ns": self.connect_timeout_ns,
-            "request_timeout_ns": self.request_timeout_ns,
-        }
-
-
-def _config_duration(config: dict[str, Any], name: str, default_ns: int) -> int:
-    value = config.get(name)
-    if isinstance(value, str) and value:
-        return duration_ns(value, f"config.{name}", default_ns)
-    return default_ns
-
-
-def _max_capture(config: dict[str, Any]) -> int:
-    value = config.get("max_capture", DEFAULT_MAX_CAPTURE)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value != int(value)
-        or not 0 < value <= MAX_MAX_CAPTURE
-    ):
-        raise InvalidArgument(
-            [("config.max_capture", f"must be a number of bytes from 1 to {MAX_MAX_CAPTURE}")]
-        )
-    return int(value)
+from worker_service.backend import WorkerBackend
 
 
 def compile_assignment(
@@ -168,119 +47,10 @@ def compile_assignment(
     *,
     allow_python: bool = False,
 ) -> list[EnginePlan]:
-    """One EnginePlan per share; raises InvalidArgument/Unimplemented naming the field, and
-    PermissionDenied for a target outside ``allow`` (default: loopback only) or for a python
-    step when ``allow_python`` is off (the worker's --allow-python-steps)."""
-    allow = allow or AllowList()
-    lt = assignment.load_test
-    plans = []
-    if not assignment.shares:
-        raise InvalidArgument([("shares", "the assignment has no share of any scenario")])
-    for i, share in enumerate(assignment.shares):
-        if not 0 <= share.entry_index < len(lt.scenarios):
-            raise InvalidArgument([(f"shares[{i}].entry_index", "out of range")])
-        if share.sessions <= 0:
-            raise InvalidArgument([(f"shares[{i}].sessions", "must be > 0")])
-        entry = lt.scenarios[share.entry_index]
-        p = f"scenarios[{share.entry_index}]"
-        if entry.WhichOneof("spec") is None:
-            raise InvalidArgument([(f"{p}.scenario", "is required")])
-        plan = EnginePlan(entry_index=share.entry_index)
-        scenarios = entry_scenarios(entry)
-        inventory = Inventory.of(
-            (getattr(s, part) for s in scenarios for part in ("init", "run", "teardown")), lt
-        )
-        config = effective_config(lt, entry)
-        c = StepCompiler(plan, config, allow, lt, inventory, allow_python)
-        if entry.session_name:
-            c.key_prefix = f"{entry.session_name}: "
-        if entry.HasField("scenario"):
-            c.steps(entry.scenario.init, f"{p}.scenario.init", plan.init_ops)
-            c.steps(entry.scenario.run, f"{p}.scenario.run", plan.ops)
-            c.steps(entry.scenario.teardown, f"{p}.scenario.teardown", plan.teardown_ops)
-        else:
-            # A sequence: each scenario's init and run, in order, are the run; the teardowns
-            # run after, in the same order. Variables carry over from one to the next.
-            for k, scenario in enumerate(scenarios):
-                q = f"{p}.sequence.scenarios[{k}]"
-                c.steps(scenario.init, f"{q}.init", plan.ops)
-                c.steps(scenario.run, f"{q}.run", plan.ops)
-            for k, scenario in enumerate(scenarios):
-                q = f"{p}.sequence.scenarios[{k}]"
-                c.steps(scenario.teardown, f"{q}.teardown", plan.teardown_ops)
-        c.finish()
-        plan.max_capture = _max_capture(config)
-        plan.session_id_base = max(0, int(share.first_session))
-        if entry.scenario_timeout:
-            plan.scenario_timeout_ns = parse_duration_ns(entry.scenario_timeout)
-        if entry.delay:
-            plan.start_delay_ns = parse_duration_ns(entry.delay)
-        if entry.random_delay:
-            plan.start_random_delay_ns = parse_duration_ns(entry.random_delay)
-        plan.sessions = int(share.sessions)
-        plan.duration_ns = parse_duration_ns(entry.duration) if entry.duration else 0
-        plan.iterations = int(entry.iterations)
-        if entry.HasField("arrival_rate"):
-            fraction = share.rate_fraction
-            if not 0 < fraction <= 1:
-                raise InvalidArgument(
-                    [(f"shares[{i}].rate_fraction", "must be in (0, 1] for an open-model entry")]
-                )
-            rate = entry.arrival_rate
-            plan.arrival_rate_per_s = rate.per_second * fraction
-            plan.rate_stages = [
-                (parse_duration_ns(stage.duration), stage.target * fraction)
-                for stage in rate.stages
-            ]
-            if plan.rate_stages:
-                plan.duration_ns = sum(ns for ns, _ in plan.rate_stages)
-            offset_ns = int(assignment.schedule_offset_s * 1e9)
-            if offset_ns > 0:
-                plan.arrival_rate_per_s, plan.rate_stages, plan.duration_ns = trim_schedule(
-                    plan.arrival_rate_per_s, plan.rate_stages, plan.duration_ns, offset_ns
-                )
-                if plan.duration_ns <= 0:
-                    continue  # this entry's schedule is over: nothing to take over
-            plan.iterations = 0
-        elif plan.iterations == 0 and plan.duration_ns == 0:
-            plan.iterations = 1  # run the scenario once per session
-        plan.connect_timeout_ns = _config_duration(
-            config, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_NS
-        )
-        plan.request_timeout_ns = _config_duration(
-            config, "request_timeout", DEFAULT_REQUEST_TIMEOUT_NS
-        )
-        plan.tls_insecure = config.get("tls_insecure") is True
-        ca_file = config.get("tls_ca_file")
-        plan.tls_ca_file = ca_file if isinstance(ca_file, str) and ca_file else None
-        plans.append(plan)
-    return plans
-
-
-def trim_schedule(
-    rate_per_s: float, stages: list[tuple[int, float]], duration_ns: int, offset_ns: int
-) -> tuple[float, list[tuple[int, float]], int]:
-    """The rest of an arrival schedule from ``offset_ns`` on: (start rate, stages, duration).
-
-    Without stages the rate is constant and only the duration shrinks. With stages, those
-    already over are dropped and the current one is cut, starting at the rate it had reached.
-    """
-    if not stages:
-        return rate_per_s, [], max(0, duration_ns - offset_ns)
-    start = rate_per_s
-    rest: list[tuple[int, float]] = []
-    elapsed = 0
-    for ns, target in stages:
-        if elapsed + ns <= offset_ns:
-            start = target
-        elif elapsed >= offset_ns:
-            rest.append((ns, target))
-        else:
-            done = (offset_ns - elapsed) / ns
-            start = start + (target - start) * done
-            rest.append((elapsed + ns - offset_ns, target))
-        elapsed += ns
-    return start, rest, sum(ns for ns, _ in rest)
+    """One EnginePlan per share; raises InvalidArgument/ResourceExhausted naming the field,
+    and PermissionDenied for a target outside ``allow`` (default: loopback only) or for a
+    python step when ``allow_python`` is off (the worker's --allow-python-steps)."""
+    return _compile(assignment, WorkerBackend(allow or AllowList(), allow_python))
 
 
 def default_threads() -> int:

@@ -151,3 +151,63 @@ def test_importing_chaperon_is_cheap() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "['chaperon._version']", out.stdout
+
+
+def _cycles() -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(GRAPH[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles() -> None:
+    assert _cycles() == []
+
+
+MESSAGE_MIN_LEN = 25
+
+
+def _literals(package: str) -> set[str]:
+    """String literals (f-string pieces included) of ``package``'s modules, 25+ chars."""
+    out: set[str] = set()
+    for module, path in SOURCES.items():
+        if module.split(".")[0] != package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if len(node.value.strip()) >= MESSAGE_MIN_LEN:
+                    out.add(node.value.strip())
+    return out
+
+
+def test_no_message_is_written_in_both_services() -> None:
+    both = _literals("master_service") & _literals("worker_service")
+    assert not both, sorted(both)

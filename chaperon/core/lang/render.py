@@ -11,12 +11,16 @@ default of the same name.
 
 A ws_connect step becomes ``(OP_WS_CONNECT, conn, target, metric, head)`` with the upgrade
 request's head; the engine adds Sec-WebSocket-Key and the blank line.
+
+The steps were checked (``check_steps``) before they get here, so this module does not check
+again; what it needs of the compiler (``emit.StepCompiler``) is the ``RenderContext`` protocol
+below, so neither imports the other in a circle.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote_plus, urlsplit
 
 from google.protobuf import json_format
@@ -31,6 +35,8 @@ from _fastpath.engine import (
     OP_WS_CONNECT,
 )
 from chaperon._version import __version__
+from chaperon.core.lang.problems import not_a_url
+from chaperon.core.lang.templates import Names, Parts, constant, invalid, is_constant, join
 from chaperon.core.loadtest import (
     METHODS_WITHOUT_BODY,
     Target,
@@ -39,10 +45,6 @@ from chaperon.core.loadtest import (
     ws_metric_path,
 )
 from chaperon.v1 import loadtest_pb2
-from worker_service.lang import Parts, constant, invalid, is_constant, join
-
-if TYPE_CHECKING:
-    from worker_service.compiler import StepCompiler
 
 USER_AGENT = f"chaperon/{__version__}"
 # Methods that send Content-Length even with an empty body (as before templates existed).
@@ -55,6 +57,21 @@ _EXTRACT_KINDS = {
     "body": EX_BODY,
 }
 _LATIN1 = "latin-1"
+
+
+class RenderContext(Protocol):
+    """What rendering needs of the compiler: names, config in force, numbering."""
+
+    names: Names
+    config: dict[str, Any]
+    base: Target | None
+
+    @property
+    def strip_query(self) -> bool: ...
+
+    def target_index(self, target: Target, field_path: str) -> int: ...
+
+    def key_index(self, key: str) -> int: ...
 
 
 def _header_lines(headers: dict[str, Parts]) -> Parts:
@@ -71,7 +88,7 @@ def _url_target(url: str, field_path: str, schemes: tuple[str, ...]) -> tuple[Ta
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
         raise invalid(field_path, str(exc)) from None
     if parts.scheme not in schemes:
-        raise invalid(field_path, f"{url!r} is not a {' or '.join(s + '://' for s in schemes)} URL")
+        raise invalid(field_path, not_a_url(url, schemes))
     scheme = "https" if parts.scheme in ("https", "wss") else "http"
     try:
         target = parse_target(f"{scheme}://{parts.netloc}")
@@ -80,12 +97,10 @@ def _url_target(url: str, field_path: str, schemes: tuple[str, ...]) -> tuple[Ta
     return target, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def http_op(c: StepCompiler, h: loadtest_pb2.HttpStep, q: str) -> tuple[Any, ...]:
+def http_op(c: RenderContext, h: loadtest_pb2.HttpStep, q: str) -> tuple[Any, ...]:
     """The op of one HTTP step (``q`` is its field path, ``...run[3].http``)."""
     names, config = c.names, c.config
     method = h.method.upper()
-    if not method:
-        raise invalid(f"{q}.method", "is required")
     if h.WhichOneof("target") == "url":
         target, path_text = _url_target(h.url, f"{q}.url", ("http", "https"))
         prefix, target_field, path_field = "", f"{q}.url", f"{q}.url"
@@ -138,16 +153,13 @@ def http_op(c: StepCompiler, h: loadtest_pb2.HttpStep, q: str) -> tuple[Any, ...
     return (OP_HTTP, target_index, metric, None, no_body, extras)
 
 
-def _payload(c: StepCompiler, h: loadtest_pb2.HttpStep, q: str) -> tuple[Parts, str]:
+def _payload(c: RenderContext, h: loadtest_pb2.HttpStep, q: str) -> tuple[Parts, str]:
     """(body template, Content-Type) of an HTTP step; ([], "") without a payload."""
     kind = h.WhichOneof("payload")
     if kind == "body":
         return c.names.render(h.body, f"{q}.body", c.config), ""
     if kind == "json":
-        try:
-            value = json_format.MessageToDict(h.json)
-        except ValueError:
-            raise invalid(f"{q}.json", "must not contain NaN or infinite numbers") from None
+        value = json_format.MessageToDict(h.json)  # no NaN: checked
         return c.names.render_json(value, f"{q}.json", c.config), "application/json"
     if kind == "form":
         out: Parts = []
@@ -159,7 +171,7 @@ def _payload(c: StepCompiler, h: loadtest_pb2.HttpStep, q: str) -> tuple[Parts, 
     return [], ""
 
 
-def _basic_auth(c: StepCompiler, auth: loadtest_pb2.BasicAuth, q: str) -> bytes:
+def _basic_auth(c: RenderContext, auth: loadtest_pb2.BasicAuth, q: str) -> bytes:
     """``Basic base64(user:password)``, computed now: only config values may be templated
     (base64 of a runtime value would have to be computed by the engine)."""
     user = constant(c.names.render(auth.username, f"{q}.username", c.config, runtime=False))
@@ -167,12 +179,8 @@ def _basic_auth(c: StepCompiler, auth: loadtest_pb2.BasicAuth, q: str) -> bytes:
     return b"Basic " + base64.b64encode(user + b":" + password)
 
 
-def _extract(c: StepCompiler, e: loadtest_pb2.Extract, q: str) -> tuple[int, int, bytes, bool]:
-    if not e.var:
-        raise invalid(f"{q}.var", "is required (the session variable to store the value in)")
-    source = e.WhichOneof("source")
-    if source is None:
-        raise invalid(f"{q}.json_path", "set one source: json_path, regex, header, status or body")
+def _extract(c: RenderContext, e: loadtest_pb2.Extract, q: str) -> tuple[int, int, bytes, bool]:
+    source = e.WhichOneof("source")  # var and source: checked
     if source == "json_path":
         expr = e.json_path.encode()
     elif source == "regex":
@@ -181,13 +189,11 @@ def _extract(c: StepCompiler, e: loadtest_pb2.Extract, q: str) -> tuple[int, int
         expr = e.header.encode(_LATIN1, "replace")
     else:
         expr = b""
-    if source in ("json_path", "regex", "header") and not expr:
-        raise invalid(f"{q}.{source}", "must not be empty")
     return (c.names.slot(e.var, f"{q}.var"), _EXTRACT_KINDS[source], expr, bool(e.optional))
 
 
 def ws_connect_op(
-    c: StepCompiler, w: loadtest_pb2.WsConnectStep, conn: int, q: str
+    c: RenderContext, w: loadtest_pb2.WsConnectStep, conn: int, q: str
 ) -> tuple[Any, ...]:
     """``(OP_WS_CONNECT, conn, target, metric, head)`` of a ws_connect step."""
     if w.WhichOneof("target") == "url":

@@ -1,12 +1,13 @@
-"""Validation of scenario steps: every action of the session language, field by field.
+"""The rules of the session language: every action, field by field (the compiler's front end).
 
 ``check_steps`` walks one scenario part (``init``, ``run`` or ``teardown``) with a ``StepContext``
 that knows what the whole scenario entry declares (``chaperon.core.loadtest.Inventory``: variables
 set by some step, WebSocket connections opened, child sessions started, python steps), so a
-step that refers to something no step provides is reported here, at submission, with its
-field path (``scenarios[0].scenario.run[3].ws_send.conn``), rather than by a worker at run
-time. The rules are the worker's compiler's (``worker_service.compiler``); the limits are
-the engine's, per session. Problems go to a ``Collector``, which gathers them all.
+step that refers to something no step provides is reported with its field path
+(``scenarios[0].scenario.run[3].ws_send.conn``). Problems go to a ``Collector``, which gathers
+them all. The master runs these rules on a submitted load test; a worker runs the same rules on
+the entries of its assignment before ``emit`` turns their steps into engine ops, so ``emit``
+may trust what it is given. The limits are ``limits``' (the engine's, per session).
 """
 
 from __future__ import annotations
@@ -15,10 +16,29 @@ import re
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
-from chaperon.core.durations import DurationError, parse_duration_ns
+from chaperon.core.lang.limits import (
+    MAX_CHILDREN,
+    MAX_CONNS,
+    MAX_NESTING,
+    MAX_REPEAT,
+    MAX_RETRIES,
+    MAX_SCENARIO_DEPTH,
+    MAX_SIGNALS,
+    MAX_SPREAD,
+    MAX_UPDATE_ADD,
+    MAX_VARIABLES,
+)
+from chaperon.core.lang.problems import (
+    Collector,
+    not_a_config_value,
+    not_a_url,
+    too_many_variables,
+    unknown_name,
+)
 from chaperon.core.loadtest import (
     DEFAULT_CONN,
     HTTP_METHODS,
@@ -33,15 +53,6 @@ from chaperon.core.loadtest import (
 )
 from chaperon.v1 import loadtest_pb2
 
-MAX_REPEAT = 1_000_000
-MAX_RETRIES = 1_000
-MAX_NESTING = 8  # bodies in bodies, as the engine nests them
-MAX_SCENARIO_DEPTH = 8  # run_scenario in run_scenario
-MAX_VARIABLES = 256
-MAX_CONNS = 16
-MAX_SIGNALS = 64
-MAX_CHILDREN = 256
-MAX_SPREAD = 256
 BUILTINS = ("session_id", "iteration")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -53,46 +64,52 @@ _JSON_PATH_SEGMENT = re.compile(
 )
 
 
-class Collector:
-    """Problems found so far: bad fields, limits exceeded, parts not implemented."""
+def check_template(
+    c: Collector, ctx: StepContext, path: str, text: str, *, runtime: bool = True
+) -> None:
+    """``text`` is a well-formed template whose names all mean something."""
+    try:
+        names = template_names(text)
+    except ValueError as exc:
+        c.bad(path, str(exc))
+        return
+    for name in names:
+        meaning = ctx.meaning(name)
+        if meaning is None:
+            c.bad(path, unknown_name(name))
+        elif meaning != "config" and not runtime:
+            c.bad(path, not_a_config_value(name))
+
+
+# The engine's per-session limits: (limit, what goes over it).
+_LIMITS = {
+    "variables": (MAX_VARIABLES, too_many_variables()),
+    "conns": (MAX_CONNS, f"more than {MAX_CONNS} WebSocket connections per session"),
+    "signals": (MAX_SIGNALS, f"more than {MAX_SIGNALS} distinct signal values"),
+    "children": (MAX_CHILDREN, f"more than {MAX_CHILDREN} child sessions per session"),
+}
+
+
+class Usage:
+    """What the steps checked so far use of each per-session limit, so the step that goes
+    over one is the one named (as the worker numbers them, in step order)."""
 
     def __init__(self) -> None:
-        self.violations: list[tuple[str, str]] = []
-        self.too_big: list[str] = []
-        self.unimplemented: list[str] = []
+        self.names: dict[str, set[str]] = {kind: set() for kind in _LIMITS}
+        self.counts: dict[str, int] = dict.fromkeys(_LIMITS, 0)
+        self.reported: set[str] = set()
 
-    def bad(self, path: str, what: str) -> None:
-        self.violations.append((path, what))
-
-    def duration(self, path: str, text: str, *, required: bool = False) -> int | None:
-        if not text:
-            if required:
-                self.bad(path, "is required")
-            return None
-        try:
-            return parse_duration_ns(text)
-        except DurationError as exc:
-            self.bad(path, str(exc))
-            return None
-
-    def template(self, ctx: StepContext, path: str, text: str, *, runtime: bool = True) -> None:
-        """``text`` is a well-formed template whose names all mean something."""
-        try:
-            names = template_names(text)
-        except ValueError as exc:
-            self.bad(path, str(exc))
-            return
-        for name in names:
-            meaning = ctx.meaning(name)
-            if meaning is None:
-                self.bad(
-                    path,
-                    f"'{{{{{name}}}}}' is not set by any step (assign, update_assign, extract,"
-                    " ws_recv.assign), not a built-in (session_id, iteration) and not a config"
-                    " key",
-                )
-            elif meaning != "config" and not runtime:
-                self.bad(path, f"'{{{{{name}}}}}' is not a config value: only those work here")
+    def add(self, c: Collector, kind: str, path: str, name: str = "", count: int = 1) -> None:
+        """``count`` more of ``kind`` (distinct ``name``s count once) at ``path``."""
+        if name:
+            if name in self.names[kind]:
+                return
+            self.names[kind].add(name)
+        self.counts[kind] += count
+        limit, what = _LIMITS[kind]
+        if self.counts[kind] > limit and kind not in self.reported:
+            self.reported.add(kind)
+            c.bad(path, what)
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,7 @@ class StepContext:
     depth: int = 0
     scenario_depth: int = 0
     in_child: bool = False
+    usage: Usage = field(default_factory=Usage)  # shared by the contexts of one entry
 
     def meaning(self, name: str) -> str | None:
         """ "variable", "builtin", "config", or None when the name means nothing."""
@@ -120,16 +138,19 @@ class StepContext:
         return "config"
 
 
-def check_entry_limits(c: Collector, p: str, inv: Inventory) -> None:
-    """The engine's per-session limits, over everything an entry's sessions run."""
-    if len(inv.assigned) > MAX_VARIABLES:
-        c.bad(p, f"more than {MAX_VARIABLES} session variables")
-    if len(inv.conns) > MAX_CONNS:
-        c.bad(p, f"more than {MAX_CONNS} WebSocket connections per session")
-    if len(inv.signals) > MAX_SIGNALS:
-        c.bad(p, f"more than {MAX_SIGNALS} distinct signal values")
-    if len(inv.children) + inv.spread_children > MAX_CHILDREN:
-        c.bad(p, f"more than {MAX_CHILDREN} child sessions per session")
+def check_entry_limits(c: Collector, p: str, ctx: StepContext) -> None:
+    """The engine's per-session limits, over everything an entry's sessions run (scenarios
+    run by name included), once its steps are checked: a limit no step was named for."""
+    inv = ctx.inventory
+    used = {
+        "variables": len(inv.assigned),
+        "conns": len(inv.conns),
+        "signals": len(inv.signals),
+        "children": len(inv.children) + inv.spread_children,
+    }
+    for kind, (limit, what) in _LIMITS.items():
+        if used[kind] > limit and kind not in ctx.usage.reported:
+            c.bad(p, what)
 
 
 def check_steps(c: Collector, prefix: str, steps: Any, ctx: StepContext) -> None:
@@ -224,23 +245,23 @@ def _http(c: Collector, q: str, h: loadtest_pb2.HttpStep, ctx: StepContext) -> N
     for name, value in h.query.items():
         if any(ch in name + value for ch in "\r\n\0"):
             c.bad(f"{q}.query[{name}]", "must not contain CR, LF or NUL")
-        c.template(ctx, f"{q}.query[{name}]", value)
+        check_template(c, ctx, f"{q}.query[{name}]", value)
     payload = h.WhichOneof("payload")
     if payload == "body":
-        c.template(ctx, f"{q}.body", h.body)
+        check_template(c, ctx, f"{q}.body", h.body)
     elif payload == "json":
         _json(c, f"{q}.json", h.json, ctx)
     elif payload == "form":
         for name, value in h.form.fields.items():
             if "\0" in name + value:
                 c.bad(f"{q}.form.fields[{name}]", "must not contain NUL")
-            c.template(ctx, f"{q}.form.fields[{name}]", value)
+            check_template(c, ctx, f"{q}.form.fields[{name}]", value)
     if h.HasField("basic_auth"):
         for part in ("username", "password"):
             text = getattr(h.basic_auth, part)
-            c.template(ctx, f"{q}.basic_auth.{part}", text, runtime=False)
+            check_template(c, ctx, f"{q}.basic_auth.{part}", text, runtime=False)
     for k, e in enumerate(h.extract):
-        _extract(c, f"{q}.extract[{k}]", e)
+        _extract(c, f"{q}.extract[{k}]", e, ctx)
 
 
 def _path(c: Collector, path: str, text: str, ctx: StepContext) -> None:
@@ -249,7 +270,7 @@ def _path(c: Collector, path: str, text: str, ctx: StepContext) -> None:
         c.bad(path, f"must start with '/' (got {text!r})")
     elif any(ch in literal for ch in "\r\n\t #") or any(ord(ch) < 0x21 for ch in literal):
         c.bad(path, "must not contain spaces, control characters or '#'")
-    c.template(ctx, path, text)
+    check_template(c, ctx, path, text)
 
 
 def _literal_text(text: str) -> str:
@@ -262,8 +283,13 @@ def _literal_text(text: str) -> str:
 
 def _url(c: Collector, path: str, url: str, schemes: tuple[str, ...], ctx: StepContext) -> None:
     scheme, sep, rest = url.partition("://")
+    try:
+        urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        c.bad(path, str(exc))
+        return
     if not sep or scheme not in schemes:
-        c.bad(path, f"{url!r} is not a {' or '.join(s + '://' for s in schemes)} URL")
+        c.bad(path, not_a_url(url, schemes))
         return
     netloc = rest.split("/", 1)[0].split("?", 1)[0]
     try:
@@ -273,7 +299,7 @@ def _url(c: Collector, path: str, url: str, schemes: tuple[str, ...], ctx: StepC
         return
     if any(ch in _literal_text(rest) for ch in "\r\n\t #"):
         c.bad(path, "must not contain spaces, control characters or '#'")
-    c.template(ctx, path, rest[len(netloc) :])
+    check_template(c, ctx, path, rest[len(netloc) :])
 
 
 def _headers(
@@ -286,7 +312,7 @@ def _headers(
             c.bad(f"{q}.headers[{name}]", "is set by the engine")
         if any(ch in value for ch in "\r\n\0"):
             c.bad(f"{q}.headers[{name}]", "must not contain CR, LF or NUL")
-        c.template(ctx, f"{q}.headers[{name}]", value)
+        check_template(c, ctx, f"{q}.headers[{name}]", value)
 
 
 def _json(c: Collector, path: str, value: Any, ctx: StepContext) -> None:
@@ -307,11 +333,11 @@ def _json(c: Collector, path: str, value: Any, ctx: StepContext) -> None:
             yield v
 
     for text in strings(data):
-        c.template(ctx, path, text)
+        check_template(c, ctx, path, text)
 
 
-def _extract(c: Collector, q: str, e: loadtest_pb2.Extract) -> None:
-    _var_name(c, f"{q}.var", e.var)
+def _extract(c: Collector, q: str, e: loadtest_pb2.Extract, ctx: StepContext) -> None:
+    _set_var(c, f"{q}.var", e.var, ctx)
     source = e.WhichOneof("source")
     if source is None:
         c.bad(f"{q}.json_path", "set one source: json_path, regex, header, status or body")
@@ -358,6 +384,13 @@ def regex_problem(pattern: str) -> str | None:
     return None
 
 
+def _set_var(c: Collector, path: str, name: str, ctx: StepContext) -> None:
+    """A step sets variable ``name``: a valid name, and one more slot if it is new."""
+    _var_name(c, path, name)
+    if name:
+        ctx.usage.add(c, "variables", path, name)
+
+
 def _var_name(c: Collector, path: str, name: str) -> None:
     if not name:
         c.bad(path, "is required (a session variable name)")
@@ -374,6 +407,7 @@ def _conn(c: Collector, q: str, name: str, ctx: StepContext) -> None:
 
 
 def _ws_connect(c: Collector, q: str, w: loadtest_pb2.WsConnectStep, ctx: StepContext) -> None:
+    ctx.usage.add(c, "conns", f"{q}.conn", w.conn or DEFAULT_CONN)
     if w.WhichOneof("target") == "url":
         _url(c, f"{q}.url", w.url, ("ws", "wss", "http", "https"), ctx)
     else:
@@ -391,7 +425,7 @@ def _ws_send(c: Collector, q: str, w: loadtest_pb2.WsSendStep, ctx: StepContext)
     if payload is None:
         c.bad(f"{q}.text", "set text, json or binary")
     elif payload == "text":
-        c.template(ctx, f"{q}.text", w.text)
+        check_template(c, ctx, f"{q}.text", w.text)
     elif payload == "json":
         _json(c, f"{q}.json", w.json, ctx)
 
@@ -400,13 +434,13 @@ def _ws_recv(c: Collector, q: str, w: loadtest_pb2.WsRecvStep, ctx: StepContext)
     _conn(c, q, w.conn, ctx)
     c.duration(f"{q}.timeout", w.timeout)
     if w.assign:
-        _var_name(c, f"{q}.assign", w.assign)
+        _set_var(c, f"{q}.assign", w.assign, ctx)
 
 
 def _ws_await_recv(c: Collector, q: str, w: loadtest_pb2.WsAwaitRecvStep, ctx: StepContext) -> None:
     _conn(c, q, w.conn, ctx)
     c.duration(f"{q}.timeout", w.timeout)
-    c.template(ctx, f"{q}.expected", w.expected)
+    check_template(c, ctx, f"{q}.expected", w.expected)
 
 
 def _ws_close(c: Collector, q: str, w: loadtest_pb2.WsCloseStep, ctx: StepContext) -> None:
@@ -430,6 +464,9 @@ def _cc_spread(c: Collector, q: str, s: loadtest_pb2.CcSpreadStep, ctx: StepCont
         c.bad(q, "nested child sessions are not supported")
     if not 1 <= s.rate <= MAX_SPREAD:
         c.bad(f"{q}.rate", f"must be between 1 and {MAX_SPREAD}")
+        ctx.usage.reported.add("children")  # this step is named already
+    else:
+        ctx.usage.add(c, "children", f"{q}.rate", count=s.rate)
     c.duration(f"{q}.interval", s.interval)
     _body(c, q, s.steps, ctx, child=True)
 
@@ -439,6 +476,8 @@ def _async(c: Collector, q: str, a: loadtest_pb2.AsyncStep, ctx: StepContext) ->
         c.bad(q, "nested child sessions are not supported")
     if not a.name:
         c.bad(f"{q}.name", "is required (await and signal refer to it)")
+    else:
+        ctx.usage.add(c, "children", f"{q}.name", a.name)
     if a.scenario and a.steps:
         c.bad(f"{q}.scenario", "give either steps or scenario, not both")
     elif a.scenario:
@@ -460,22 +499,26 @@ def _await_all(c: Collector, q: str, a: loadtest_pb2.AwaitAllStep, ctx: StepCont
     c.duration(f"{q}.timeout", a.timeout)
 
 
+def _signal_value(c: Collector, path: str, value: str, ctx: StepContext) -> None:
+    if not value:
+        c.bad(path, "is required")
+    else:
+        ctx.usage.add(c, "signals", path, value)
+
+
 def _signal(c: Collector, q: str, s: loadtest_pb2.SignalStep, ctx: StepContext) -> None:
     _child_name(c, f"{q}.to", s.to, ctx)
-    if not s.value:
-        c.bad(f"{q}.value", "is required")
+    _signal_value(c, f"{q}.value", s.value, ctx)
 
 
 def _signal_parent(
     c: Collector, q: str, s: loadtest_pb2.SignalParentStep, ctx: StepContext
 ) -> None:
-    if not s.value:
-        c.bad(f"{q}.value", "is required")
+    _signal_value(c, f"{q}.value", s.value, ctx)
 
 
 def _await_signal(c: Collector, q: str, s: loadtest_pb2.AwaitSignalStep, ctx: StepContext) -> None:
-    if not s.value:
-        c.bad(f"{q}.value", "is required")
+    _signal_value(c, f"{q}.value", s.value, ctx)
     c.duration(f"{q}.timeout", s.timeout)
 
 
@@ -552,20 +595,22 @@ def _name_depth(lt: loadtest_pb2.LoadTest, name: str, depth: int) -> int:
 def _assign(c: Collector, q: str, a: loadtest_pb2.AssignStep, ctx: StepContext) -> None:
     if not a.values:
         c.bad(f"{q}.values", "needs at least one name")
-    for name, value in a.values.items():
-        _var_name(c, f"{q}.values[{name}]", name)
-        c.template(ctx, f"{q}.values[{name}]", value)
+    for name, value in sorted(a.values.items()):
+        _set_var(c, f"{q}.values[{name}]", name, ctx)
+        check_template(c, ctx, f"{q}.values[{name}]", value)
 
 
 def _update_assign(
     c: Collector, q: str, u: loadtest_pb2.UpdateAssignStep, ctx: StepContext
 ) -> None:
-    _var_name(c, f"{q}.name", u.name)
+    _set_var(c, f"{q}.name", u.name, ctx)
     change = u.WhichOneof("change")
     if change is None:
         c.bad(f"{q}.add", "set add (an integer) or set (a template)")
+    elif change == "add" and not -MAX_UPDATE_ADD < u.add < MAX_UPDATE_ADD:
+        c.bad(f"{q}.add", f"must be between -2^62 and 2^62 (got {u.add})")
     elif change == "set":
-        c.template(ctx, f"{q}.set", u.set)
+        check_template(c, ctx, f"{q}.set", u.set)
 
 
 def _delete_assign(

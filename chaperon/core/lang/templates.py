@@ -1,4 +1,4 @@
-"""The session language's names and templates, as the plan compiler sees them.
+"""The session language's names and templates, as the compiler's back end (``emit``) sees them.
 
 A template is text with ``{{name}}`` placeholders (``chaperon.core.loadtest.split_template`` parses
 it). The compiler turns one into *parts*, the form the engine takes: a list of ``bytes``
@@ -11,7 +11,9 @@ adjacent literals merged. A name means, in this order:
 3. a config key (``{{a.b}}`` looks into nested objects): substituted here, once, as literal
    text (strings as they are, other values as compact JSON, integral numbers without ".0");
 4. otherwise, when the plan has a ``python`` step (which may set any name), a variable slot;
-   else it is a mistake, refused with InvalidArgument naming the field.
+   else it is a mistake, refused with InvalidArgument naming the field (``check_steps``
+   refuses it first, with the same message; here only a named scenario inlined under another
+   config can still meet one).
 
 Where a template sits decides how its *literal* text is escaped: percent-encoding in query
 strings and form bodies, JSON string escapes inside JSON strings, none elsewhere. A runtime
@@ -26,7 +28,6 @@ exist, and whether a python step is present, before any op is emitted.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -34,19 +35,13 @@ from typing import Any
 
 from _fastpath.engine import VAR_ITERATION, VAR_SESSION_ID
 from chaperon.core.errors import InvalidArgument
+from chaperon.core.lang.limits import MAX_VARIABLES
+from chaperon.core.lang.problems import not_a_config_value, too_many_variables, unknown_name
 from chaperon.core.loadtest import Inventory, Placeholder, split_template
 
 Parts = list[bytes | int]
 
 BUILTINS = {"session_id": VAR_SESSION_ID, "iteration": VAR_ITERATION}
-# Engine limits, per session.
-MAX_VARIABLES = 256
-MAX_CONNS = 16
-MAX_SIGNALS = 64
-MAX_CHILDREN = 256
-MAX_DEPTH = 8
-MAX_SCENARIO_DEPTH = 8
-DEFAULT_MAX_CAPTURE = 1024 * 1024
 
 
 def invalid(field_path: str, what: str) -> InvalidArgument:
@@ -122,9 +117,7 @@ class Names:
         """The slot of variable ``name`` (a new one the first time)."""
         if name not in self._slots:
             if len(self.var_names) >= MAX_VARIABLES:
-                raise InvalidArgument(
-                    [(field_path, f"more than {MAX_VARIABLES} session variables in one plan")]
-                )
+                raise invalid(field_path, too_many_variables())
             self._slots[name] = len(self.var_names)
             self.var_names.append(name)
         return self._slots[name]
@@ -148,23 +141,14 @@ class Names:
         try:
             pieces = split_template(text)
         except ValueError as exc:
-            raise InvalidArgument([(field_path, str(exc))]) from None
+            raise invalid(field_path, str(exc)) from None
         out: list[bytes | int] = []
         for piece in pieces:
             if isinstance(piece, Placeholder):
                 resolved = self._resolve(piece.name, field_path, config)
                 if isinstance(resolved, int):
                     if not runtime:
-                        raise InvalidArgument(
-                            [
-                                (
-                                    field_path,
-                                    f"'{{{{{piece.name}}}}}' is a session variable or built-in:"
-                                    " only config values can be used here (the engine cannot"
-                                    " compute it at run time)",
-                                )
-                            ]
-                        )
+                        raise invalid(field_path, not_a_config_value(piece.name))
                     out.append(resolved)
                     continue
                 piece = resolved
@@ -182,16 +166,7 @@ class Names:
             return literal_text(value)
         if self.inventory.python:
             return self.slot(name, field_path)
-        raise InvalidArgument(
-            [
-                (
-                    field_path,
-                    f"'{{{{{name}}}}}' is not set by any step (assign, update_assign, extract,"
-                    " ws_recv.assign), not a built-in (session_id, iteration) and not a config"
-                    " key",
-                )
-            ]
-        )
+        raise invalid(field_path, unknown_name(name))
 
     def render_json(self, value: Any, field_path: str, config: dict[str, Any]) -> Parts:
         """A JSON value (from a protobuf Value) as compact JSON parts; templates in strings
@@ -223,24 +198,3 @@ class Names:
 
         walk(value)
         return join(out)
-
-
-def import_function(spec: str, field_path: str) -> Callable[..., Any]:
-    """``"package.module:function"`` -> the function, imported now (InvalidArgument if not)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise InvalidArgument([(field_path, f"{spec!r} is not 'module:function'")])
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - user code: any failure is the user's to fix
-        raise InvalidArgument(
-            [(field_path, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}")]
-        ) from None
-    target: Any = module
-    for part in attr.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise InvalidArgument([(field_path, f"{module_name!r} has no {attr!r}")])
-    if not callable(target):
-        raise InvalidArgument([(field_path, f"{spec!r} is not callable")])
-    return target  # type: ignore[no-any-return]

@@ -53,8 +53,7 @@ cdef class Engine:
     cdef list var_names
     cdef list _keep             # Python objects ops point into (templates, regexes, callables)
 
-    cdef _allocate(self, list addrs, list plan, int32_t ninit, int32_t nteardown,
-                   int32_t nsessions, int32_t nthreads,
+    cdef _allocate(self, list addrs, object builder, int32_t nsessions, int32_t nthreads,
                    int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
                    list stages, object tls_ca_file, bint tls_insecure)
     cdef _allocate_state(self, int32_t nslots)

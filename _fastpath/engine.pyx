@@ -82,8 +82,16 @@ stop are slow-path functions (``sess_stop``, ``sess_finish``, ``sess_phase_end``
 
 The stateful session language (variables, templates, extraction, cookies, retry_on_error,
 async children, signals, cc_spread, WebSocket, python steps) is in the included files
-``engine_state.pxi`` and ``engine_ws.pxi`` (each with its own theory of operation) and built
-from Python tuples by ``engine_build.pxi``.
+``engine_state.pxi`` and ``engine_ws.pxi`` (each with its own theory of operation).
+
+The plan comes in through ``PlanBuilder`` (``engine_plan.pxi``): one typed method per op
+kind, which checks its arguments and fills the next ``op_t`` (whose operands are named by
+meaning: ``ref``, ``arg``, ``num``, see engine.pxd) of the array the Engine then takes over;
+the engine's options are one checked ``EngineOptions`` (``engine_options.pxi``). The op kinds
+are engine.pxd's ``C_OP_*`` enum, exported below as ``OP_*``, and the per-session limits are
+exported as ``MAX_*`` for the compiler (``chaperon.core.lang``). The tuple form of a plan
+(``Engine(targets, keys, [(OP_HTTP, ...), ...], **options)``, for tests and benches) is
+checked by ``engine_args.pxi``/``engine_build.pxi`` and fed to a ``PlanBuilder``.
 
 Control flow (Chaperon's ``random_delay``, ``repeat``, ``repeat_traced``, ``loop``) stays in
 the flat array. ``(OP_RANDOM_DELAY, min_ns, max_ns)`` is a delay op of uniform length in
@@ -271,30 +279,31 @@ cdef extern from *:
     int chaperon_dec_int(int* p) nogil
 
 
-OP_HTTP = 1
-OP_DELAY = 2
-OP_RANDOM_DELAY = 3
-OP_REPEAT = 4
-OP_LOOP = 5
+# The op kinds, as the C enum of engine.pxd defines them (once): what plans are made of.
+OP_HTTP = C_OP_HTTP
+OP_DELAY = C_OP_DELAY
+OP_RANDOM_DELAY = C_OP_RANDOM_DELAY
+OP_REPEAT = C_OP_REPEAT
+OP_LOOP = C_OP_LOOP
 # The stateful session language (see engine_state.pxi)
-OP_ASSIGN = 6
-OP_UPDATE_ADD = 7
-OP_UNSET = 8
-OP_RETRY = 9
-OP_ADD_METRIC = 10
-OP_ABORT = 11
-OP_PYTHON = 12
-OP_ASYNC = 13
-OP_AWAIT = 14
-OP_AWAIT_ALL = 15
-OP_SPREAD = 16
-OP_SIGNAL = 17
-OP_AWAIT_SIGNAL = 18
-OP_WS_CONNECT = 19
-OP_WS_SEND = 20
-OP_WS_RECV = 21
-OP_WS_AWAIT_RECV = 22
-OP_WS_CLOSE = 23
+OP_ASSIGN = C_OP_ASSIGN
+OP_UPDATE_ADD = C_OP_UPDATE_ADD
+OP_UNSET = C_OP_UNSET
+OP_RETRY = C_OP_RETRY
+OP_ADD_METRIC = C_OP_ADD_METRIC
+OP_ABORT = C_OP_ABORT
+OP_PYTHON = C_OP_PYTHON
+OP_ASYNC = C_OP_ASYNC
+OP_AWAIT = C_OP_AWAIT
+OP_AWAIT_ALL = C_OP_AWAIT_ALL
+OP_SPREAD = C_OP_SPREAD
+OP_SIGNAL = C_OP_SIGNAL
+OP_AWAIT_SIGNAL = C_OP_AWAIT_SIGNAL
+OP_WS_CONNECT = C_OP_WS_CONNECT
+OP_WS_SEND = C_OP_WS_SEND
+OP_WS_RECV = C_OP_WS_RECV
+OP_WS_AWAIT_RECV = C_OP_WS_AWAIT_RECV
+OP_WS_CLOSE = C_OP_WS_CLOSE
 # Extraction sources of an HTTP op's "extract" list
 EX_JSON = 1
 EX_REGEX = 2
@@ -302,8 +311,8 @@ EX_HEADER = 3
 EX_STATUS = 4
 EX_BODY = 5
 # Built-in variables in templates (variable slots are >= 0)
-VAR_SESSION_ID = -1
-VAR_ITERATION = -2
+VAR_SESSION_ID = C_VAR_SESSION_ID
+VAR_ITERATION = C_VAR_ITERATION
 _CONTROL_OPS = (OP_REPEAT, OP_LOOP)
 # The engine's limits per session, defined here once; the compiler (chaperon.core.lang.limits)
 # reads them, so a plan it accepts is one the engine takes.
@@ -455,17 +464,17 @@ cdef void body_enter(thread_t* t, session_t* s, const op_t* op, int64_t now) noe
     cdef frame_t* f
     cdef int64_t left
     if op.kind == C_OP_REPEAT:
-        if op.arg <= 0:
+        if op.num.count <= 0:
             s.op_index = op.body_end
             return
-        left = op.arg - 1
+        left = op.num.count - 1
     elif op.kind == C_OP_RETRY:
-        left = op.arg           # retries left
+        left = op.num.retries   # retries left
     else:
-        if op.arg <= 0:
+        if op.num.duration_ns <= 0:
             s.op_index = op.body_end
             return
-        left = sat_add(now, op.arg)
+        left = sat_add(now, op.num.duration_ns)
     f = &s.frames[s.depth]          # depth < MAX_DEPTH: checked at construction
     s.depth += 1
     f.op = s.op_index
@@ -540,7 +549,7 @@ cdef void sess_run(thread_t* t, session_t* s, int64_t now) noexcept nogil:
             if op.kind == C_OP_DELAY:
                 delay = op.delay_ns
             elif op.kind == C_OP_RANDOM_DELAY:
-                delay = op.delay_ns + rng_below(t, op.arg + 1)     # uniform in [min, max]
+                delay = op.delay_ns + rng_below(t, op.num.span_ns + 1)     # uniform in [min, max]
             elif op.kind <= C_OP_LOOP or op.kind == C_OP_RETRY:
                 body_enter(t, s, op, now)   # not an op of its own: ``fresh`` stays
                 continue
@@ -843,5 +852,7 @@ include "engine_ws.pxi"
 include "engine_build.pxi"
 
 
+include "engine_plan.pxi"
+include "engine_options.pxi"
 include "engine_class.pxi"
 include "engine_args.pxi"

@@ -289,3 +289,92 @@ def _raise_nofile_limit(int64_t needed):
             f"the sessions need about {needed} file descriptors but RLIMIT_NOFILE allows {soft}; "
             f"raise the hard limit (ulimit -Hn) or run fewer sessions per worker"
         )
+
+
+def _plan_from_tuples(ops, init_ops, teardown_ops, int ntargets, int nmetrics, dict limits):
+    """The tuple form of a plan (``Engine``'s docstring; tests and benches write it) checked
+    as before, then handed to a ``PlanBuilder`` op by op."""
+    phases = []
+    for name, given in (("init_ops", init_ops), ("ops", ops), ("teardown_ops", teardown_ops)):
+        phases.append(_check_bodies([_parse_op(i, op, ntargets, nmetrics, name, limits)
+                                     for i, op in enumerate(_as_list(name, given))], name))
+    if not phases[1]:
+        raise ValueError("ops must not be empty")
+    builder = PlanBuilder()
+    if phases[0]:
+        builder.init()
+        _feed(builder, phases[0])
+    builder.run()
+    _feed(builder, phases[1])
+    builder.teardown()
+    _feed(builder, phases[2])
+    return builder
+
+
+cdef _feed(PlanBuilder b, list ops):
+    """Checked op tuples -> builder calls (a block's body ends after its body_len ops)."""
+    ends = []
+    for i, p in enumerate(ops):
+        while ends and ends[len(ends) - 1] <= i:
+            ends.pop()
+            b.end()
+        kind = p[0]
+        if kind == OP_HTTP:
+            if len(p) == 6:
+                ex = p[5]
+                b.http_template(p[1], p[2], ex["head"], ex["body"], p[4], ex["cookies"],
+                                ex["extract"])
+            else:
+                b.http(p[1], p[2], p[3], p[4])
+        elif kind == OP_DELAY:
+            b.delay(p[1])
+        elif kind == OP_RANDOM_DELAY:
+            b.random_delay(p[1], p[2])
+        elif kind == OP_REPEAT:
+            b.repeat(p[1], p[3])
+            ends.append(i + 1 + p[2])
+        elif kind == OP_LOOP:
+            b.loop(p[1])
+            ends.append(i + 1 + p[2])
+        elif kind == OP_RETRY:
+            b.retry(p[1], p[2])
+            ends.append(i + 1 + p[3])
+        elif kind == OP_ASYNC:
+            b.spawn(p[1])
+            ends.append(i + 1 + p[2])
+        elif kind == OP_SPREAD:
+            b.spread(p[1], p[2], p[3])
+            ends.append(i + 1 + p[4])
+        elif kind == OP_ASSIGN:
+            b.assign(p[1], p[2], p[3])
+        elif kind == OP_UPDATE_ADD:
+            b.update_add(p[1], p[2], p[3])
+        elif kind == OP_UNSET:
+            b.unset(p[1])
+        elif kind == OP_ADD_METRIC:
+            b.add_metric(p[1], p[2], p[3])
+        elif kind == OP_ABORT:
+            b.abort(p[1])
+        elif kind == OP_PYTHON:
+            b.python(p[1], p[2])
+        elif kind == OP_AWAIT:
+            b.await_child(p[1], p[2], p[3])
+        elif kind == OP_AWAIT_ALL:
+            b.await_all(p[1], p[2])
+        elif kind == OP_SIGNAL:
+            b.signal(p[1], p[2])
+        elif kind == OP_AWAIT_SIGNAL:
+            b.await_signal(p[1], p[2], p[3])
+        elif kind == OP_WS_CONNECT:
+            b.ws_connect(p[1], p[2], p[3], p[4])
+        elif kind == OP_WS_SEND:
+            b.ws_send(p[1], p[2], p[3], p[4])
+        elif kind == OP_WS_RECV:
+            b.ws_recv(p[1], p[2], p[3], p[4])
+        elif kind == OP_WS_AWAIT_RECV:
+            b.ws_await_recv(p[1], p[2], p[3], p[4])
+        else:
+            b.ws_close(p[1], p[2])
+    while ends:
+        ends.pop()
+        b.end()

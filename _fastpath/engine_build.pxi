@@ -1,10 +1,10 @@
-# Included by engine.pyx: building the stateful language's ops and session state (with the
-# GIL, at construction), and the python step's call.
+# Included by engine.pyx: checking the stateful language's op tuples (the tuple form of a
+# plan, see ``engine_args._plan_from_tuples``), and the python step's call.
 #
 # Templates, extractors, JSON paths and regexes live in memory owned by small Python objects
-# (``_CMem``, ``extract.JsonPath``, ``extract.Regex``) kept in ``Engine._keep`` with the bytes
-# objects their literals point into, so they outlive every engine thread (threads keep the
-# Engine alive) and are freed with them.
+# (``_CMem``, ``extract.JsonPath``, ``extract.Regex``) that ``PlanBuilder`` (engine_plan.pxi)
+# makes and ``Engine._keep`` keeps with the bytes objects their literals point into, so they
+# outlive every engine thread (threads keep the Engine alive) and are freed with them.
 
 from libc.stdlib cimport calloc, free
 
@@ -161,158 +161,6 @@ def _parse_http_extras(where, extras, int nvars):
             raise ValueError(f"{where}: an extractor's expression is empty")
         out["extract"].append((slot, kind, expr, bool(optional)))
     return out
-
-
-cdef class _Builder:
-    """Fills the C side of stateful ops (templates, extractors) from their checked tuples."""
-    cdef list keep
-    cdef list var_names
-    cdef int32_t nthreads
-
-    def __cinit__(self, list keep, list var_names, int32_t nthreads):
-        self.keep = keep
-        self.var_names = var_names
-        self.nthreads = nthreads
-
-    cdef int tmpl(self, tmpl_t* out, list parts) except -1:
-        cdef _CMem mem = _CMem(sizeof(part_t) * (len(parts) + 1))
-        cdef part_t* arr = <part_t*>mem.ptr
-        cdef int32_t i
-        self.keep.append(mem)
-        for i, part in enumerate(parts):
-            if isinstance(part, bytes):
-                self.keep.append(part)
-                arr[i].data = PyBytes_AS_STRING(part)
-                arr[i].len = len(part)
-                arr[i].var = 0
-            else:
-                arr[i].data = NULL
-                arr[i].var = part
-        out.parts = arr
-        out.nparts = len(parts)
-        return 0
-
-    cdef int extractors(self, op_t* o, list extract) except -1:
-        cdef _CMem mem = _CMem(sizeof(extract_t) * (len(extract) + 1))
-        cdef extract_t* arr = <extract_t*>mem.ptr
-        cdef JsonPath jp
-        cdef Regex rx
-        cdef _CMem res_mem
-        cdef int32_t i, j
-        self.keep.append(mem)
-        for i, (slot, kind, expr, optional) in enumerate(extract):
-            arr[i].var = slot
-            arr[i].kind = kind
-            arr[i].optional = optional
-            if kind == EX_JSON:
-                jp = JsonPath(expr.decode("utf-8"))
-                self.keep.append(jp)
-                arr[i].steps = jp.steps
-                arr[i].nsteps = jp.nsteps
-            elif kind == EX_REGEX:
-                res_mem = _CMem(sizeof(regex_t*) * self.nthreads)
-                self.keep.append(res_mem)
-                arr[i].re = <regex_t**>res_mem.ptr
-                for j in range(self.nthreads):
-                    rx = Regex(expr)
-                    self.keep.append(rx)
-                    arr[i].re[j] = &rx.re
-            elif kind == EX_HEADER:
-                self.keep.append(expr)
-                arr[i].name = PyBytes_AS_STRING(expr)
-                arr[i].name_len = len(expr)
-        o.extract = arr
-        o.nextract = len(extract)
-        return 0
-
-    cdef int fill(self, op_t* o, tuple p) except -1:
-        """An op of the stateful language (or a templated HTTP op) into ``o``."""
-        kind = p[0]
-        o.kind = kind       # C_OP_* == OP_*
-        o.metric = -1
-        o.body_end = -1
-        if kind == OP_HTTP:     # (OP_HTTP, target, metric, None, no_body, extras)
-            extras = p[5]
-            o.target = p[1]
-            o.metric = p[2]
-            o.no_body = p[4]
-            o.req = NULL
-            self.tmpl(&o.head, extras["head"])
-            if extras["body"] is not None:
-                o.has_body = 1
-                self.tmpl(&o.body, extras["body"])
-            o.cookies = extras["cookies"]
-            self.extractors(o, extras["extract"])
-        elif kind == OP_ASSIGN:
-            o.a = p[1]
-            self.tmpl(&o.head, p[2])
-            o.metric = p[3]
-        elif kind == OP_UPDATE_ADD:
-            o.a = p[1]
-            o.arg = p[2]
-            o.metric = p[3]
-        elif kind == OP_UNSET:
-            o.a = p[1]
-        elif kind == OP_RETRY:
-            o.arg = p[1]
-            o.delay_ns = p[2]
-        elif kind == OP_ADD_METRIC:
-            o.metric = p[1]
-            o.arg = p[2]
-            o.a = p[3]
-        elif kind == OP_ABORT:
-            o.metric = p[1]
-        elif kind == OP_PYTHON:
-            o.metric = p[1]
-            # (function, names, slot of each name, [traceback logged yet])
-            call = (p[2], self.var_names, {name: i for i, name in enumerate(self.var_names)},
-                    [False])
-            self.keep.append(call)
-            o.pyfunc = <void*>call
-        elif kind == OP_ASYNC:
-            o.a = p[1]
-        elif kind == OP_AWAIT:
-            o.a = p[1]
-            o.delay_ns = p[2]
-            o.metric = p[3]
-        elif kind == OP_AWAIT_ALL:
-            o.delay_ns = p[1]
-            o.metric = p[2]
-        elif kind == OP_SPREAD:
-            o.a = p[1]
-            o.b = p[2]
-            o.arg = p[3]
-        elif kind == OP_SIGNAL:
-            o.a = p[1]
-            o.b = p[2]
-        elif kind == OP_AWAIT_SIGNAL:
-            o.a = p[1]
-            o.delay_ns = p[2]
-            o.metric = p[3]
-        elif kind == OP_WS_CONNECT:
-            o.a = p[1]
-            o.target = p[2]
-            o.metric = p[3]
-            self.tmpl(&o.head, p[4])
-        elif kind == OP_WS_SEND:
-            o.a = p[1]
-            o.metric = p[2]
-            o.b = p[3]
-            self.tmpl(&o.head, p[4])
-        elif kind == OP_WS_RECV:
-            o.a = p[1]
-            o.metric = p[2]
-            o.delay_ns = p[3]
-            o.b = p[4]
-        elif kind == OP_WS_AWAIT_RECV:
-            o.a = p[1]
-            o.metric = p[2]
-            o.delay_ns = p[3]
-            self.tmpl(&o.body, p[4])
-        elif kind == OP_WS_CLOSE:
-            o.a = p[1]
-            o.metric = p[2]
-        return 0
 
 
 cdef int _call_python(thread_t* t, session_t* s, const op_t* op) noexcept:

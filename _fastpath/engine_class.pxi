@@ -15,11 +15,13 @@ def _check_int(name, value, int64_t minimum=0):
 cdef class Engine:
     """HTTP/1.1 load generator, closed or open model; see the module docstring.
 
-    Engine(targets, metric_keys, ops, sessions=1, threads=1, iterations=0, duration_ns=0,
-           connect_timeout_ns=5e9, request_timeout_ns=30e9,
-           arrival_rate_per_s=0.0, rate_stages=[], tls_ca_file=None, tls_insecure=False,
-           scenario_timeout_ns=0, start_delay_ns=0, start_random_delay_ns=0,
-           init_ops=[], teardown_ops=[])
+    Engine(targets, metric_keys, plan: PlanBuilder, options: EngineOptions)
+    Engine(targets, metric_keys, ops, init_ops=[], teardown_ops=[], **options)
+
+    The plan is a ``PlanBuilder`` (engine_plan.pxi: typed methods, one per op kind; the
+    Engine takes its op array over), or the tuple form below (checked, then fed to one). The
+    options (sessions .. session_id_base below) are one typed, checked ``EngineOptions``, or
+    its keywords.
 
     targets      [(ip literal, port)] (HTTP) or [(ip literal, port, tls, server_name)]:
                  with ``tls`` true, HTTPS to ``server_name`` (a host name, sent as SNI, or an
@@ -102,98 +104,54 @@ cdef class Engine:
         self.nthreads = 0
         self.py_threads = []
 
-    def __init__(self, targets, metric_keys, ops, sessions=1, threads=1, iterations=0,
-                 duration_ns=0, connect_timeout_ns=5_000_000_000,
-                 request_timeout_ns=30_000_000_000, arrival_rate_per_s=0.0, rate_stages=(),
-                 tls_ca_file=None, tls_insecure=False, scenario_timeout_ns=0, start_delay_ns=0,
-                 start_random_delay_ns=0, init_ops=(), teardown_ops=(), var_names=(),
-                 nchildren=0, nconns=0, nsignals=0, max_capture=1 << 20, session_id_base=0):
+    def __init__(self, targets, metric_keys, ops, EngineOptions options=None, *,
+                 init_ops=(), teardown_ops=(), **option_kw):
         if self.initialized:
             raise RuntimeError("Engine is already initialized")
-        sessions = _check_int("sessions", sessions, 1)
-        threads = _check_int("threads", threads, 1)
-        iterations = _check_int("iterations", iterations, 0)
-        duration_ns = _check_int("duration_ns", duration_ns, 0)
-        connect_timeout_ns = _check_int("connect_timeout_ns", connect_timeout_ns, 1)
-        request_timeout_ns = _check_int("request_timeout_ns", request_timeout_ns, 1)
-        scenario_timeout_ns = _check_int("scenario_timeout_ns", scenario_timeout_ns, 0)
-        start_delay_ns = _check_int("start_delay_ns", start_delay_ns, 0)
-        start_random_delay_ns = _check_int("start_random_delay_ns", start_random_delay_ns, 0)
-        if start_delay_ns + start_random_delay_ns > _MAX_START_DELAY_NS:
-            raise ValueError(
-                f"start_delay_ns + start_random_delay_ns = "
-                f"{start_delay_ns + start_random_delay_ns} is unreasonably long"
-            )
-        stages, duration_ns, iterations = _open_schedule(
-            arrival_rate_per_s, rate_stages, duration_ns, iterations)
-        if not stages and iterations == 0 and duration_ns == 0:
-            raise ValueError("iterations and duration_ns are both 0: the run would never end")
-        if sessions > 10_000_000:
-            raise ValueError(f"sessions={sessions} is unreasonably large")
-        threads = min(threads, sessions)
+        if options is None:
+            options = EngineOptions(**option_kw)
+        elif option_kw:
+            raise TypeError(f"give either options or keywords {sorted(option_kw)}, not both")
         addrs = [_parse_target(i, t) for i, t in enumerate(_as_list("targets", targets))]
         keys = [str(k) if isinstance(k, str) else _bad_key(i, k)
                 for i, k in enumerate(_as_list("metric_keys", metric_keys))]
-        var_names = [str(v) if isinstance(v, str) else _bad_key(i, v)
-                     for i, v in enumerate(_as_list("var_names", var_names))]
-        limits = {
-            "nvars": len(var_names),
-            "nchildren": _check_int("nchildren", nchildren, 0),
-            "nconns": _check_int("nconns", nconns, 0),
-            "nsignals": _check_int("nsignals", nsignals, 0),
-        }
-        for what, limit in (("nvars", MAX_VARIABLES), ("nchildren", MAX_CHILDREN),
-                            ("nconns", MAX_CONNS), ("nsignals", MAX_SIGNALS)):
-            if limits[what] > limit:
-                raise ValueError(f"{what}={limits[what]} is over the limit of {limit}")
-        max_capture = _check_int("max_capture", max_capture, 0)
-        if sessions * (1 + limits["nchildren"]) > 10_000_000:
-            raise ValueError(
-                f"sessions x (1 + nchildren) = {sessions * (1 + limits['nchildren'])} session "
-                "slots is unreasonably large")
-        self._session_id_base = _check_int("session_id_base", session_id_base, 0)
-        plan = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "ops", limits)
-                              for i, op in enumerate(_as_list("ops", ops))])
-        if not plan:
+        var_names = list(options.var_names)
+        limits = {"nvars": len(var_names), "nchildren": options.nchildren,
+                  "nconns": options.nconns, "nsignals": options.nsignals}
+        self._session_id_base = options.session_id_base
+        cdef PlanBuilder plan
+        if isinstance(ops, PlanBuilder):
+            if init_ops or teardown_ops:
+                raise TypeError("a PlanBuilder holds its init and teardown ops itself")
+            plan = ops
+        else:
+            plan = _plan_from_tuples(ops, init_ops, teardown_ops, len(addrs), len(keys), limits)
+        plan._check_against(len(addrs), len(keys), limits["nvars"], limits["nchildren"],
+                            limits["nconns"], limits["nsignals"])
+        if plan.run_first < 0 or (plan.run_end if plan.run_end >= 0 else plan.nops) == plan.run_first:
             raise ValueError("ops must not be empty")
-        init = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "init_ops", limits)
-                              for i, op in enumerate(_as_list("init_ops", init_ops))], "init_ops")
-        teardown = _check_bodies([_parse_op(i, op, len(addrs), len(keys), "teardown_ops", limits)
-                                  for i, op in enumerate(_as_list("teardown_ops", teardown_ops))],
-                                 "teardown_ops")
-        stateful = any(p[0] in _STATE_KINDS or len(p) == 6 for p in init + plan + teardown)
+        stateful = plan.stateful
         self.var_names = var_names
         self._keep = []
         self.cfg.nvars = limits["nvars"]
         self.cfg.nchildren = limits["nchildren"]
         self.cfg.nconns = limits["nconns"]
         self.cfg.nsignals = limits["nsignals"]
-        self.cfg.max_capture = max_capture
+        self.cfg.max_capture = options.max_capture
         self.cfg.session_id_base = self._session_id_base
         self.cfg.stateful = 1 if stateful or self.cfg.nvars or self.cfg.nchildren else 0
-        self.cfg.has_retry = any(p[0] == OP_RETRY for p in init + plan + teardown)
-        if not isinstance(tls_insecure, bool):
-            raise TypeError(f"tls_insecure must be a bool, not {type(tls_insecure).__name__}")
-        if tls_ca_file is not None:
-            if not isinstance(tls_ca_file, (str, os.PathLike)):
-                raise TypeError(
-                    f"tls_ca_file must be a path (str) or None, not {type(tls_ca_file).__name__}"
-                )
-            tls_ca_file = os.fsencode(tls_ca_file)
-            if not tls_ca_file or b"\0" in tls_ca_file:
-                raise ValueError(f"tls_ca_file={tls_ca_file!r} is not a valid path")
+        self.cfg.has_retry = plan.has_retry
         self.keys = keys
-        self.duration_ns = duration_ns
-        self._allocate(addrs, init + plan + teardown, len(init), len(teardown), sessions,
-                       threads, iterations, connect_timeout_ns, request_timeout_ns, stages,
-                       tls_ca_file, tls_insecure)
-        self.cfg.scenario_timeout_ns = scenario_timeout_ns
-        self.cfg.start_delay_ns = start_delay_ns
-        self.cfg.start_random_delay_ns = start_random_delay_ns
+        self.duration_ns = options.duration_ns
+        self._allocate(addrs, plan, options.sessions, options.threads, options.iterations,
+                       options.connect_timeout_ns, options.request_timeout_ns,
+                       options._stage_rows, options.tls_ca_file, options.tls_insecure)
+        self.cfg.scenario_timeout_ns = options.scenario_timeout_ns
+        self.cfg.start_delay_ns = options.start_delay_ns
+        self.cfg.start_random_delay_ns = options.start_random_delay_ns
         self.initialized = True
 
-    cdef _allocate(self, list addrs, list plan, int32_t ninit, int32_t nteardown,
-                   int32_t nsessions, int32_t nthreads,
+    cdef _allocate(self, list addrs, object builder, int32_t nsessions, int32_t nthreads,
                    int64_t iterations, int64_t connect_timeout_ns, int64_t request_timeout_ns,
                    list stages, object tls_ca_file, bint tls_insecure):
         cdef int32_t i, j, k, per, extra, first
@@ -208,9 +166,10 @@ cdef class Engine:
         cdef sockaddr_in6* sin6
         cdef const unsigned char* packed
         cdef config_t* cfg = &self.cfg
-        cfg.nops = len(plan)
-        cfg.run_first = ninit
-        cfg.run_end = cfg.nops - nteardown
+        cdef op_t* o
+        cdef PlanBuilder plan = builder
+        plan._finish(self._keep, self.var_names, nthreads)
+        cfg.ops = plan._take(&cfg.nops, &cfg.run_first, &cfg.run_end)    # ours to free now
         cfg.nmetrics = len(self.keys)
         cfg.iterations = iterations
         cfg.connect_timeout_ns = connect_timeout_ns
@@ -221,7 +180,7 @@ cdef class Engine:
         cfg.open_model = 1 if stages else 0
         cfg.warm_op = -1
         for i in range(cfg.run_end):
-            if plan[i][0] == OP_HTTP:
+            if cfg.ops[i].kind == C_OP_HTTP:
                 cfg.warm_op = i
                 break
         cfg.total_ns = self.duration_ns if stages else 0
@@ -239,10 +198,9 @@ cdef class Engine:
                 cfg.stages[i].n1 = n1
 
         cfg.targets = <target_t*>calloc(len(addrs) + 1, sizeof(target_t))  # may be empty
-        cfg.ops = <op_t*>calloc(cfg.nops, sizeof(op_t))
-        for p in plan:
-            if p[0] == OP_HTTP and p[3] is not None:
-                total += len(p[3])
+        for i in range(cfg.nops):
+            if cfg.ops[i].req != NULL:
+                total += cfg.ops[i].req_len
         self.reqbuf = <char*>calloc(total + 1, 1)
         # Each session is followed (per thread) by its child slots, if the plan has children.
         nslots = nsessions * (1 + cfg.nchildren)
@@ -285,39 +243,15 @@ cdef class Engine:
                 cfg.targets[i].addrlen = sizeof(sockaddr_in6)
                 cfg.targets[i].family = AF_INET6
 
-        builder = _Builder(self._keep, self.var_names, nthreads)
-        for i, p in enumerate(plan):
-            if len(p) == 6 or p[0] in _STATE_KINDS:
-                builder.fill(&cfg.ops[i], p)
-                body_len = _body_len(p)
-                if body_len is not None:
-                    cfg.ops[i].body_end = i + 1 + body_len
-                if i >= cfg.run_end:
-                    cfg.ops[i].metric = -1      # teardown: not measured
-            elif p[0] == OP_HTTP:
-                req = p[3]
-                cfg.ops[i].kind = C_OP_HTTP
-                cfg.ops[i].target = p[1]
-                cfg.ops[i].metric = p[2] if i < cfg.run_end else -1   # teardown: not measured
-                cfg.ops[i].no_body = p[4]
-                memcpy(self.reqbuf + off, PyBytes_AS_STRING(req), len(req))
-                cfg.ops[i].req = self.reqbuf + off
-                cfg.ops[i].req_len = len(req)
-                off += len(req)
-            elif p[0] == OP_DELAY:
-                cfg.ops[i].kind = C_OP_DELAY
-                cfg.ops[i].delay_ns = p[1]
-            elif p[0] == OP_RANDOM_DELAY:
-                cfg.ops[i].kind = C_OP_RANDOM_DELAY
-                cfg.ops[i].delay_ns = p[1]
-                cfg.ops[i].arg = p[2] - p[1]
-            else:   # REPEAT / LOOP: body_len is relative, body_end absolute in the plan
-                cfg.ops[i].kind = C_OP_REPEAT if p[0] == OP_REPEAT else C_OP_LOOP
-                cfg.ops[i].arg = p[1]
-                cfg.ops[i].body_end = i + 1 + p[2]
-                cfg.ops[i].metric = -1
-                if p[0] == OP_REPEAT and i < cfg.run_end:   # teardown: not measured
-                    cfg.ops[i].metric = p[3]
+        # Plain requests side by side in one buffer (as the hot loop has always read them).
+        for i in range(cfg.nops):
+            o = &cfg.ops[i]
+            if o.req != NULL:
+                memcpy(self.reqbuf + off, o.req, o.req_len)
+                o.req = self.reqbuf + off
+                off += o.req_len
+            if i >= cfg.run_end:
+                o.metric = -1       # teardown: not measured
 
         per = nsessions // nthreads
         extra = nsessions % nthreads

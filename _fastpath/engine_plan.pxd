@@ -66,18 +66,42 @@ cdef struct extract_t:
     const char* name        # header name
     size_t name_len
 
+# An op's operands by meaning: each union is one slot of the op, read as the op's kind says
+# (the op_t layout, and so the hot loop's cache behaviour, is that of the former a/b/arg).
+cdef union op_ref_t:        # op_t.ref: what the op works on
+    int32_t var             # ASSIGN, UPDATE_ADD, UNSET: the variable; ADD_METRIC: one, or -1
+    int32_t child           # ASYNC, AWAIT: the child; SIGNAL: it, or -1 (the parent); SPREAD:
+                            # the first child
+    int32_t conn            # WS_*: the connection
+    int32_t signal          # AWAIT_SIGNAL: the signal value awaited
+
+cdef union op_arg_t:        # op_t.arg: a second operand
+    int32_t signal          # SIGNAL: the value sent
+    int32_t count           # SPREAD: the children started
+    int32_t opcode          # WS_SEND: 1 (text) or 2 (binary)
+    int32_t var             # WS_RECV: the variable the message goes to, or -1
+
+cdef union op_num_t:        # op_t.num: the op's number
+    int64_t count           # REPEAT: iterations
+    int64_t duration_ns     # LOOP: how long it loops
+    int64_t span_ns         # RANDOM_DELAY: max - min
+    int64_t retries         # RETRY
+    int64_t delta           # UPDATE_ADD
+    int64_t value           # ADD_METRIC (without a variable)
+    int64_t interval_ns     # SPREAD: the children's starts are spread over it
+
 cdef struct op_t:
-    int32_t kind
+    int32_t kind            # C_OP_*
     int32_t target
     int32_t metric          # -1: not measured (teardown ops): no latency, count or error
     int32_t no_body
     const char* req         # plain HTTP: the request; NULL for a templated one
     size_t req_len
     int64_t delay_ns        # DELAY; RANDOM_DELAY: the minimum; RETRY: backoff; waits: timeout
-    int64_t arg             # REPEAT: count; LOOP: duration_ns; RANDOM_DELAY: max - min; ...
+    op_num_t num
     int32_t body_end        # REPEAT/LOOP/RETRY/ASYNC/SPREAD: the body is (index, body_end)
-    int32_t a               # variable slot, child, connection, signal or opcode (per kind)
-    int32_t b
+    op_ref_t ref
+    op_arg_t arg
     int32_t has_body        # templated HTTP: ``body`` is sent with a Content-Length
     int32_t cookies         # HTTP: the session's cookie jar is sent and updated
     int32_t nextract

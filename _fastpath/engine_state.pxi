@@ -278,7 +278,7 @@ cdef bint retry_frame(thread_t* t, session_t* s, int64_t now) noexcept nogil:
         f = &s.frames[d - 1]
         op = &t.cfg.ops[f.op]
         if op.kind == C_OP_RETRY and f.left > 0:
-            attempt = op.arg - f.left
+            attempt = op.num.retries - f.left
             f.left -= 1
             s.depth = d
             s.op_end = op.body_end
@@ -485,22 +485,22 @@ cdef int state_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexce
     s.op_start_ns = now
     if k == C_OP_ASSIGN:
         rc = render(t, s, &op.head, &pos)
-        if rc != 0 or var_set(s, op.a, s.x.wbuf if pos > 0 else EMPTY, pos) != 0:
+        if rc != 0 or var_set(s, op.ref.var, s.x.wbuf if pos > 0 else EMPTY, pos) != 0:
             sess_fail(t, s, op.metric, K_EXTRACT, now)
             return 1
     elif k == C_OP_UPDATE_ADD:
-        if s.x.vars[op.a].len < 0:
+        if s.x.vars[op.ref.var].len < 0:
             value = 0
-        elif var_int(s, op.a, &value) != 0:
+        elif var_int(s, op.ref.var, &value) != 0:
             sess_fail(t, s, op.metric, K_EXTRACT, now)
             return 1
-        value += op.arg
-        var_set(s, op.a, num, <size_t>snprintf(num, sizeof(num), "%lld", <long long>value))
+        value += op.num.delta
+        var_set(s, op.ref.var, num, <size_t>snprintf(num, sizeof(num), "%lld", <long long>value))
     elif k == C_OP_UNSET:
-        s.x.vars[op.a].len = -1
+        s.x.vars[op.ref.var].len = -1
     elif k == C_OP_ADD_METRIC:
-        value = op.arg
-        if op.a >= 0 and var_int(s, op.a, &value) != 0:
+        value = op.num.value
+        if op.ref.var >= 0 and var_int(s, op.ref.var, &value) != 0:
             sess_fail(t, s, op.metric, K_EXTRACT, now)
             return 1
         record_value(t, op.metric, value if value > 0 else 0)
@@ -516,12 +516,12 @@ cdef int state_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexce
         if s.x.child_base < 0:
             s.op_index = op.body_end        # a child cannot start children (compiler rule)
             return 0
-        s.x.spread_first = op.a
+        s.x.spread_first = op.ref.child
         s.x.spread_count = 1
         if children_running(t, s):
             wait_for(t, s, W_SLOT, 0, 0, now)
             return 1
-        child_start(t, s, op.a, s.op_index + 1, op.body_end, now)
+        child_start(t, s, op.ref.child, s.op_index + 1, op.body_end, now)
         s.op_index = op.body_end
         s.intended_ns = now
         return 0
@@ -529,14 +529,14 @@ cdef int state_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexce
         if s.x.child_base < 0:
             s.op_index = op.body_end
             return 0
-        s.x.spread_first = op.a
-        s.x.spread_count = op.b
+        s.x.spread_first = op.ref.child
+        s.x.spread_count = op.arg.count
         if children_running(t, s):
             wait_for(t, s, W_SLOT, 0, 0, now)
             return 1
-        for i in range(op.b):
-            child_start(t, s, op.a + <int32_t>i, s.op_index + 1, op.body_end,
-                        now + op.arg * i // op.b)
+        for i in range(op.arg.count):
+            child_start(t, s, op.ref.child + <int32_t>i, s.op_index + 1, op.body_end,
+                        now + op.num.interval_ns * i // op.arg.count)
         wait_for(t, s, W_CHILD, 0, 0, now)
         return 1
     elif k == C_OP_AWAIT or k == C_OP_AWAIT_ALL:
@@ -544,7 +544,7 @@ cdef int state_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexce
             s.op_index += 1
             return 0
         if k == C_OP_AWAIT:
-            s.x.spread_first = op.a
+            s.x.spread_first = op.ref.child
             s.x.spread_count = 1
         else:
             s.x.spread_first = 0
@@ -554,18 +554,18 @@ cdef int state_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexce
             return 1
         record_wait(t, s, op, now)
     elif k == C_OP_SIGNAL:
-        if op.a < 0:
+        if op.ref.child < 0:
             if s.x.parent >= 0:
-                signal_to(t, &t.sessions[s.x.parent], op.b)
+                signal_to(t, &t.sessions[s.x.parent], op.arg.signal)
         elif s.x.child_base >= 0:
-            p = &t.sessions[s.x.child_base + op.a]
+            p = &t.sessions[s.x.child_base + op.ref.child]
             if p.x.running:
-                signal_to(t, p, op.b)
+                signal_to(t, p, op.arg.signal)
     elif k == C_OP_AWAIT_SIGNAL:
-        if s.x.sigs[op.a] <= 0:
-            wait_for(t, s, W_SIGNAL, op.a, op.delay_ns, now)
+        if s.x.sigs[op.ref.signal] <= 0:
+            wait_for(t, s, W_SIGNAL, op.ref.signal, op.delay_ns, now)
             return 1
-        s.x.sigs[op.a] -= 1
+        s.x.sigs[op.ref.signal] -= 1
         record_wait(t, s, op, now)
     else:
         return ws_op(t, s, op, now)

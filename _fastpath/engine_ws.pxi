@@ -178,13 +178,13 @@ cdef void ws_close_all(thread_t* t, session_t* s) noexcept nogil:
 cdef bint ws_take(thread_t* t, session_t* s, const op_t* op) noexcept nogil:
     """recv: take the next message (into its variable); await_recv: drop messages until one
     equals the expected one (rendered in ``wbuf`` at the op's start). True if taken."""
-    cdef ws_conn_t* c = ws_conn(s, op.a)
+    cdef ws_conn_t* c = ws_conn(s, op.ref.conn)
     cdef const unsigned char* data
     cdef size_t n
     while inbox_pop(c, &data, &n):
         if op.kind == C_OP_WS_RECV:
-            if op.b >= 0:
-                var_set(s, op.b, <const char*>data, n)
+            if op.arg.var >= 0:
+                var_set(s, op.arg.var, <const char*>data, n)
             return True
         if n == s.req_len and (n == 0 or memcmp(data, s.x.wbuf, n) == 0):
             return True
@@ -266,7 +266,7 @@ cdef int ws_handshake_write(thread_t* t, session_t* s, ws_conn_t* c, int64_t now
 
 cdef int ws_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept nogil:
     """The WebSocket ops (``state_op``'s contract: 0 go on, 1 waiting or ended)."""
-    cdef ws_conn_t* c = ws_conn(s, op.a)
+    cdef ws_conn_t* c = ws_conn(s, op.ref.conn)
     cdef size_t pos = 0
     cdef int rc
     cdef unsigned char code[2]
@@ -297,7 +297,7 @@ cdef int ws_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept 
         if render(t, s, &op.head, &pos) != 0:
             sess_fail(t, s, op.metric, K_EXTRACT, now)
             return 1
-        if frame_append(t, c, op.b, <unsigned char*>s.x.wbuf, pos) != 0:
+        if frame_append(t, c, op.arg.opcode, <unsigned char*>s.x.wbuf, pos) != 0:
             ws_fail(t, s, c, K_PROTOCOL, now)
             return 1
         rc = ws_flush(t, c)
@@ -321,7 +321,7 @@ cdef int ws_op(thread_t* t, session_t* s, const op_t* op, int64_t now) noexcept 
         record_wait(t, s, op, now)
         s.op_index += 1
         return 0
-    wait_for(t, s, W_WS, op.a, op.delay_ns, now)
+    wait_for(t, s, W_WS, op.ref.conn, op.delay_ns, now)
     return 1
 
 
@@ -397,7 +397,7 @@ cdef void ws_event(thread_t* t, session_t* s, int fd, uint32_t events, int64_t n
     op = &t.cfg.ops[s.op_index] if s.op_index < t.cfg.nops else NULL
     # ``mine``: the session's current op is in flight on, or waits for, this connection
     mine = (op != NULL and (s.state == ST_WS or (s.state == ST_WAIT and s.x.wait_kind == W_WS))
-            and op.kind >= C_OP_WS_CONNECT and op.a == i)
+            and op.kind >= C_OP_WS_CONNECT and op.ref.conn == i)
     if c.state == WC_CONNECTING:
         rc = conn_establish(&t.io, &c.conn, &t.cfg.targets[c.conn.target])
         if rc < 0:
@@ -451,7 +451,7 @@ cdef void ws_scan(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     """The periodic scan, for a WebSocket op in flight (ST_WS)."""
     cdef const op_t* op = &t.cfg.ops[s.op_index]
     if now >= s.run_deadline_ns:
-        ws_drop(ws_conn(s, op.a))
+        ws_drop(ws_conn(s, op.ref.conn))
         sess_abandon(t, s, now)
     elif now >= s.deadline_ns:
-        ws_fail(t, s, ws_conn(s, op.a), K_TIMEOUT, now)
+        ws_fail(t, s, ws_conn(s, op.ref.conn), K_TIMEOUT, now)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from _fastpath.engine import Engine
 from _fastpath.histogram import Histogram
 from chaperon.core.errors import ResourceExhausted
 from chaperon.v1 import worker_pb2
@@ -34,7 +33,7 @@ class AssignmentRunner:
     ) -> None:
         self.assignment_id = assignment_id
         self._interval_s = report_interval_s if report_interval_s > 0 else 1.0
-        self._engines = [Engine(**plan.engine_kwargs(threads)) for plan in plans]
+        self._engines = [plan.engine(threads) for plan in plans]
         # The raw service time is sent only where it differs from the latency (open model).
         self._open_model = any(plan.open_model for plan in plans)
         self._cancelled = threading.Event()

@@ -1,10 +1,10 @@
 """Steps -> engine ops: the compiler's back end (``plan.compile_assignment`` drives it).
 
 One ``StepCompiler`` compiles one scenario entry whose steps ``check_steps`` has accepted, so
-it does not check them again. Each step appends op tuples (the forms of the engine contract,
-see ``_fastpath.engine``) to ``self.out``; a step with a body (repeat, loop, retry_on_error,
-call_traced, async, cc_spread) compiles the body into a list of its own first, then appends its
-op with the body's length, then the body: the array stays flat. ``run_scenario`` inlines the
+it does not check them again. Each step calls the typed methods of the engine's plan builder
+(``_fastpath.engine.PlanBuilder``, ``self.b``), which fills the engine's op array; a step with
+a body (repeat, loop, retry_on_error, call_traced, async, cc_spread) opens its block, compiles
+the body and ends the block: the array stays flat. ``run_scenario`` inlines the
 other scenario's init, run and teardown steps with its config merged over the current one
 (``self.config`` and ``self.base`` change while they compile).
 
@@ -29,27 +29,7 @@ from typing import Any, Protocol
 from google.protobuf import json_format
 
 from _fastpath.engine import (
-    OP_ABORT,
-    OP_ADD_METRIC,
-    OP_ASSIGN,
-    OP_ASYNC,
-    OP_AWAIT,
-    OP_AWAIT_ALL,
-    OP_AWAIT_SIGNAL,
-    OP_DELAY,
-    OP_LOOP,
-    OP_PYTHON,
-    OP_RANDOM_DELAY,
-    OP_REPEAT,
-    OP_RETRY,
-    OP_SIGNAL,
-    OP_SPREAD,
-    OP_UNSET,
-    OP_UPDATE_ADD,
-    OP_WS_AWAIT_RECV,
-    OP_WS_CLOSE,
-    OP_WS_RECV,
-    OP_WS_SEND,
+    PlanBuilder,
 )
 from chaperon.core.durations import DurationError, parse_duration_ns
 from chaperon.core.errors import InvalidArgument
@@ -66,8 +46,6 @@ from chaperon.core.loadtest import (
     struct_to_dict,
 )
 from chaperon.v1 import loadtest_pb2
-
-Op = tuple[Any, ...]
 
 
 class Backend(Protocol):
@@ -119,7 +97,7 @@ class StepCompiler:
         # The plan's tables: targets and metric keys (ops hold their indexes).
         self.targets: list[tuple[Any, ...]] = []
         self.metric_keys: list[str] = []
-        self.out: list[Op] = []
+        self.b = PlanBuilder()  # the plan's ops, filled by typed calls
         self.config = config
         self.base = _base_target(config, "config.base_url")
         self._targets: dict[tuple[Any, ...], int] = {}
@@ -190,113 +168,101 @@ class StepCompiler:
 
     # -- steps -----------------------------------------------------------------------------
 
-    def steps(self, steps: Any, prefix: str, out: list[Op] | None = None) -> list[Op]:
-        """Compile ``steps`` (field path ``prefix[j]``) onto ``out`` (default: a new list)."""
-        outer = self.out
-        self.out = [] if out is None else out
-        try:
-            for j, step in enumerate(steps):
-                self.step(step, f"{prefix}[{j}]")
-            return self.out
-        finally:
-            self.out = outer
+    def steps(self, steps: Any, prefix: str) -> None:
+        """Compile ``steps`` (field path ``prefix[j]``) onto the builder."""
+        for j, step in enumerate(steps):
+            self.step(step, f"{prefix}[{j}]")
 
-    def _body(self, steps: Any, prefix: str) -> list[Op]:
-        """A step's body (nesting and emptiness: checked)."""
-        body = self.steps(steps, prefix)
-        # A body of steps that emit nothing (an empty inlined scenario): the engine wants at
-        # least one op in a body; a zero delay does nothing.
-        return body or [(OP_DELAY, 0)]
+    def _body(self, steps: Any, prefix: str) -> None:
+        """A block's body, then the block's end (nesting and emptiness: checked)."""
+        before = len(self.b)
+        self.steps(steps, prefix)
+        if len(self.b) == before:
+            # Steps that emit nothing (an empty inlined scenario): the engine wants at least
+            # one op in a body; a zero delay does nothing.
+            self.b.delay(0)
+        self.b.end()
 
     def step(self, step: loadtest_pb2.Step, p: str) -> None:
         action = step.WhichOneof("action")  # checked: one is set
         getattr(self, f"_{action}")(step, p, f"{p}.{action}")
 
     def _http(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        self.out.append(http_op(self, step.http, q))
+        http_op(self, self.b, step.http, q)
 
     def _delay(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        self.out.append((OP_DELAY, duration_ns(step.delay.duration, f"{q}.duration")))
+        self.b.delay(duration_ns(step.delay.duration, f"{q}.duration"))
 
     def _random_delay(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         rd = step.random_delay
         low = duration_ns(rd.min, f"{q}.min")
-        self.out.append((OP_RANDOM_DELAY, low, duration_ns(rd.max, f"{q}.max")))
+        self.b.random_delay(low, duration_ns(rd.max, f"{q}.max"))
 
     def _repeat(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        body = self._body(step.repeat.steps, f"{q}.steps")
         metric = -1
         if step.repeat.traced:
             metric = self.key_index(step.repeat.metric or step.name or "repeat")
-        self.out += [(OP_REPEAT, int(step.repeat.count), len(body), metric), *body]
+        self.b.repeat(int(step.repeat.count), metric)
+        self._body(step.repeat.steps, f"{q}.steps")
 
     def _loop(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        ns = duration_ns(step.loop.duration, f"{q}.duration")
-        body = self._body(step.loop.steps, f"{q}.steps")
-        self.out += [(OP_LOOP, ns, len(body)), *body]
+        self.b.loop(duration_ns(step.loop.duration, f"{q}.duration"))
+        self._body(step.loop.steps, f"{q}.steps")
 
     def _retry_on_error(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         r = step.retry_on_error
-        backoff = duration_ns(r.backoff, f"{q}.backoff")
-        body = self._body(r.steps, f"{q}.steps")
-        self.out += [(OP_RETRY, int(r.retries), backoff, len(body)), *body]
+        self.b.retry(int(r.retries), duration_ns(r.backoff, f"{q}.backoff"))
+        self._body(r.steps, f"{q}.steps")
 
     def _call_traced(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        name = step.call_traced.name
-        body = self._body(step.call_traced.steps, f"{q}.steps")
-        self.out += [(OP_REPEAT, 1, len(body), self.key_index(name)), *body]
+        self.b.repeat(1, self.key_index(step.call_traced.name))
+        self._body(step.call_traced.steps, f"{q}.steps")
 
     # -- child sessions and signals --------------------------------------------------------
 
     def _async(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         a = getattr(step, "async")
-        child = self._children[a.name]
+        self.b.spawn(self._children[a.name])
         scenario = find_scenario(self.lt, a.scenario) if a.scenario else None
         if scenario is not None:
-            body = self._body(scenario.run, f"{q}(scenario={a.scenario}).run")
+            self._body(scenario.run, f"{q}(scenario={a.scenario}).run")
         else:
-            body = self._body(a.steps, f"{q}.steps")
-        self.out += [(OP_ASYNC, child, len(body)), *body]
+            self._body(a.steps, f"{q}.steps")
 
     def _cc_spread(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         s = step.cc_spread
         interval = duration_ns(s.interval, f"{q}.interval")
         first = self._nchildren
         self._nchildren += s.rate
-        body = self._body(s.steps, f"{q}.steps")
-        self.out += [(OP_SPREAD, first, int(s.rate), interval, len(body)), *body]
+        self.b.spread(first, int(s.rate), interval)
+        self._body(s.steps, f"{q}.steps")
 
     def _await(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         a = getattr(step, "await")
         child = self._child(a.name)
         timeout = duration_ns(a.timeout, f"{q}.timeout")
-        self.out.append((OP_AWAIT, child, timeout, self.key_index(f"await {a.name}")))
+        self.b.await_child(child, timeout, self.key_index(f"await {a.name}"))
 
     def _await_all(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         timeout = duration_ns(step.await_all.timeout, f"{q}.timeout")
-        self.out.append((OP_AWAIT_ALL, timeout, self.key_index("await_all")))
+        self.b.await_all(timeout, self.key_index("await_all"))
 
     def _signal(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        child = self._child(step.signal.to)
-        self.out.append((OP_SIGNAL, child, self._intern(step.signal.value)))
+        self.b.signal(self._child(step.signal.to), self._intern(step.signal.value))
 
     def _signal_parent(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        value = step.signal_parent.value
-        self.out.append((OP_SIGNAL, -1, self._intern(value)))
+        self.b.signal(-1, self._intern(step.signal_parent.value))
 
     def _await_signal(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         a = step.await_signal
         signal = self._intern(a.value)
         timeout = self._timeout(a.timeout, f"{q}.timeout")
-        self.out.append(
-            (OP_AWAIT_SIGNAL, signal, timeout, self.key_index(f"await_signal {a.value}"))
-        )
+        self.b.await_signal(signal, timeout, self.key_index(f"await_signal {a.value}"))
 
     # -- WebSocket -------------------------------------------------------------------------
 
     def _ws_connect(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
-        conn = self._conn(step.ws_connect.conn)
-        self.out.append(ws_connect_op(self, step.ws_connect, conn, q))
+        ws_connect_op(self, self.b, step.ws_connect, self._conn(step.ws_connect.conn), q)
 
     def _ws_send(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         w = step.ws_send
@@ -310,7 +276,7 @@ class StepCompiler:
         else:  # binary (a payload: checked)
             opcode, parts = 2, join([bytes(w.binary)])
         metric = self.key_index(w.metric or f"WS send {w.conn or DEFAULT_CONN}")
-        self.out.append((OP_WS_SEND, conn, metric, opcode, parts))
+        self.b.ws_send(conn, metric, opcode, parts)
 
     def _ws_recv(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         w = step.ws_recv
@@ -318,7 +284,7 @@ class StepCompiler:
         timeout = self._timeout(w.timeout, f"{q}.timeout")
         var = self.names.slot(w.assign, f"{q}.assign") if w.assign else -1
         metric = self.key_index(w.metric or f"WS recv {w.conn or DEFAULT_CONN}")
-        self.out.append((OP_WS_RECV, conn, metric, timeout, var))
+        self.b.ws_recv(conn, metric, timeout, var)
 
     def _ws_await_recv(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         w = step.ws_await_recv
@@ -326,13 +292,12 @@ class StepCompiler:
         timeout = self._timeout(w.timeout, f"{q}.timeout")
         expected = self.names.render(w.expected, f"{q}.expected", self.config)
         metric = self.key_index(w.metric or f"WS await_recv {w.conn or DEFAULT_CONN}")
-        self.out.append((OP_WS_AWAIT_RECV, conn, metric, timeout, expected))
+        self.b.ws_await_recv(conn, metric, timeout, expected)
 
     def _ws_close(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         w = step.ws_close
         conn = self._conn(w.conn)
-        metric = self.key_index(w.metric or f"WS close {w.conn or DEFAULT_CONN}")
-        self.out.append((OP_WS_CLOSE, conn, metric))
+        self.b.ws_close(conn, self.key_index(w.metric or f"WS close {w.conn or DEFAULT_CONN}"))
 
     # -- variables, metrics, the rest ------------------------------------------------------
 
@@ -342,41 +307,40 @@ class StepCompiler:
             slot = self.names.slot(name, where)
             parts = self.names.render(step.assign.values[name], where, self.config)
             # Its metric only ever counts errors (a template's variable was unset).
-            self.out.append((OP_ASSIGN, slot, parts, self.key_index(f"assign {name}")))
+            self.b.assign(slot, parts, self.key_index(f"assign {name}"))
 
     def _update_assign(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         u = step.update_assign
         slot = self.names.slot(u.name, f"{q}.name")
-        change = u.WhichOneof("change")
-        if change == "add":
+        if u.WhichOneof("change") == "add":
             metric = self.key_index(f"update_assign {u.name}")  # errors only: not an integer
-            self.out.append((OP_UPDATE_ADD, slot, int(u.add), metric))
+            self.b.update_add(slot, int(u.add), metric)
         else:  # set (a change: checked)
             parts = self.names.render(u.set, f"{q}.set", self.config)
-            self.out.append((OP_ASSIGN, slot, parts, self.key_index(f"update_assign {u.name}")))
+            self.b.assign(slot, parts, self.key_index(f"update_assign {u.name}"))
 
     def _delete_assign(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         for k, name in enumerate(step.delete_assign.names):
-            self.out.append((OP_UNSET, self.names.slot(name, f"{q}.names[{k}]")))
+            self.b.unset(self.names.slot(name, f"{q}.names[{k}]"))
 
     def _add_metric(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         a = step.add_metric  # key, source, value >= 0, var set by a step: checked
         if a.WhichOneof("source") == "value":
-            self.out.append((OP_ADD_METRIC, self.key_index(a.key), int(a.value), -1))
+            self.b.add_metric(self.key_index(a.key), int(a.value), -1)
         else:
             slot = self.names.slot(a.var, f"{q}.var")
-            self.out.append((OP_ADD_METRIC, self.key_index(a.key), 0, slot))
+            self.b.add_metric(self.key_index(a.key), 0, slot)
 
     def _abort(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         # The reason shows in the report, where the error is counted.
         a = step.abort
         key = a.metric or (f"abort: {a.reason}" if a.reason else "abort")
-        self.out.append((OP_ABORT, self.key_index(key)))
+        self.b.abort(self.key_index(key))
 
     def _python(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         spec = step.python.function
         fn = self.backend.python_function(spec, f"{q}.function")
-        self.out.append((OP_PYTHON, self.key_index(step.python.metric or f"python {spec}"), fn))
+        self.b.python(self.key_index(step.python.metric or f"python {spec}"), fn)
 
     def _run_scenario(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         rs = step.run_scenario
@@ -393,6 +357,6 @@ class StepCompiler:
             self.base = _base_target(self.config, f"{q}.config.base_url")
         try:
             for part in ("init", "run", "teardown"):
-                self.steps(getattr(scenario, part), f"{prefix}.{part}", self.out)
+                self.steps(getattr(scenario, part), f"{prefix}.{part}")
         finally:
             self.config, self.base = saved

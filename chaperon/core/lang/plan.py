@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from _fastpath.engine import Engine, EngineOptions, PlanBuilder
 from chaperon.core.durations import parse_duration_ns
 from chaperon.core.errors import InvalidArgument
 from chaperon.core.lang.check import check_entries
@@ -27,6 +28,9 @@ from chaperon.core.lang.limits import (
 from chaperon.core.loadtest import Inventory, effective_config, entry_scenarios
 from chaperon.v1 import worker_pb2
 
+# What an Engine runs (the rest of ``EnginePlan.engine_kwargs`` is its ``EngineOptions``).
+_PLAN_ARGS = ("targets", "metric_keys", "ops", "init_ops", "teardown_ops")
+
 
 @dataclass
 class EnginePlan:
@@ -36,7 +40,8 @@ class EnginePlan:
     # (ip, port) for http, (ip, port, True, host name) for https
     targets: list[tuple[Any, ...]] = field(default_factory=list)
     metric_keys: list[str] = field(default_factory=list)
-    ops: list[tuple[Any, ...]] = field(default_factory=list)
+    # The ops (init, run, teardown), already in the engine's C array.
+    builder: PlanBuilder = field(default_factory=PlanBuilder)
     sessions: int = 0
     iterations: int = 0
     duration_ns: int = 0
@@ -49,10 +54,9 @@ class EnginePlan:
     # HTTPS: a PEM CA bundle on the worker (None: the system's), or no verification at all.
     tls_ca_file: str | None = None
     tls_insecure: bool = False
-    # Per-session rules: init ops once before, teardown ops once after (not measured), a limit
-    # on each run of the scenario, and an initial delay (fixed + uniform random part).
-    init_ops: list[tuple[Any, ...]] = field(default_factory=list)
-    teardown_ops: list[tuple[Any, ...]] = field(default_factory=list)
+    # Per-session rules (init ops once before, teardown ops once after, not measured, are in
+    # the builder): a limit on each run of the scenario, and an initial delay (fixed + uniform
+    # random part).
     scenario_timeout_ns: int = 0
     start_delay_ns: int = 0
     start_random_delay_ns: int = 0
@@ -70,7 +74,31 @@ class EnginePlan:
     def open_model(self) -> bool:
         return self.arrival_rate_per_s > 0 or bool(self.rate_stages)
 
+    @property
+    def ops(self) -> list[tuple[Any, ...]]:
+        """The run ops, as tuples (``PlanBuilder.describe``: for tests and debugging)."""
+        return self.builder.describe("ops")  # type: ignore[no-any-return]
+
+    @property
+    def init_ops(self) -> list[tuple[Any, ...]]:
+        return self.builder.describe("init_ops")  # type: ignore[no-any-return]
+
+    @property
+    def teardown_ops(self) -> list[tuple[Any, ...]]:
+        return self.builder.describe("teardown_ops")  # type: ignore[no-any-return]
+
+    def engine(self, threads: int) -> Engine:
+        """The Engine of this plan on ``threads`` threads (it takes the builder's ops over)."""
+        return Engine(self.targets, self.metric_keys, self.builder, self.engine_options(threads))
+
+    def engine_options(self, threads: int) -> EngineOptions:
+        """The engine's options for this plan on ``threads`` threads (checked by the engine)."""
+        kwargs = self.engine_kwargs(threads)
+        return EngineOptions(**{k: v for k, v in kwargs.items() if k not in _PLAN_ARGS})
+
     def engine_kwargs(self, threads: int) -> dict[str, Any]:
+        """``Engine``'s keyword form (the plan as tuples, ``_PLAN_ARGS``, and the options that
+        differ from the engine's defaults): what ``engine`` passes, readable in tests."""
         extra: dict[str, Any] = {}
         if self.open_model:
             extra = {"arrival_rate_per_s": self.arrival_rate_per_s, "rate_stages": self.rate_stages}
@@ -143,21 +171,26 @@ def compile_assignment(assignment: worker_pb2.Assignment, backend: Backend) -> l
         c = StepCompiler(backend, config, lt, inventory)
         if entry.session_name:
             c.key_prefix = f"{entry.session_name}: "
+        c.b.init()
         if entry.HasField("scenario"):
-            c.steps(entry.scenario.init, f"{p}.scenario.init", plan.init_ops)
-            c.steps(entry.scenario.run, f"{p}.scenario.run", plan.ops)
-            c.steps(entry.scenario.teardown, f"{p}.scenario.teardown", plan.teardown_ops)
+            c.steps(entry.scenario.init, f"{p}.scenario.init")
+            c.b.run()
+            c.steps(entry.scenario.run, f"{p}.scenario.run")
+            c.b.teardown()
+            c.steps(entry.scenario.teardown, f"{p}.scenario.teardown")
         else:
             # A sequence: each scenario's init and run, in order, are the run; the teardowns
             # run after, in the same order. Variables carry over from one to the next.
             for k, scenario in enumerate(scenarios):
                 q = f"{p}.sequence.scenarios[{k}]"
-                c.steps(scenario.init, f"{q}.init", plan.ops)
-                c.steps(scenario.run, f"{q}.run", plan.ops)
+                c.b.run()
+                c.steps(scenario.init, f"{q}.init")
+                c.steps(scenario.run, f"{q}.run")
             for k, scenario in enumerate(scenarios):
                 q = f"{p}.sequence.scenarios[{k}]"
-                c.steps(scenario.teardown, f"{q}.teardown", plan.teardown_ops)
-        plan.targets, plan.metric_keys = c.targets, c.metric_keys
+                c.b.teardown()
+                c.steps(scenario.teardown, f"{q}.teardown")
+        plan.targets, plan.metric_keys, plan.builder = c.targets, c.metric_keys, c.b
         plan.var_names = list(c.names.var_names)
         plan.nchildren, plan.nconns, plan.nsignals = c.nchildren, c.nconns, c.nsignals
         plan.max_capture = int(config.get("max_capture", DEFAULT_MAX_CAPTURE))  # checked

@@ -1,16 +1,16 @@
 """HTTP requests and WebSocket handshakes rendered for the engine, once, at plan time.
 
-An HTTP step becomes either the plain op ``(OP_HTTP, target, metric, request_bytes, no_body)``
-when everything in it is known now (config values included) and it neither extracts nor
-keeps cookies, or ``(OP_HTTP, target, metric, None, no_body, extras)`` where ``extras["head"]``
-is the request line and header lines as a template (each line ending CRLF, no blank line, no
-Content-Length: the engine adds those once it knows the body's length) and ``extras["body"]``
-the body template (None for a request without one). Header order: Host, User-Agent,
-Content-Type, Authorization (from basic_auth), then the step's own headers, which replace a
-default of the same name.
+An HTTP step becomes either a plain op (``PlanBuilder.http``: target, metric, the request's
+exact bytes) when everything in it is known now (config values included) and it neither
+extracts nor keeps cookies, or a templated one (``PlanBuilder.http_template``): the head is
+the request line and header lines as a template (each line ending CRLF, no blank line, no
+Content-Length: the engine adds those once it knows the body's length), then the body
+template (None for a request without one), the cookie jar and the extractors. Header order:
+Host, User-Agent, Content-Type, Authorization (from basic_auth), then the step's own headers,
+which replace a default of the same name.
 
-A ws_connect step becomes ``(OP_WS_CONNECT, conn, target, metric, head)`` with the upgrade
-request's head; the engine adds Sec-WebSocket-Key and the blank line.
+A ws_connect step becomes ``PlanBuilder.ws_connect`` with the upgrade request's head; the
+engine adds Sec-WebSocket-Key and the blank line.
 
 The steps were checked (``check_steps``) before they get here, so this module does not check
 again; what it needs of the compiler (``emit.StepCompiler``) is the ``RenderContext`` protocol
@@ -31,8 +31,7 @@ from _fastpath.engine import (
     EX_JSON,
     EX_REGEX,
     EX_STATUS,
-    OP_HTTP,
-    OP_WS_CONNECT,
+    PlanBuilder,
 )
 from chaperon._version import __version__
 from chaperon.core.lang.problems import not_a_url
@@ -97,8 +96,8 @@ def _url_target(url: str, field_path: str, schemes: tuple[str, ...]) -> tuple[Ta
     return target, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def http_op(c: RenderContext, h: loadtest_pb2.HttpStep, q: str) -> tuple[Any, ...]:
-    """The op of one HTTP step (``q`` is its field path, ``...run[3].http``)."""
+def http_op(c: RenderContext, b: PlanBuilder, h: loadtest_pb2.HttpStep, q: str) -> None:
+    """The op of one HTTP step onto ``b`` (``q`` is its field path, ``...run[3].http``)."""
     names, config = c.names, c.config
     method = h.method.upper()
     if h.WhichOneof("target") == "url":
@@ -144,13 +143,11 @@ def http_op(c: RenderContext, h: loadtest_pb2.HttpStep, q: str) -> tuple[Any, ..
         request = constant(head)
         if with_body:
             request += b"Content-Length: %d\r\n" % len(constant(body))
-        return (OP_HTTP, target_index, metric, request + b"\r\n" + constant(body), no_body)
-    extras: dict[str, Any] = {"head": head, "body": body if with_body else None}
-    if cookies:
-        extras["cookies"] = True
-    if extract:
-        extras["extract"] = extract
-    return (OP_HTTP, target_index, metric, None, no_body, extras)
+        b.http(target_index, metric, request + b"\r\n" + constant(body), no_body)
+        return
+    b.http_template(
+        target_index, metric, head, body if with_body else None, no_body, cookies, extract
+    )
 
 
 def _payload(c: RenderContext, h: loadtest_pb2.HttpStep, q: str) -> tuple[Parts, str]:
@@ -193,9 +190,9 @@ def _extract(c: RenderContext, e: loadtest_pb2.Extract, q: str) -> tuple[int, in
 
 
 def ws_connect_op(
-    c: RenderContext, w: loadtest_pb2.WsConnectStep, conn: int, q: str
-) -> tuple[Any, ...]:
-    """``(OP_WS_CONNECT, conn, target, metric, head)`` of a ws_connect step."""
+    c: RenderContext, b: PlanBuilder, w: loadtest_pb2.WsConnectStep, conn: int, q: str
+) -> None:
+    """The op of a ws_connect step onto ``b``: connection, target, metric, head."""
     if w.WhichOneof("target") == "url":
         target, path_text = _url_target(w.url, f"{q}.url", ("ws", "wss", "http", "https"))
         prefix, target_field, path_field = "", f"{q}.url", f"{q}.url"
@@ -218,4 +215,4 @@ def ws_connect_op(
         headers[name] = c.names.render(value, f"{q}.headers[{name}]", c.config, encoding=_LATIN1)
     head = join([b"GET ", *path, b" HTTP/1.1\r\n"] + _header_lines(headers))
     metric = c.key_index(w.metric or f"WS connect {ws_metric_path(w, c.strip_query)}")
-    return (OP_WS_CONNECT, conn, c.target_index(target, target_field), metric, head)
+    b.ws_connect(conn, c.target_index(target, target_field), metric, head)

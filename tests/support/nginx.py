@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .ports import LOOPBACK, free_port
-from .procs import ManagedProcess, running, wait_for_tcp
+from .procs import ManagedProcess, ProcessNotReady, running, wait_for_tcp
 
 NGINX_BIN = os.environ.get("CHAPERON_TEST_NGINX", "/usr/sbin/nginx")
 STATUS_CODES = (200, 204, 400, 404, 429, 500, 502, 503)
@@ -222,6 +222,21 @@ def has_ssl_module() -> bool:
     return "--with-http_ssl_module" in build.stderr + build.stdout
 
 
+def wait_for_pid_file(path: Path, proc: ManagedProcess, timeout_s: float) -> None:
+    """Wait until ``path`` holds ``proc``'s pid; raise if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc.check_running()
+        try:
+            if int(path.read_text().strip() or 0) == proc.pid:
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            raise ProcessNotReady(f"nginx wrote no pid file {path} within {timeout_s}s")
+        time.sleep(0.01)
+
+
 @contextmanager
 def run_nginx(
     directory: Path,
@@ -254,8 +269,10 @@ def run_nginx(
     def listening(proc: ManagedProcess) -> None:
         for host, port in listeners:
             wait_for_tcp(host, port, ready_timeout_s, process=proc)
-        # Connected, but to whom? If nginx failed to bind, it exits; make sure it is alive.
-        proc.check_running()
+        # Connected, but to whom? Another process may hold the port (a free port picked by
+        # two test runs at once). nginx writes its pid file only once it has bound every
+        # listener, and exits if it cannot: wait for the file to name this process.
+        wait_for_pid_file(directory / "nginx.pid", proc, ready_timeout_s)
 
     with running(process, ready or listening) as proc:
         yield proc

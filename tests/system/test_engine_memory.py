@@ -26,7 +26,7 @@ TEN_K = Tuning(
 )
 
 TEN_K_CHILD = """
-import json, sys, threading, time
+import json, os, sys, threading, time
 from _fastpath.engine import OP_HTTP, Engine
 
 def status_kb(field):
@@ -35,10 +35,23 @@ def status_kb(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
 
+def own_sockets():
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink("/proc/self/fd/" + fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
+
 def established(port):
-    suffix = ":%04X" % port
+    # Only this process's sockets: other processes on the machine may talk to the port too.
+    suffix, mine = ":%04X" % port, own_sockets()
     with open("/proc/net/tcp") as f:
-        return sum(1 for l in f if l.split()[2].endswith(suffix) and l.split()[3] == "01")
+        rows = [l.split() for l in f]
+    return sum(1 for r in rows if r[2].endswith(suffix) and r[3] == "01" and r[9] in mine)
 
 port = int(sys.argv[1])
 eng = Engine(targets=[("127.0.0.1", port)], metric_keys=["GET /"], sessions=10000,

@@ -1,6 +1,6 @@
 """The master's domain objects with fakes: store, aggregator, registry, scheduler.
 
-The network is not the point here (the integration tests cover it): a fake WorkerTransport
+The network is not the point here (the system tests cover it): a fake WorkerTransport
 plays the workers' report streams so the queue, the merging and the states can be checked.
 """
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import sysconfig
 
-from setuptools import Command, setup
+from setuptools import Command, find_packages, setup
 from setuptools.command.build_py import build_py
 from setuptools.extension import Extension
 
@@ -151,15 +151,10 @@ def extensions() -> list:
 generate_stubs()
 
 setup(
-    packages=[
-        "chaperon",
-        "chaperon.core",
-        "chaperon.rpc",
-        "chaperon.v1",
-        "master_service",
-        "worker_service",
-        "_fastpath",
-    ],
+    # Every package under these roots (chaperon.core.lang and the like are found by themselves).
+    packages=find_packages(
+        include=["chaperon", "chaperon.*", "master_service", "worker_service", "_fastpath"]
+    ),
     package_data={
         "chaperon": ["py.typed", "*.pyi"],
         "chaperon.v1": ["*.pyi"],

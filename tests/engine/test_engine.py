@@ -18,16 +18,17 @@ import sys
 import time
 
 import pytest
+from support.plans import get_plan
 from support.servers import Reply, free_port, get, ok
 from support.servers import http_server as server
 
-from _fastpath.engine import ERROR_KINDS, OP_DELAY, OP_HTTP, Engine
+from _fastpath.engine import ERROR_KINDS, Engine, EngineOptions, PlanBuilder
 from _fastpath.histogram import Histogram
 
 
-def make(port: int, ops: list, keys: list[str] | None = None, **kw) -> Engine:
-    kw.setdefault("sessions", 2)
-    return Engine(targets=[("127.0.0.1", port)], metric_keys=keys or ["GET /"], ops=ops, **kw)
+def make(port: int, plan: PlanBuilder, keys: list[str] | None = None, **options) -> Engine:
+    options.setdefault("sessions", 2)
+    return Engine([("127.0.0.1", port)], keys or ["GET /"], plan, EngineOptions(**options))
 
 
 def run(
@@ -56,7 +57,7 @@ def run(
 
 def test_exact_iterations_server_count_equals_engine_count() -> None:
     with server() as srv:
-        eng = make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=10, iterations=20)
+        eng = make(srv.port, get_plan(get()), sessions=10, iterations=20)
         res = run(eng)
         hist, count, errors, kinds = res["GET /"]
         assert count == 200 and errors == 0 and kinds == {}
@@ -79,7 +80,7 @@ def test_exact_iterations_server_count_equals_engine_count() -> None:
 
 def test_duration_stops_the_run_and_counts_match() -> None:
     with server() as srv:
-        eng = make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=4, duration_ns=300_000_000)
+        eng = make(srv.port, get_plan(get()), sessions=4, duration_ns=300_000_000)
         t0 = time.monotonic()
         res = run(eng)
         elapsed = time.monotonic() - t0
@@ -100,7 +101,7 @@ def test_chunked_and_content_length_responses() -> None:
         return ok(b"y" * 5000)
 
     with server(handler) as srv:
-        ops = [(OP_HTTP, 0, 0, get(b"/cl"), False), (OP_HTTP, 0, 1, get(b"/chunked"), False)]
+        ops = get_plan(get(b"/cl"), get(b"/chunked"))
         res = run(make(srv.port, ops, ["GET /cl", "GET /chunked"], sessions=3, iterations=7))
         assert res["GET /cl"][1:3] == (21, 0)
         assert res["GET /chunked"][1:3] == (21, 0)
@@ -110,7 +111,7 @@ def test_chunked_and_content_length_responses() -> None:
 def test_head_request_has_no_body() -> None:
     with server(lambda m, p, b: Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")) as srv:
         res = run(
-            make(srv.port, [(OP_HTTP, 0, 0, get(method=b"HEAD"), True)], sessions=2, iterations=5)
+            make(srv.port, get_plan(get(method=b"HEAD"), no_body=True), sessions=2, iterations=5)
         )
         assert res["GET /"][1:3] == (10, 0)
         assert srv.connections == 2
@@ -121,7 +122,7 @@ def test_4xx_and_5xx_are_responses_and_errors() -> None:
         return ok(status=404) if path == b"/missing" else ok(status=500)
 
     with server(handler) as srv:
-        ops = [(OP_HTTP, 0, 0, get(b"/missing"), False), (OP_HTTP, 0, 1, get(b"/boom"), False)]
+        ops = get_plan(get(b"/missing"), get(b"/boom"))
         res = run(make(srv.port, ops, ["a", "b"], sessions=2, iterations=3))
         assert res["a"][1:] == (6, 6, {"http_4xx": 6})
         assert res["b"][1:] == (6, 6, {"http_5xx": 6})
@@ -129,7 +130,7 @@ def test_4xx_and_5xx_are_responses_and_errors() -> None:
 
 
 def test_connect_refused_counts_connect_errors() -> None:
-    eng = make(free_port(), [(OP_HTTP, 0, 0, get(), False)], sessions=2, iterations=3)
+    eng = make(free_port(), get_plan(get()), sessions=2, iterations=3)
     res = run(eng)
     hist, count, errors, kinds = res["GET /"]
     assert (count, errors, kinds) == (0, 6, {"connect": 6})
@@ -140,7 +141,7 @@ def test_server_that_never_answers_times_out() -> None:
     with server(lambda m, p, b: Reply(silent=True)) as srv:
         eng = make(
             srv.port,
-            [(OP_HTTP, 0, 0, get(), False)],
+            get_plan(get()),
             sessions=2,
             iterations=2,
             request_timeout_ns=150_000_000,
@@ -154,7 +155,7 @@ def test_server_that_never_answers_times_out() -> None:
 
 def test_server_reset_counts_reset() -> None:
     with server(lambda m, p, b: Reply(reset=True)) as srv:
-        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, iterations=3))
+        res = run(make(srv.port, get_plan(get()), sessions=2, iterations=3))
         _, count, errors, kinds = res["GET /"]
         assert count == 0 and errors == 6
         assert kinds == {"reset": 6}
@@ -165,7 +166,7 @@ def test_reset_mid_response_counts_reset() -> None:
         return Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", reset=True)
 
     with server(handler) as srv:
-        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=1, iterations=3))
+        res = run(make(srv.port, get_plan(get()), sessions=1, iterations=3))
         assert res["GET /"][1:] == (0, 3, {"reset": 3})
         assert srv.connections == 3
 
@@ -184,7 +185,7 @@ def test_connect_timeout_when_the_accept_queue_is_full() -> None:
         assert writable, "the filler connection was not queued"
         eng = make(
             listener.getsockname()[1],
-            [(OP_HTTP, 0, 0, get(), False)],
+            get_plan(get()),
             sessions=2,
             iterations=2,
             connect_timeout_ns=150_000_000,
@@ -204,13 +205,13 @@ def test_eof_before_complete_counts_closed() -> None:
         return Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", close=True)
 
     with server(handler) as srv:
-        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=1, iterations=3))
+        res = run(make(srv.port, get_plan(get()), sessions=1, iterations=3))
         assert res["GET /"][1:] == (0, 3, {"closed": 3})
 
 
 def test_connection_close_reconnects() -> None:
     with server(lambda m, p, b: ok(extra=b"Connection: close\r\n")) as srv:
-        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, iterations=5))
+        res = run(make(srv.port, get_plan(get()), sessions=2, iterations=5))
         assert res["GET /"][1:3] == (10, 0)
         assert srv.requests == 10 and srv.connections == 10
 
@@ -220,7 +221,7 @@ def test_http10_and_read_until_close() -> None:
         return Reply(b"HTTP/1.0 200 OK\r\n\r\nbody until close", close=True)
 
     with server(handler) as srv:
-        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, iterations=4))
+        res = run(make(srv.port, get_plan(get()), sessions=2, iterations=4))
         assert res["GET /"][1:3] == (8, 0)
         assert srv.connections == 8
 
@@ -229,7 +230,7 @@ def test_eof_on_idle_connection_reconnects_without_error() -> None:
     # The server closes after each response without saying so; the engine notices the EOF
     # while the session sleeps and reconnects for the next request.
     with server(lambda m, p, b: Reply(ok().data, close=True)) as srv:
-        ops = [(OP_HTTP, 0, 0, get(), False), (OP_DELAY, 30_000_000)]
+        ops = get_plan(get(), delay_ns=30_000_000)
         res = run(make(srv.port, ops, sessions=2, iterations=3))
         assert res["GET /"][1:3] == (6, 0)
         assert srv.connections == 6
@@ -237,7 +238,7 @@ def test_eof_on_idle_connection_reconnects_without_error() -> None:
 
 def test_delay_ops_timing() -> None:
     with server() as srv:
-        ops = [(OP_HTTP, 0, 0, get(), False), (OP_DELAY, 100_000_000)]
+        ops = get_plan(get(), delay_ns=100_000_000)
         eng = make(srv.port, ops, sessions=3, iterations=3)
         t0 = time.monotonic()
         res = run(eng)
@@ -252,7 +253,7 @@ def test_latency_includes_server_delay() -> None:
         return ok()
 
     with server(handler) as srv:
-        res = run(make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=1, iterations=3))
+        res = run(make(srv.port, get_plan(get()), sessions=1, iterations=3))
         hist = res["GET /"][0]
         assert hist.total_count == 3
         if hasattr(hist, "min"):  # the Histogram API is growing in parallel
@@ -261,7 +262,7 @@ def test_latency_includes_server_delay() -> None:
 
 def test_several_threads_add_up() -> None:
     with server() as srv:
-        eng = make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=8, threads=3, iterations=25)
+        eng = make(srv.port, get_plan(get()), sessions=8, threads=3, iterations=25)
         res = run(eng)
         assert res["GET /"][1] == 200 == srv.requests
         st = eng.stats()
@@ -270,9 +271,7 @@ def test_several_threads_add_up() -> None:
 
 def test_more_threads_than_sessions() -> None:
     with server() as srv:
-        res = run(
-            make(srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, threads=4, iterations=5)
-        )
+        res = run(make(srv.port, get_plan(get()), sessions=2, threads=4, iterations=5))
         assert res["GET /"][1] == 10
 
 
@@ -280,7 +279,7 @@ def test_swap_deltas_add_up_to_totals() -> None:
     with server() as srv:
         eng = make(
             srv.port,
-            [(OP_HTTP, 0, 0, get(), False), (OP_DELAY, 1_000_000)],
+            get_plan(get(), delay_ns=1_000_000),
             sessions=4,
             threads=2,
             duration_ns=500_000_000,
@@ -313,9 +312,7 @@ def test_swap_deltas_add_up_to_totals() -> None:
 
 def test_cancel_stops_within_a_second() -> None:
     with server(lambda m, p, b: Reply(silent=True)) as srv:
-        eng = make(
-            srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=5, duration_ns=60_000_000_000
-        )
+        eng = make(srv.port, get_plan(get()), sessions=5, duration_ns=60_000_000_000)
         try:
             eng.start()
             deadline = time.monotonic() + 5
@@ -335,10 +332,7 @@ def test_post_body_larger_than_socket_buffer() -> None:
     body = b"p" * (16 << 20)
 
     with server(lambda m, p, b: ok(b"%d" % len(b))) as srv:
-        ops = [
-            (OP_HTTP, 0, 0, get(b"/upload", b"POST", body), False),
-            (OP_HTTP, 0, 1, get(), False),
-        ]
+        ops = get_plan(get(b"/upload", b"POST", body), get())
         res = run(make(srv.port, ops, ["POST /upload", "GET /"], sessions=2, iterations=2), 30)
         assert res["POST /upload"][1:3] == (4, 0)
         assert res["GET /"][1:3] == (4, 0)
@@ -347,12 +341,14 @@ def test_post_body_larger_than_socket_buffer() -> None:
 
 def test_two_targets_reconnect_on_switch() -> None:
     with server() as a, server() as b:
+        plan = PlanBuilder()
+        plan.http(0, 0, get())
+        plan.http(1, 1, get())
         eng = Engine(
-            targets=[("127.0.0.1", a.port), ("::ffff:127.0.0.1", b.port)],
-            metric_keys=["a", "b"],
-            ops=[(OP_HTTP, 0, 0, get(), False), (OP_HTTP, 1, 1, get(), False)],
-            sessions=1,
-            iterations=3,
+            [("127.0.0.1", a.port), ("::ffff:127.0.0.1", b.port)],
+            ["a", "b"],
+            plan,
+            EngineOptions(sessions=1, iterations=3),
         )
         res = run(eng)
         assert res["a"][1] == res["b"][1] == 3
@@ -378,13 +374,22 @@ def test_error_kinds_constant() -> None:
     )
 
 
-GOOD = dict(
-    targets=[("127.0.0.1", 80)],
-    metric_keys=["k"],
-    ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\n\r\n", False)],
-    sessions=1,
-    iterations=1,
-)
+REQUEST = b"GET / HTTP/1.1\r\n\r\n"
+
+
+def _plain(plan: PlanBuilder) -> None:
+    plan.http(0, 0, REQUEST)
+
+
+def _build(
+    targets: list = [("127.0.0.1", 80)],  # noqa: B006 - never mutated
+    metric_keys: list = ["k"],  # noqa: B006
+    fill=_plain,
+    **options,
+) -> Engine:
+    plan = PlanBuilder()
+    fill(plan)
+    return Engine(targets, metric_keys, plan, EngineOptions(**{"iterations": 1, **options}))
 
 
 @pytest.mark.parametrize(
@@ -402,29 +407,33 @@ GOOD = dict(
         ({"targets": [("127.0.0.1", 70000)]}, ValueError, "port"),
         ({"targets": ["127.0.0.1:80"]}, TypeError, "targets"),
         ({"metric_keys": [1]}, TypeError, "metric_keys"),
-        ({"ops": []}, ValueError, "ops"),
-        ({"ops": [(OP_HTTP, 1, 0, b"x", False)]}, ValueError, "target_index"),
-        ({"ops": [(OP_HTTP, 0, 3, b"x", False)]}, ValueError, "metric_index"),
-        ({"ops": [(OP_HTTP, 0, 0, "GET /", False)]}, TypeError, "request_bytes"),
-        ({"ops": [(OP_HTTP, 0, 0, b"", False)]}, ValueError, "empty"),
-        ({"ops": [(OP_HTTP, 0, 0, b"x")]}, ValueError, "HTTP op"),
-        ({"ops": [(OP_DELAY, -5)]}, ValueError, "delay_ns"),
-        ({"ops": [(OP_DELAY,)]}, ValueError, "delay op"),
-        ({"ops": [(99, 1)]}, ValueError, "unknown op"),
-        ({"ops": [[OP_DELAY, 1]]}, TypeError, "tuple"),
+        ({"fill": lambda b: None}, ValueError, "ops must not be empty"),
+        ({"fill": lambda b: b.http(1, 0, b"x")}, ValueError, "target_index"),
+        ({"fill": lambda b: b.http(0, 3, b"x")}, ValueError, "metric_index"),
+        ({"fill": lambda b: b.http(0, 0, "GET /")}, TypeError, "request"),
+        ({"fill": lambda b: b.http(0, 0, b"")}, ValueError, "empty"),
+        ({"fill": lambda b: b.http(0, 0)}, TypeError, "positional arguments"),
+        ({"fill": lambda b: b.delay(-5)}, ValueError, "delay_ns"),
+        ({"fill": lambda b: b.delay()}, TypeError, "positional argument"),
     ],
 )
 def test_constructor_validation(change: dict, exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
-        Engine(**{**GOOD, **change})
+        _build(**change)
 
 
 def test_ipv6_literal_in_brackets_is_accepted() -> None:
-    Engine(**{**GOOD, "targets": [("[::1]", 8080)]}).close()
+    _build(targets=[("[::1]", 8080)]).close()
+
+
+def _delay_plan(delay_ns: int) -> PlanBuilder:
+    plan = PlanBuilder()
+    plan.delay(delay_ns)
+    return plan
 
 
 def test_lifecycle() -> None:
-    eng = make(free_port(), [(OP_DELAY, 1_000_000)], sessions=1, iterations=2)
+    eng = make(free_port(), _delay_plan(1_000_000), sessions=1, iterations=2)
     assert not eng.done
     with pytest.raises(RuntimeError):
         eng.wait(0)
@@ -444,9 +453,7 @@ def test_lifecycle() -> None:
 
 def test_close_while_running_cancels() -> None:
     with server() as srv:
-        eng = make(
-            srv.port, [(OP_HTTP, 0, 0, get(), False)], sessions=2, duration_ns=30_000_000_000
-        )
+        eng = make(srv.port, get_plan(get()), sessions=2, duration_ns=30_000_000_000)
         eng.start()
         time.sleep(0.05)
         t0 = time.monotonic()
@@ -464,9 +471,10 @@ def test_too_low_file_limit_fails_clearly() -> None:
     code = """
 import resource
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
-from _fastpath.engine import OP_HTTP, Engine
-eng = Engine(targets=[("127.0.0.1", 9)], metric_keys=["k"], sessions=1000, iterations=1,
-             ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\\r\\n\\r\\n", False)])
+from _fastpath.engine import Engine, EngineOptions, PlanBuilder
+plan = PlanBuilder()
+plan.http(0, 0, b"GET / HTTP/1.1\\r\\n\\r\\n")
+eng = Engine([("127.0.0.1", 9)], ["k"], plan, EngineOptions(sessions=1000, iterations=1))
 try:
     eng.start()
 except RuntimeError as exc:

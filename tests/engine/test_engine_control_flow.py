@@ -10,27 +10,40 @@ from __future__ import annotations
 import time
 
 import pytest
+from support.plans import Step, block, plan_of, step
 from support.servers import counting_server, free_port, get, log_server
 
 from _fastpath.engine import (
-    OP_DELAY,
-    OP_HTTP,
+    MAX_NESTING,
     OP_LOOP,
     OP_RANDOM_DELAY,
     OP_REPEAT,
     Engine,
+    EngineOptions,
 )
 
 S = 1_000_000_000
 MS = 1_000_000
 
 
-def http(path: bytes, metric: int = 0) -> tuple:
-    return (OP_HTTP, 0, metric, get(path), False)
+def http(path: bytes, metric: int = 0) -> Step:
+    return step("http", 0, metric, get(path))
 
 
-def repeat(count: int, body_len: int, metric: int = -1) -> tuple:
-    return (OP_REPEAT, count, body_len, metric)
+def delay(delay_ns: int) -> Step:
+    return step("delay", delay_ns)
+
+
+def random_delay(min_ns: int, max_ns: int) -> Step:
+    return step("random_delay", min_ns, max_ns)
+
+
+def repeat(count: int, *body: Step, metric: int = -1) -> Step:
+    return block("repeat", count, metric, body=body)
+
+
+def loop(duration_ns: int, *body: Step) -> Step:
+    return block("loop", duration_ns, body=body)
 
 
 def run(eng: Engine, timeout_s: float = 10.0) -> tuple[dict[str, tuple], dict[str, int], float]:
@@ -46,9 +59,17 @@ def run(eng: Engine, timeout_s: float = 10.0) -> tuple[dict[str, tuple], dict[st
         eng.close()
 
 
-def engine(port: int, ops: list, keys: list[str] | None = None, **kw) -> Engine:
-    kw.setdefault("sessions", 1)
-    return Engine(targets=[("127.0.0.1", port)], metric_keys=keys or ["GET"], ops=ops, **kw)
+def engine(
+    port: int,
+    ops: list[Step],
+    keys: list[str] | None = None,
+    init_ops: list[Step] = [],  # noqa: B006 - never mutated
+    teardown_ops: list[Step] = [],  # noqa: B006
+    **options,
+) -> Engine:
+    options.setdefault("sessions", 1)
+    plan = plan_of(ops, init_ops, teardown_ops)
+    return Engine([("127.0.0.1", port)], keys or ["GET"], plan, EngineOptions(**options))
 
 
 # ---------------------------------------------------------------- repeat
@@ -56,7 +77,7 @@ def engine(port: int, ops: list, keys: list[str] | None = None, **kw) -> Engine:
 
 def test_repeat_count_is_exact() -> None:
     with counting_server() as (srv, paths):
-        ops = [http(b"/a"), repeat(5, 1), http(b"/b"), http(b"/c")]
+        ops = [http(b"/a"), repeat(5, http(b"/b")), http(b"/c")]
         rows, stats, _ = run(engine(srv.port, ops, sessions=2, iterations=3))
     assert paths == {b"/a": 6, b"/b": 30, b"/c": 6}
     assert rows["GET"][1] == 42 and rows["GET"][2] == 0
@@ -65,7 +86,7 @@ def test_repeat_count_is_exact() -> None:
 
 def test_nested_repeat_multiplies() -> None:
     with counting_server() as (srv, paths):
-        ops = [repeat(3, 3), http(b"/outer"), repeat(4, 1), http(b"/inner"), http(b"/after")]
+        ops = [repeat(3, http(b"/outer"), repeat(4, http(b"/inner"))), http(b"/after")]
         run(engine(srv.port, ops, iterations=1))
     assert paths == {b"/outer": 3, b"/inner": 12, b"/after": 1}
 
@@ -73,21 +94,16 @@ def test_nested_repeat_multiplies() -> None:
 def test_nested_repeat_directly_inside_repeat() -> None:
     with counting_server() as (srv, paths):
         # the inner body ends where the outer one does
-        run(engine(srv.port, [repeat(3, 2), repeat(4, 1), http(b"/x")], iterations=2))
+        run(engine(srv.port, [repeat(3, repeat(4, http(b"/x")))], iterations=2))
     assert paths == {b"/x": 24}
 
 
 def test_repeat_zero_skips_the_body() -> None:
     with counting_server() as (srv, paths):
         ops = [
-            repeat(0, 3),
-            http(b"/skip"),
-            repeat(5, 1),
-            http(b"/skip2"),
+            repeat(0, http(b"/skip"), repeat(5, http(b"/skip2"))),
             http(b"/after"),
-            repeat(2, 2),
-            repeat(0, 1),
-            http(b"/skip3"),
+            repeat(2, repeat(0, http(b"/skip3"))),
         ]
         rows, stats, _ = run(engine(srv.port, ops, iterations=3))
     assert paths == {b"/after": 3}
@@ -96,7 +112,7 @@ def test_repeat_zero_skips_the_body() -> None:
 
 def test_repeat_traced_records_each_iteration() -> None:
     with counting_server() as (srv, paths):
-        ops = [repeat(4, 2, metric=1), (OP_DELAY, 20 * MS), http(b"/t")]
+        ops = [repeat(4, delay(20 * MS), http(b"/t"), metric=1)]
         rows, _, _ = run(engine(srv.port, ops, keys=["GET", "iter"], iterations=2))
     assert paths == {b"/t": 8}
     hist, count, errors = rows["iter"]
@@ -108,11 +124,11 @@ def test_repeat_traced_records_each_iteration() -> None:
 
 def test_repeat_traced_in_the_open_model_records_service_too() -> None:
     with counting_server() as (srv, paths):
-        ops = [repeat(2, 1, metric=1), http(b"/o")]
-        eng = Engine(
-            targets=[("127.0.0.1", srv.port)],
-            metric_keys=["GET", "iter"],
-            ops=ops,
+        ops = [repeat(2, http(b"/o"), metric=1)]
+        eng = engine(
+            srv.port,
+            ops,
+            ["GET", "iter"],
             sessions=20,
             arrival_rate_per_s=50,
             duration_ns=200 * MS,
@@ -136,7 +152,7 @@ def test_repeat_traced_in_the_open_model_records_service_too() -> None:
 
 def test_loop_runs_for_its_duration() -> None:
     with counting_server() as (srv, paths):
-        ops = [(OP_LOOP, 300 * MS, 2), (OP_DELAY, 50 * MS), http(b"/l"), http(b"/end")]
+        ops = [loop(300 * MS, delay(50 * MS), http(b"/l")), http(b"/end")]
         _, stats, elapsed = run(engine(srv.port, ops, iterations=1))
     assert 4 <= paths[b"/l"] <= 8  # about 6: iterations start at 0, 50, ... 250 ms
     assert paths[b"/end"] == 1
@@ -145,20 +161,20 @@ def test_loop_runs_for_its_duration() -> None:
 
 def test_loop_of_zero_duration_skips_the_body() -> None:
     with counting_server() as (srv, paths):
-        run(engine(srv.port, [(OP_LOOP, 0, 1), http(b"/l"), http(b"/end")], iterations=2))
+        run(engine(srv.port, [loop(0, http(b"/l")), http(b"/end")], iterations=2))
     assert paths == {b"/end": 2}
 
 
 def test_repeat_inside_loop() -> None:
     with counting_server() as (srv, paths):
-        ops = [(OP_LOOP, 200 * MS, 3), (OP_DELAY, 40 * MS), repeat(3, 1), http(b"/r")]
+        ops = [loop(200 * MS, delay(40 * MS), repeat(3, http(b"/r")))]
         run(engine(srv.port, ops, iterations=1))
     assert paths[b"/r"] % 3 == 0 and 9 <= paths[b"/r"] <= 24
 
 
 def test_duration_end_cuts_through_a_loop() -> None:
     with counting_server() as (srv, paths):
-        ops = [(OP_LOOP, 60 * S, 1), http(b"/l")]
+        ops = [loop(60 * S, http(b"/l"))]
         _, stats, elapsed = run(engine(srv.port, ops, sessions=2, duration_ns=300 * MS))
     assert elapsed < 3.0
     assert paths[b"/l"] > 10
@@ -166,7 +182,7 @@ def test_duration_end_cuts_through_a_loop() -> None:
 
 def test_scenario_timeout_cuts_through_a_loop() -> None:
     with counting_server() as (srv, paths):
-        ops = [(OP_LOOP, 60 * S, 1), (OP_DELAY, 20 * MS), http(b"/never")]
+        ops = [loop(60 * S, delay(20 * MS)), http(b"/never")]
         _, stats, elapsed = run(
             engine(srv.port, ops, sessions=2, iterations=2, scenario_timeout_ns=150 * MS)
         )
@@ -177,7 +193,7 @@ def test_scenario_timeout_cuts_through_a_loop() -> None:
 
 def test_cancel_cuts_through_a_loop() -> None:
     with counting_server() as (srv, _):
-        eng = engine(srv.port, [(OP_LOOP, 60 * S, 1), (OP_DELAY, 10 * MS)], iterations=1)
+        eng = engine(srv.port, [loop(60 * S, delay(10 * MS))], iterations=1)
         try:
             eng.start()
             time.sleep(0.1)
@@ -192,16 +208,8 @@ def test_cancel_cuts_through_a_loop() -> None:
 
 def test_random_delay_within_bounds() -> None:
     with log_server() as srv:
-        ops = [http(b"/a"), (OP_RANDOM_DELAY, 20 * MS, 60 * MS), http(b"/b")]
-        run(
-            Engine(
-                targets=[("127.0.0.1", srv.port)],
-                metric_keys=["GET"],
-                ops=ops,
-                sessions=1,
-                iterations=12,
-            )
-        )
+        ops = [http(b"/a"), random_delay(20 * MS, 60 * MS), http(b"/b")]
+        run(engine(srv.port, ops, sessions=1, iterations=12))
         a, b = srv.times(b"/a"), srv.times(b"/b")
     assert len(a) == len(b) == 12
     gaps = [y - x for x, y in zip(a, b, strict=True)]
@@ -212,7 +220,7 @@ def test_random_delay_within_bounds() -> None:
 def test_random_delay_with_equal_bounds_is_a_delay() -> None:
     with counting_server() as (srv, paths):
         _, _, elapsed = run(
-            engine(srv.port, [(OP_RANDOM_DELAY, 30 * MS, 30 * MS), http(b"/x")], iterations=3)
+            engine(srv.port, [random_delay(30 * MS, 30 * MS), http(b"/x")], iterations=3)
         )
     assert paths == {b"/x": 3}
     assert elapsed >= 0.089
@@ -223,7 +231,7 @@ def test_random_delay_with_equal_bounds_is_a_delay() -> None:
 
 def test_closed_model_iterations_times_repeats_are_exact() -> None:
     with counting_server() as (srv, paths):
-        ops = [repeat(5, 1), http(b"/x"), repeat(2, 2), repeat(3, 1), http(b"/y")]
+        ops = [repeat(5, http(b"/x")), repeat(2, repeat(3, http(b"/y")))]
         rows, stats, _ = run(engine(srv.port, ops, sessions=3, threads=2, iterations=7))
     assert paths == {b"/x": 105, b"/y": 126}
     assert stats["iterations"] == 21
@@ -232,15 +240,8 @@ def test_closed_model_iterations_times_repeats_are_exact() -> None:
 
 def test_open_model_with_a_repeat() -> None:
     with counting_server() as (srv, paths):
-        ops = [repeat(3, 1), http(b"/o"), http(b"/p")]
-        eng = Engine(
-            targets=[("127.0.0.1", srv.port)],
-            metric_keys=["GET"],
-            ops=ops,
-            sessions=20,
-            arrival_rate_per_s=100,
-            duration_ns=300 * MS,
-        )
+        ops = [repeat(3, http(b"/o")), http(b"/p")]
+        eng = engine(srv.port, ops, sessions=20, arrival_rate_per_s=100, duration_ns=300 * MS)
         _, stats, _ = run(eng)
     assert stats["iterations"] >= 10
     assert paths[b"/p"] == stats["iterations"]
@@ -249,14 +250,14 @@ def test_open_model_with_a_repeat() -> None:
 
 def test_init_and_teardown_with_repeats() -> None:
     with counting_server() as (srv, paths):
-        eng = Engine(
-            targets=[("127.0.0.1", srv.port)],
-            metric_keys=["GET", "td"],
+        eng = engine(
+            srv.port,
+            [http(b"/run")],
+            ["GET", "td"],
+            init_ops=[repeat(2, http(b"/init"))],
+            teardown_ops=[repeat(3, http(b"/td", metric=1), metric=1)],
             sessions=2,
             iterations=2,
-            ops=[http(b"/run")],
-            init_ops=[repeat(2, 1), http(b"/init")],
-            teardown_ops=[repeat(3, 1, metric=1), http(b"/td", metric=1)],
         )
         rows, _, _ = run(eng)
     assert paths == {b"/init": 4, b"/run": 4, b"/td": 6}
@@ -267,61 +268,53 @@ def test_init_and_teardown_with_repeats() -> None:
 # ---------------------------------------------------------------- validation
 
 
+def _nested(depth: int) -> Step:
+    op = http(b"/")
+    for _ in range(depth):
+        op = repeat(2, op)
+    return op
+
+
 @pytest.mark.parametrize(
-    ("ops", "match"),
+    ("ops", "exc", "match"),
     [
-        ([repeat(2, 0), http(b"/")], r"ops\[0\] body_len must be >= 1"),
-        ([repeat(-1, 1), http(b"/")], r"ops\[0\] count must be >= 0"),
-        ([repeat(2, 2), http(b"/")], r"ops\[0\]: body_len 2 runs past the end of ops"),
-        ([repeat(2, 1, metric=5), http(b"/")], r"ops\[0\]: metric_index 5 out of range"),
-        ([repeat(2, 1, metric=-2), http(b"/")], r"ops\[0\] metric_index must be >= -1"),
-        (
-            [repeat(2, 2), repeat(2, 2), http(b"/"), http(b"/")],
-            r"ops\[1\]: body_len 2 runs past the end of the enclosing body",
-        ),
-        ([(OP_LOOP, -1, 1), http(b"/")], r"ops\[0\] duration_ns must be >= 0"),
-        ([(OP_LOOP, S, 0), http(b"/")], r"ops\[0\] body_len must be >= 1"),
-        ([(OP_LOOP, S), http(b"/")], r"ops\[0\]: a loop op is"),
-        ([(OP_RANDOM_DELAY, 5, 4)], r"ops\[0\]: max_ns 4 < min_ns 5"),
-        ([(OP_RANDOM_DELAY, -1, 4)], r"ops\[0\] min_ns must be >= 0"),
-        ([(OP_REPEAT, 1, 1)], r"ops\[0\]: a repeat op is"),
-        ([(99, 1)], r"ops\[0\]: unknown op kind 99"),
-        (
-            [repeat(2, 9 - i) for i in range(9)] + [http(b"/")],
-            r"ops\[8\]: blocks nested deeper than 8",
-        ),
+        ([repeat(2)], ValueError, r"ops\[0\]: the block's body is empty"),
+        ([repeat(-1, http(b"/"))], ValueError, r"count must be >= 0"),
+        ([step("repeat", 2), http(b"/")], ValueError, r"ops\[0\]: its block is not ended"),
+        ([repeat(2, http(b"/"), metric=5)], ValueError, r"ops\[0\]: metric_index 5 out of range"),
+        ([repeat(2, http(b"/"), metric=-2)], ValueError, r"metric_index must be >= -1"),
+        ([repeat(2, http(b"/"), metric=True)], TypeError, r"metric_index must be an int"),
+        ([step("repeat")], TypeError, r"positional argument"),
+        ([loop(-1, http(b"/"))], ValueError, r"duration_ns must be >= 0"),
+        ([loop(S)], ValueError, r"ops\[0\]: the block's body is empty"),
+        ([step("loop")], TypeError, r"positional argument"),
+        ([random_delay(5, 4)], ValueError, r"max_ns 4 < min_ns 5"),
+        ([random_delay(-1, 4)], ValueError, r"min_ns must be >= 0"),
+        ([random_delay(0, 2**62)], ValueError, r"max_ns \d+ is unreasonably long"),
+        ([step("end")], ValueError, r"end\(\) without an open block"),
+        ([_nested(MAX_NESTING + 1)], ValueError, r"blocks nested deeper than 8"),
     ],
 )
-def test_validation(ops: list, match: str) -> None:
-    with pytest.raises((ValueError, TypeError), match=match):
-        Engine(targets=[("127.0.0.1", 1)], metric_keys=["GET"], ops=ops, iterations=1)
+def test_validation(ops: list[Step], exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        plan = plan_of(ops)
+        Engine([("127.0.0.1", 1)], ["GET"], plan, EngineOptions(iterations=1))
 
 
-def test_validation_of_init_ops_names_them() -> None:
-    with pytest.raises(
-        ValueError, match=r"init_ops\[1\]: body_len 3 runs past the end of init_ops"
-    ):
-        Engine(
-            targets=[("127.0.0.1", 1)],
-            metric_keys=["GET"],
-            ops=[http(b"/")],
-            init_ops=[http(b"/"), repeat(1, 3), http(b"/")],
-            iterations=1,
-        )
-    with pytest.raises(ValueError, match=r"teardown_ops\[0\] count must be >= 0"):
-        Engine(
-            targets=[("127.0.0.1", 1)],
-            metric_keys=["GET"],
-            ops=[http(b"/")],
-            teardown_ops=[repeat(-3, 1), http(b"/")],
-            iterations=1,
-        )
+def test_validation_of_init_and_teardown_ops_names_them() -> None:
+    with pytest.raises(ValueError, match=r"init_ops\[1\]: its block is not ended"):
+        plan_of([http(b"/")], init=[http(b"/"), step("repeat", 1), http(b"/")])
+    with pytest.raises(ValueError, match=r"teardown_ops\[0\]: metric_index 3 out of range"):
+        plan = plan_of([http(b"/")], teardown=[repeat(1, http(b"/"), metric=3)])
+        Engine([("127.0.0.1", 1)], ["GET"], plan, EngineOptions(iterations=1))
 
 
 def test_depth_eight_is_allowed() -> None:
     with counting_server() as (srv, paths):
-        ops = [repeat(2, 8 - i) for i in range(8)] + [http(b"/deep")]
-        run(engine(srv.port, ops, iterations=1))
+        deep = http(b"/deep")
+        for _ in range(8):
+            deep = repeat(2, deep)
+        run(engine(srv.port, [deep], iterations=1))
     assert paths == {b"/deep": 256}
 
 

@@ -14,23 +14,26 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.plans import get_plan
 from support.servers import Reply, free_port, get, ok
 from support.servers import http_server as server
 
-from _fastpath.engine import OP_DELAY, OP_HTTP, Engine, _arrival_offsets_ns
+from _fastpath.engine import Engine, EngineOptions, PlanBuilder, _arrival_offsets_ns
 from _fastpath.histogram import Histogram
 
 S = 1_000_000_000
 MS = 1_000_000
 
 
-def open_engine(port: int, ops: list | None = None, keys: list[str] | None = None, **kw) -> Engine:
-    kw.setdefault("sessions", 16)
+def open_engine(
+    port: int, plan: PlanBuilder | None = None, keys: list[str] | None = None, **options
+) -> Engine:
+    options.setdefault("sessions", 16)
     return Engine(
-        targets=[("127.0.0.1", port)],
-        metric_keys=keys or ["GET /"],
-        ops=ops or [(OP_HTTP, 0, 0, get(), False)],
-        **kw,
+        [("127.0.0.1", port)],
+        keys or ["GET /"],
+        plan or get_plan(get()),
+        EngineOptions(**options),
     )
 
 
@@ -251,11 +254,10 @@ def test_later_ops_are_intended_at_previous_completion_plus_delay() -> None:
         return ok()
 
     with server(handler) as srv:
-        ops = [
-            (OP_HTTP, 0, 0, get(b"/slow"), False),
-            (OP_DELAY, 30 * MS),
-            (OP_HTTP, 0, 1, get(b"/fast"), False),
-        ]
+        ops = PlanBuilder()
+        ops.http(0, 0, get(b"/slow"))
+        ops.delay(30 * MS)
+        ops.http(0, 1, get(b"/fast"))
         eng = open_engine(
             srv.port, ops, ["slow", "fast"], arrival_rate_per_s=10, duration_ns=S // 2
         )
@@ -347,14 +349,13 @@ def test_start_origin_validation() -> None:
 
 # ---------------------------------------------------------------- API
 
-GOOD = dict(
-    targets=[("127.0.0.1", 80)],
-    metric_keys=["k"],
-    ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\n\r\n", False)],
-    sessions=4,
-    arrival_rate_per_s=10.0,
-    duration_ns=S,
-)
+GOOD = dict(sessions=4, arrival_rate_per_s=10.0, duration_ns=S)
+
+
+def _engine(**options) -> Engine:
+    return Engine(
+        [("127.0.0.1", 80)], ["k"], get_plan(b"GET / HTTP/1.1\r\n\r\n"), EngineOptions(**options)
+    )
 
 
 @pytest.mark.parametrize(
@@ -377,7 +378,7 @@ GOOD = dict(
 )
 def test_open_model_validation(change: dict, exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
-        Engine(**{**GOOD, **change})
+        _engine(**{**GOOD, **change})
 
 
 def test_open_model_accepted_forms() -> None:
@@ -388,10 +389,10 @@ def test_open_model_accepted_forms() -> None:
         {"iterations": 1},
         {"arrival_rate_per_s": 5},
     ):
-        Engine(**{**GOOD, **kw}).close()
+        _engine(**{**GOOD, **kw}).close()
 
 
 def test_stats_have_sessions_dropped_in_both_models() -> None:
-    eng = Engine(**{**GOOD, "arrival_rate_per_s": 0.0, "iterations": 1})
+    eng = _engine(**{**GOOD, "arrival_rate_per_s": 0.0, "iterations": 1})
     assert eng.stats()["sessions_dropped"] == 0
     eng.close()

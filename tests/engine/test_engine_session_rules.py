@@ -13,20 +13,33 @@ import time
 from collections import Counter
 
 import pytest
+from support.plans import Step, get_plan, plan_of, step
 from support.servers import SILENT, free_port, get, log_server
 
-from _fastpath.engine import OP_DELAY, OP_HTTP, Engine
+from _fastpath.engine import Engine, EngineOptions
 
 S = 1_000_000_000
 MS = 1_000_000
 
 
-def http(metric: int, path: bytes, target: int = 0) -> tuple:
-    return (OP_HTTP, target, metric, get(path), False)
+def http(metric: int, path: bytes, target: int = 0) -> Step:
+    return step("http", target, metric, get(path))
 
 
-def engine(port: int, ops: list, keys: list[str], **kw) -> Engine:
-    return Engine(targets=[("127.0.0.1", port)], metric_keys=keys, ops=ops, **kw)
+def delay(delay_ns: int) -> Step:
+    return step("delay", delay_ns)
+
+
+def engine(
+    port: int,
+    ops: list[Step],
+    keys: list[str],
+    init_ops: list[Step] = [],  # noqa: B006 - never mutated
+    teardown_ops: list[Step] = [],  # noqa: B006
+    **options,
+) -> Engine:
+    plan = plan_of(ops, init_ops, teardown_ops)
+    return Engine([("127.0.0.1", port)], keys, plan, EngineOptions(**options))
 
 
 def run(eng: Engine, timeout_s: float = 10.0) -> tuple[dict[str, tuple], dict[str, int], float]:
@@ -87,7 +100,7 @@ def test_scenario_timeout_in_a_duration_run_starts_the_next_iteration() -> None:
 
 def test_scenario_timeout_during_a_delay_op() -> None:
     with log_server() as srv:
-        ops = [http(0, b"/first"), (OP_DELAY, 10 * S), http(1, b"/after")]
+        ops = [http(0, b"/first"), delay(10 * S), http(1, b"/after")]
         eng = engine(
             srv.port,
             ops,
@@ -107,7 +120,7 @@ def test_completed_iterations_are_not_timed_out() -> None:
     with log_server() as srv:
         eng = engine(
             srv.port,
-            [http(0, b"/a"), (OP_DELAY, 20 * MS)],
+            [http(0, b"/a"), delay(20 * MS)],
             ["a"],
             sessions=2,
             iterations=5,
@@ -230,7 +243,7 @@ def test_init_ops_run_once_per_session_and_are_measured() -> None:
             srv.port,
             [http(1, b"/work")],
             ["login", "work"],
-            init_ops=[http(0, b"/login"), (OP_DELAY, MS)],
+            init_ops=[http(0, b"/login"), delay(MS)],
             sessions=3,
             iterations=4,
         )
@@ -245,15 +258,17 @@ def test_init_ops_run_once_per_session_and_are_measured() -> None:
 def test_teardown_ops_run_once_per_session_unmeasured() -> None:
     refused = free_port()
     with log_server() as srv:
-        eng = Engine(
-            targets=[("127.0.0.1", srv.port), ("127.0.0.1", refused)],
-            metric_keys=["work", "logout"],
-            ops=[http(0, b"/work")],
+        plan = plan_of(
+            [http(0, b"/work")],
             # the rule: a teardown op records nothing, whatever key it names; a key used only
             # by teardown ops has no row, a shared one holds the measured ops alone
-            teardown_ops=[http(1, b"/logout"), http(0, b"/work"), http(1, b"/x", target=1)],
-            sessions=3,
-            iterations=2,
+            teardown=[http(1, b"/logout"), http(0, b"/work"), http(1, b"/x", target=1)],
+        )
+        eng = Engine(
+            [("127.0.0.1", srv.port), ("127.0.0.1", refused)],
+            ["work", "logout"],
+            plan,
+            EngineOptions(sessions=3, iterations=2),
         )
         rows, st, _ = run(eng)
         assert set(rows) == {"work"}
@@ -292,9 +307,9 @@ def test_teardown_runs_after_a_duration_stop() -> None:
     with log_server() as srv:
         eng = engine(
             srv.port,
-            [http(0, b"/work"), (OP_DELAY, 10 * MS)],
+            [http(0, b"/work"), delay(10 * MS)],
             ["work"],
-            teardown_ops=[(OP_DELAY, 20 * MS), http(0, b"/logout")],
+            teardown_ops=[delay(20 * MS), http(0, b"/logout")],
             sessions=2,
             duration_ns=300 * MS,
         )
@@ -312,7 +327,7 @@ def test_teardown_after_the_end_is_cut_off_at_end_plus_request_timeout() -> None
             srv.port,
             [http(0, b"/work")],
             ["work"],
-            teardown_ops=[http(0, b"/logout"), (OP_DELAY, 10 * S), http(0, b"/never")],
+            teardown_ops=[http(0, b"/logout"), delay(10 * S), http(0, b"/never")],
             sessions=2,
             duration_ns=200 * MS,
             request_timeout_ns=200 * MS,
@@ -348,7 +363,7 @@ def test_cancel_abandons_teardown() -> None:
             srv.port,
             [http(0, b"/work")],
             ["work"],
-            teardown_ops=[http(0, b"/logout"), (OP_DELAY, 10 * S), http(0, b"/never")],
+            teardown_ops=[http(0, b"/logout"), delay(10 * S), http(0, b"/never")],
             sessions=2,
             iterations=1,
         )
@@ -371,13 +386,7 @@ def test_cancel_abandons_teardown() -> None:
 
 # ---------------------------------------------------------------- API
 
-GOOD = dict(
-    targets=[("127.0.0.1", 80)],
-    metric_keys=["k"],
-    ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\n\r\n", False)],
-    sessions=1,
-    iterations=1,
-)
+REQUEST = b"GET / HTTP/1.1\r\n\r\n"
 
 
 @pytest.mark.parametrize(
@@ -388,19 +397,33 @@ GOOD = dict(
         ({"start_delay_ns": -1}, ValueError, "start_delay_ns"),
         ({"start_random_delay_ns": True}, TypeError, "start_random_delay_ns"),
         ({"start_delay_ns": 2**62, "start_random_delay_ns": 2**62}, ValueError, "long"),
-        ({"init_ops": "GET /"}, TypeError, "init_ops"),
-        ({"init_ops": [(OP_HTTP, 0, 5, b"x", False)]}, ValueError, r"init_ops\[0\]"),
-        ({"teardown_ops": [(OP_DELAY, -1)]}, ValueError, r"teardown_ops\[0\] delay_ns"),
-        ({"teardown_ops": [(OP_HTTP, 2, 0, b"x", False)]}, ValueError, "target_index"),
     ],
 )
 def test_validation(change: dict, exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
-        Engine(**{**GOOD, **change})
+        EngineOptions(**{"sessions": 1, "iterations": 1, **change})
+
+
+@pytest.mark.parametrize(
+    ("init", "teardown", "exc", "match"),
+    [
+        ([step("http", 0, 5, b"x")], [], ValueError, r"init_ops\[0\]: metric_index"),
+        ([], [delay(-1)], ValueError, "delay_ns"),
+        ([], [step("http", 2, 0, b"x")], ValueError, r"teardown_ops\[0\]: target_index"),
+    ],
+)
+def test_init_and_teardown_ops_are_checked(
+    init: list[Step], teardown: list[Step], exc: type[Exception], match: str
+) -> None:
+    with pytest.raises(exc, match=match):
+        plan = plan_of([step("http", 0, 0, REQUEST)], init, teardown)
+        Engine([("127.0.0.1", 80)], ["k"], plan, EngineOptions(iterations=1))
 
 
 def test_defaults_and_stats_key() -> None:
-    eng = Engine(**GOOD, scenario_timeout_ns=0, init_ops=[], teardown_ops=())
+    options = EngineOptions(sessions=1, iterations=1)
+    assert options.scenario_timeout_ns == 0
+    eng = Engine([("127.0.0.1", 80)], ["k"], get_plan(REQUEST), options)
     assert eng.stats()["sessions_timed_out"] == 0
     eng.close()
     assert eng.stats()["sessions_timed_out"] == 0

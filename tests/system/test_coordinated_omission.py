@@ -27,11 +27,13 @@ from __future__ import annotations
 import subprocess
 import time
 
+from support.plans import get_plan
 from support.servers import stalling_server
 
-from _fastpath.engine import OP_HTTP, Engine
+from _fastpath.engine import Engine, EngineOptions
 
 S = 1_000_000_000
+GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 def drive(engine: Engine) -> tuple:
@@ -51,14 +53,8 @@ def ms(hist, percentile: float) -> float:
 
 def test_open_model_latency_shows_the_stall() -> None:
     with stalling_server() as port:
-        eng = Engine(
-            targets=[("127.0.0.1", port)],
-            metric_keys=["GET /"],
-            ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", False)],
-            sessions=2000,
-            arrival_rate_per_s=1000.0,
-            duration_ns=6 * S,
-        )
+        options = EngineOptions(sessions=2000, arrival_rate_per_s=1000.0, duration_ns=6 * S)
+        eng = Engine([("127.0.0.1", port)], ["GET /"], get_plan(GET), options)
         t0 = time.monotonic()
         (_, hist, count, errors, _, service), stats = drive(eng)
         assert time.monotonic() - t0 < 8.0
@@ -75,13 +71,8 @@ def test_open_model_latency_shows_the_stall() -> None:
 
 def test_closed_model_hides_the_stall() -> None:
     with stalling_server() as port:
-        eng = Engine(
-            targets=[("127.0.0.1", port)],
-            metric_keys=["GET /"],
-            ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", False)],
-            sessions=4,
-            duration_ns=6 * S,
-        )
+        options = EngineOptions(sessions=4, duration_ns=6 * S)
+        eng = Engine([("127.0.0.1", port)], ["GET /"], get_plan(GET), options)
         (_, hist, count, errors, _, _), _ = drive(eng)
     assert errors == 0 and count > 4000
     assert hist.max >= 700_000  # each session waited out the stall once ...

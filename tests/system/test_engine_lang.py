@@ -1,9 +1,10 @@
 """The engine's stateful session language, op by op, against the real aiohttp target server
 (``support.lang_server``, a subprocess that counts what it receives).
 
-Each test builds the op tuples the plan compiler produces (``/tmp`` contract, documented in
-``Engine``'s docstring) and compares the server's counts with the engine's metrics. Every run is
-bounded (iterations or a short duration) and waited for with a deadline.
+Each test builds, with the engine's ``PlanBuilder`` (``support.plans``), the ops the plan
+compiler produces (documented in ``Engine``'s docstring) and compares the server's counts
+with the engine's metrics. Every run is bounded (iterations or a short duration) and waited
+for with a deadline.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from support.certs import make_certs
+from support.plans import Step, block, plan_of, step
 from support.servers import LangServer, start_lang_server
 
 from _fastpath.engine import (
@@ -21,27 +23,9 @@ from _fastpath.engine import (
     EX_JSON,
     EX_REGEX,
     EX_STATUS,
-    OP_ABORT,
-    OP_ADD_METRIC,
-    OP_ASSIGN,
-    OP_ASYNC,
-    OP_AWAIT,
-    OP_AWAIT_ALL,
-    OP_AWAIT_SIGNAL,
-    OP_HTTP,
-    OP_PYTHON,
-    OP_RETRY,
-    OP_SIGNAL,
-    OP_SPREAD,
-    OP_UNSET,
-    OP_UPDATE_ADD,
-    OP_WS_AWAIT_RECV,
-    OP_WS_CLOSE,
-    OP_WS_CONNECT,
-    OP_WS_RECV,
-    OP_WS_SEND,
     VAR_SESSION_ID,
     Engine,
+    EngineOptions,
 )
 
 S = 1_000_000_000
@@ -67,13 +51,22 @@ def http(
     body: Parts | None = None,
     extract: list | None = None,
     cookies: bool = False,
-) -> tuple:
-    extras: dict[str, Any] = {"head": head(method, path, extra), "body": body}
-    if extract:
-        extras["extract"] = extract
-    if cookies:
-        extras["cookies"] = True
-    return (OP_HTTP, 0, metric, None, method == "HEAD", extras)
+) -> Step:
+    return step(
+        "http_template",
+        0,
+        metric,
+        head(method, path, extra),
+        body,
+        method == "HEAD",
+        cookies,
+        extract or (),
+    )
+
+
+def engine(targets: list, keys: list[str], ops: list[Step], **options: Any) -> Engine:
+    """An Engine running ``ops`` (builder steps) with ``options`` (EngineOptions')."""
+    return Engine(targets, keys, plan_of(ops), EngineOptions(**options))
 
 
 def ws_head(path: bytes) -> Parts:
@@ -115,7 +108,7 @@ def test_login_extract_token_then_authenticated_requests(lang_server: LangServer
         http(1, "GET", [b"/me"], extra=[b"Authorization: Bearer ", 0, b"\r\n"]),
         http(1, "GET", [b"/me"], extra=[b"Authorization: Bearer ", 0, b"\r\n"]),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)], keys, ops, sessions=10, threads=2, iterations=3, var_names=["token"]
     )
     rows, stats = run(eng)
@@ -129,8 +122,8 @@ def test_login_extract_token_then_authenticated_requests(lang_server: LangServer
 def test_extract_header_regex_status_and_assigns(lang_server: LangServer) -> None:
     # vars: 0 item (header), 1 name (regex), 2 code (status), 3 n (counter), 4 copy
     ops = [
-        (OP_ASSIGN, 3, [b"7"]),
-        (OP_UPDATE_ADD, 3, 5),  # n = 12
+        step("assign", 3, [b"7"]),
+        step("update_add", 3, 5),  # n = 12
         http(
             0,
             "GET",
@@ -141,11 +134,11 @@ def test_extract_header_regex_status_and_assigns(lang_server: LangServer) -> Non
                 (2, EX_STATUS, b"", False),
             ],
         ),
-        (OP_ASSIGN, 4, [b"c-", 0, b"-", 1, b"-", 2]),
+        step("assign", 4, [b"c-", 0, b"-", 1, b"-", 2]),
         http(0, "GET", [b"/items/", 4]),
-        (OP_UNSET, 4),
+        step("unset", 4),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)],
         ["GET /items/{id}"],
         ops,
@@ -164,7 +157,7 @@ def test_chunked_json_body_is_decoded_before_extraction(lang_server: LangServer)
         http(0, "GET", [b"/chunked"], extract=[(0, EX_JSON, b"$.token", False)]),
         http(0, "GET", [b"/items/", 0]),
     ]
-    eng = Engine([target(lang_server)], ["k"], ops, sessions=1, iterations=2, var_names=["token"])
+    eng = engine([target(lang_server)], ["k"], ops, sessions=1, iterations=2, var_names=["token"])
     rows, stats = run(eng)
     assert lang_server.counts()["items_by_id"] == {"chunky": 2}
     assert stats["sessions_failed"] == 0
@@ -179,7 +172,7 @@ def test_extraction_that_finds_nothing_ends_the_session_not_the_run(
         http(1, "GET", [b"/me"]),  # never reached
     ]
     good = http(0, "GET", [b"/items/1"], extract=[(1, EX_JSON, b"$.nope", True)])  # optional
-    eng = Engine(
+    eng = engine(
         [target(lang_server)],
         keys,
         [good, *ops],
@@ -197,7 +190,7 @@ def test_extraction_that_finds_nothing_ends_the_session_not_the_run(
 
 def test_unset_variable_in_a_template_fails_the_step(lang_server: LangServer) -> None:
     ops = [http(0, "GET", [b"/items/", 0])]
-    eng = Engine([target(lang_server)], ["k"], ops, sessions=3, iterations=2, var_names=["x"])
+    eng = engine([target(lang_server)], ["k"], ops, sessions=3, iterations=2, var_names=["x"])
     rows, stats = run(eng)
     assert lang_server.counts()["items"] == 0
     assert rows["k"][1:3] == (3, {"extract": 3}) and stats["sessions_failed"] == 3
@@ -209,9 +202,9 @@ def test_cookie_jar_is_kept_per_session(lang_server: LangServer) -> None:
         http(1, "GET", [b"/cookie"], cookies=True),
     ]
     no_jar = [http(1, "GET", [b"/cookie"])]
-    eng = Engine([target(lang_server)], ["login", "cookie"], ops, sessions=5, iterations=2)
+    eng = engine([target(lang_server)], ["login", "cookie"], ops, sessions=5, iterations=2)
     rows, _ = run(eng)
-    eng = Engine([target(lang_server)], ["login", "cookie"], no_jar, sessions=1, iterations=1)
+    eng = engine([target(lang_server)], ["login", "cookie"], no_jar, sessions=1, iterations=1)
     rows2, _ = run(eng)
     counts = lang_server.counts()
     assert counts["cookie_ok"] == 10 and counts["cookie_missing"] == 1
@@ -220,11 +213,10 @@ def test_cookie_jar_is_kept_per_session(lang_server: LangServer) -> None:
 
 def test_retry_on_error_reruns_the_body_with_backoff(lang_server: LangServer) -> None:
     ops = [
-        (OP_RETRY, 2, 10 * MS, 1),
-        http(0, "GET", [b"/status/500"]),
+        block("retry", 2, 10 * MS, body=[http(0, "GET", [b"/status/500"])]),
         http(1, "GET", [b"/items/after"]),
     ]
-    eng = Engine([target(lang_server)], ["fail", "after"], ops, sessions=2, iterations=1)
+    eng = engine([target(lang_server)], ["fail", "after"], ops, sessions=2, iterations=1)
     t0 = time.monotonic()
     rows, stats = run(eng)
     elapsed = time.monotonic() - t0
@@ -236,16 +228,16 @@ def test_retry_on_error_reruns_the_body_with_backoff(lang_server: LangServer) ->
 
 
 def test_abort_ends_the_session_with_an_error(lang_server: LangServer) -> None:
-    ops = [http(0, "GET", [b"/items/a"]), (OP_ABORT, 1), http(0, "GET", [b"/items/b"])]
-    eng = Engine([target(lang_server)], ["get", "abort"], ops, sessions=3, iterations=4)
+    ops = [http(0, "GET", [b"/items/a"]), step("abort", 1), http(0, "GET", [b"/items/b"])]
+    eng = engine([target(lang_server)], ["get", "abort"], ops, sessions=3, iterations=4)
     rows, stats = run(eng)
     assert lang_server.counts()["items_by_id"] == {"a": 3}
     assert rows["abort"][1:3] == (3, {"abort": 3}) and stats["sessions_failed"] == 3
 
 
 def test_add_metric_from_a_value_and_a_variable(lang_server: LangServer) -> None:
-    ops = [(OP_ASSIGN, 0, [b"250"]), (OP_ADD_METRIC, 0, 100, -1), (OP_ADD_METRIC, 0, 0, 0)]
-    eng = Engine([target(lang_server)], ["custom"], ops, sessions=1, iterations=2, var_names=["v"])
+    ops = [step("assign", 0, [b"250"]), step("add_metric", 0, 100, -1), step("add_metric", 0, 0, 0)]
+    eng = engine([target(lang_server)], ["custom"], ops, sessions=1, iterations=2, var_names=["v"])
     rows, _ = run(eng)
     count, errors, _, hist = rows["custom"]
     assert count == 4 and errors == 0
@@ -255,7 +247,7 @@ def test_add_metric_from_a_value_and_a_variable(lang_server: LangServer) -> None
 def test_python_step_reads_and_sets_variables(lang_server: LangServer) -> None:
     seen: list[dict[str, str]] = []
 
-    def step(variables: dict[str, str]) -> dict[str, str]:
+    def set_item(variables: dict[str, str]) -> dict[str, str]:
         seen.append(dict(variables))
         return {"item": f"py-{variables['session_id']}"}
 
@@ -263,12 +255,12 @@ def test_python_step_reads_and_sets_variables(lang_server: LangServer) -> None:
         raise RuntimeError("boom")
 
     ops = [
-        (OP_PYTHON, 0, step),
+        step("python", 0, set_item),
         http(1, "GET", [b"/items/", 0]),
-        (OP_PYTHON, 0, broken),
+        step("python", 0, broken),
         http(1, "GET", [b"/items/never"]),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)], ["python", "get"], ops, sessions=2, iterations=1, var_names=["item"]
     )
     rows, stats = run(eng)
@@ -283,15 +275,15 @@ def test_python_step_reads_and_sets_variables(lang_server: LangServer) -> None:
 def test_websocket_echo_send_recv_await_recv_close(lang_server: LangServer) -> None:
     keys = ["WS connect /ws", "WS send", "WS recv", "WS await_recv", "WS close"]
     ops = [
-        (OP_WS_CONNECT, 0, 0, 0, ws_head(b"/ws")),
-        (OP_WS_SEND, 0, 1, 1, [b"hello-", VAR_SESSION_ID]),
-        (OP_WS_RECV, 0, 2, 5 * S, 0),
-        (OP_WS_SEND, 0, 1, 2, [b"\x00\x01binary"]),
-        (OP_WS_SEND, 0, 1, 1, [b"echo:", 0]),
-        (OP_WS_AWAIT_RECV, 0, 3, 5 * S, [b"echo:", 0]),  # drops the binary echo first
-        (OP_WS_CLOSE, 0, 4),
+        step("ws_connect", 0, 0, 0, ws_head(b"/ws")),
+        step("ws_send", 0, 1, 1, [b"hello-", VAR_SESSION_ID]),
+        step("ws_recv", 0, 2, 5 * S, 0),
+        step("ws_send", 0, 1, 2, [b"\x00\x01binary"]),
+        step("ws_send", 0, 1, 1, [b"echo:", 0]),
+        step("ws_await_recv", 0, 3, 5 * S, [b"echo:", 0]),  # drops the binary echo first
+        step("ws_close", 0, 4),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)],
         keys,
         ops,
@@ -312,15 +304,15 @@ def test_websocket_echo_send_recv_await_recv_close(lang_server: LangServer) -> N
 
 def test_websocket_greeting_and_pushed_messages_are_queued(lang_server: LangServer) -> None:
     ops = [
-        (OP_WS_CONNECT, 0, 0, 0, ws_head(b"/ws/greet")),
-        (OP_WS_CONNECT, 1, 0, 0, ws_head(b"/ws/push?n=5")),
-        (OP_WS_AWAIT_RECV, 1, 1, 5 * S, [b"msg-4"]),
-        (OP_WS_RECV, 0, 1, 5 * S, 0),
+        step("ws_connect", 0, 0, 0, ws_head(b"/ws/greet")),
+        step("ws_connect", 1, 0, 0, ws_head(b"/ws/push?n=5")),
+        step("ws_await_recv", 1, 1, 5 * S, [b"msg-4"]),
+        step("ws_recv", 0, 1, 5 * S, 0),
         http(2, "GET", [b"/items/", 0]),
-        (OP_WS_CLOSE, 0, 0),
-        (OP_WS_CLOSE, 1, 0),
+        step("ws_close", 0, 0),
+        step("ws_close", 1, 0),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)],
         ["connect", "recv", "get"],
         ops,
@@ -336,11 +328,11 @@ def test_websocket_greeting_and_pushed_messages_are_queued(lang_server: LangServ
 
 def test_websocket_await_recv_timeout_is_a_clear_failure(lang_server: LangServer) -> None:
     ops = [
-        (OP_WS_CONNECT, 0, 0, 0, ws_head(b"/ws/silent")),
-        (OP_WS_AWAIT_RECV, 0, 1, 200 * MS, [b"never"]),
+        step("ws_connect", 0, 0, 0, ws_head(b"/ws/silent")),
+        step("ws_await_recv", 0, 1, 200 * MS, [b"never"]),
         http(0, "GET", [b"/items/never"]),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)], ["connect", "await"], ops, sessions=2, iterations=1, nconns=1
     )
     t0 = time.monotonic()
@@ -351,8 +343,8 @@ def test_websocket_await_recv_timeout_is_a_clear_failure(lang_server: LangServer
 
 
 def test_websocket_refused_handshake_is_a_protocol_error(lang_server: LangServer) -> None:
-    ops = [(OP_WS_CONNECT, 0, 0, 0, ws_head(b"/items/1"))]  # 200, not 101
-    eng = Engine([target(lang_server)], ["connect"], ops, sessions=2, iterations=1, nconns=1)
+    ops = [step("ws_connect", 0, 0, 0, ws_head(b"/items/1"))]  # 200, not 101
+    eng = engine([target(lang_server)], ["connect"], ops, sessions=2, iterations=1, nconns=1)
     rows, stats = run(eng)
     assert rows["connect"][1:3] == (2, {"protocol": 2}) and stats["sessions_failed"] == 2
 
@@ -363,15 +355,20 @@ def test_websocket_refused_handshake_is_a_protocol_error(lang_server: LangServer
 def test_async_children_signal_the_parent_and_are_awaited(lang_server: LangServer) -> None:
     keys = ["child get", "await_signal", "await", "parent get"]
     ops = [
-        (OP_ASYNC, 0, 3),  # child 0: get, signal parent, get
-        http(0, "GET", [b"/items/child-", VAR_SESSION_ID]),
-        (OP_SIGNAL, -1, 0),
-        http(0, "GET", [b"/slow?ms=50"]),
-        (OP_AWAIT_SIGNAL, 0, 5 * S, 1),
+        block(  # child 0: get, signal parent, get
+            "spawn",
+            0,
+            body=[
+                http(0, "GET", [b"/items/child-", VAR_SESSION_ID]),
+                step("signal", -1, 0),
+                http(0, "GET", [b"/slow?ms=50"]),
+            ],
+        ),
+        step("await_signal", 0, 5 * S, 1),
         http(3, "GET", [b"/items/parent"]),
-        (OP_AWAIT, 0, 5 * S, 2),
+        step("await_child", 0, 5 * S, 2),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)], keys, ops, sessions=5, iterations=2, nchildren=1, nsignals=1
     )
     rows, stats = run(eng)
@@ -384,15 +381,19 @@ def test_async_children_signal_the_parent_and_are_awaited(lang_server: LangServe
 
 def test_signal_to_a_child_and_await_all(lang_server: LangServer) -> None:
     ops = [
-        (OP_ASYNC, 0, 2),
-        (OP_AWAIT_SIGNAL, 0, 5 * S, 0),  # child 0 waits for "go"
-        http(1, "GET", [b"/items/go"]),
-        (OP_ASYNC, 1, 1),
-        http(1, "GET", [b"/items/other"]),
-        (OP_SIGNAL, 0, 0),
-        (OP_AWAIT_ALL, 5 * S, -1),
+        block(
+            "spawn",
+            0,
+            body=[
+                step("await_signal", 0, 5 * S, 0),  # child 0 waits for "go"
+                http(1, "GET", [b"/items/go"]),
+            ],
+        ),
+        block("spawn", 1, body=[http(1, "GET", [b"/items/other"])]),
+        step("signal", 0, 0),
+        step("await_all", 5 * S, -1),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)],
         ["await_signal", "get"],
         ops,
@@ -407,8 +408,8 @@ def test_signal_to_a_child_and_await_all(lang_server: LangServer) -> None:
 
 
 def test_signal_never_sent_times_out(lang_server: LangServer) -> None:
-    ops = [(OP_AWAIT_SIGNAL, 0, 150 * MS, 0), http(1, "GET", [b"/items/never"])]
-    eng = Engine(
+    ops = [step("await_signal", 0, 150 * MS, 0), http(1, "GET", [b"/items/never"])]
+    eng = engine(
         [target(lang_server)], ["await_signal", "get"], ops, sessions=2, iterations=1, nsignals=1
     )
     rows, stats = run(eng)
@@ -418,11 +419,10 @@ def test_signal_never_sent_times_out(lang_server: LangServer) -> None:
 
 def test_cc_spread_starts_children_spread_over_the_interval(lang_server: LangServer) -> None:
     ops = [
-        (OP_SPREAD, 0, 5, 200 * MS, 1),
-        http(0, "GET", [b"/items/spread"]),
+        block("spread", 0, 5, 200 * MS, body=[http(0, "GET", [b"/items/spread"])]),
         http(1, "GET", [b"/items/after"]),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)], ["spread", "after"], ops, sessions=2, iterations=2, nchildren=5
     )
     t0 = time.monotonic()
@@ -444,7 +444,7 @@ def test_stateful_plan_in_the_open_model(lang_server: LangServer) -> None:
         ),
         http(1, "GET", [b"/me"], extra=[b"Authorization: Bearer ", 0, b"\r\n"]),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)],
         ["login", "me"],
         ops,
@@ -462,47 +462,47 @@ def test_stateful_plan_in_the_open_model(lang_server: LangServer) -> None:
 @pytest.mark.parametrize(
     ("op", "match"),
     [
-        ((OP_ASSIGN, 3, [b"x"]), "variable slot 3 out of range"),
-        ((OP_ASYNC, 0, 1), "child 0 out of range"),
-        ((OP_WS_SEND, 0, 0, 3, [b"x"]), "opcode must be 1"),
-        ((OP_SIGNAL, -1, 0), "signal 0 out of range"),
-        ((OP_HTTP, 0, 0, None, False, {"body": None}), "needs a 'head'"),
+        (step("assign", 3, [b"x"]), "variable slot 3 out of range"),
+        (block("spawn", 0, body=[step("delay", 0)]), "child 0 out of range"),
+        (step("ws_send", 0, 0, 3, [b"x"]), "opcode must be 1"),
+        (step("signal", -1, 0), "signal 0 out of range"),
+        (step("http_template", 0, 0, None), "head: a template is a list"),
         (
-            (OP_HTTP, 0, 0, None, False, {"head": [b"x"], "extract": [(0, 9, b"", False)]}),
+            step("http_template", 0, 0, [b"x"], extract=[(0, 9, b"", False)]),
             "unknown extractor",
         ),
     ],
 )
-def test_bad_stateful_ops_are_refused(op: tuple, match: str) -> None:
+def test_bad_stateful_ops_are_refused(op: Step, match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
-        Engine([("127.0.0.1", 1)], ["k"], [op], var_names=["a"], iterations=1)
+        engine([("127.0.0.1", 1)], ["k"], [op], var_names=["a"], iterations=1)
 
 
 def test_bad_regex_is_refused() -> None:
-    op = (
-        OP_HTTP,
+    op = step(
+        "http_template",
         0,
         0,
-        None,
-        True,
-        {"head": [b"GET / HTTP/1.1\r\n"], "extract": [(0, EX_REGEX, b"(unclosed", False)]},
+        [b"GET / HTTP/1.1\r\n"],
+        no_body=True,
+        extract=[(0, EX_REGEX, b"(unclosed", False)],
     )
     with pytest.raises(ValueError, match="bad regular expression"):
-        Engine([("127.0.0.1", 1)], ["k"], [op], var_names=["a"], iterations=1)
+        engine([("127.0.0.1", 1)], ["k"], [op], var_names=["a"], iterations=1)
 
 
 def test_wss_echo_over_tls(tmp_path: Path) -> None:
     certs = make_certs(tmp_path)
     keys = ["WS connect /ws", "WS send", "WS await_recv", "WS close", "GET"]
     ops = [
-        (OP_WS_CONNECT, 0, 0, 0, ws_head(b"/ws")),
-        (OP_WS_SEND, 0, 1, 1, [b"tls-", VAR_SESSION_ID]),
-        (OP_WS_AWAIT_RECV, 0, 2, 5 * S, [b"tls-", VAR_SESSION_ID]),
-        (OP_WS_CLOSE, 0, 3),
+        step("ws_connect", 0, 0, 0, ws_head(b"/ws")),
+        step("ws_send", 0, 1, 1, [b"tls-", VAR_SESSION_ID]),
+        step("ws_await_recv", 0, 2, 5 * S, [b"tls-", VAR_SESSION_ID]),
+        step("ws_close", 0, 3),
         http(4, "GET", [b"/items/over-tls"]),
     ]
     with start_lang_server(tmp_path, tls=certs) as srv:
-        eng = Engine(
+        eng = engine(
             [("127.0.0.1", srv.port, True, "localhost")],
             keys,
             ops,
@@ -530,7 +530,7 @@ def test_regex_sees_past_nul_bytes_in_the_body(lang_server: LangServer) -> None:
         ),
         http(0, "GET", [b"/items/r", 0]),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)], ["k"], ops, sessions=3, threads=2, iterations=2, var_names=["id"]
     )
     _, stats = run(eng)
@@ -539,18 +539,18 @@ def test_regex_sees_past_nul_bytes_in_the_body(lang_server: LangServer) -> None:
 
 
 def test_plans_without_requests_and_unmeasured_requests_run(lang_server: LangServer) -> None:
-    ops = [(OP_ASSIGN, 0, [b"5"]), (OP_UPDATE_ADD, 0, 2), (OP_ADD_METRIC, 0, 0, 0)]
-    rows, stats = run(Engine([], ["custom"], ops, sessions=2, iterations=3, var_names=["n"]))
+    ops = [step("assign", 0, [b"5"]), step("update_add", 0, 2), step("add_metric", 0, 0, 0)]
+    rows, stats = run(engine([], ["custom"], ops, sessions=2, iterations=3, var_names=["n"]))
     assert rows["custom"][0] == 6 and rows["custom"][3].max == 7  # assigned 5 + 2, each time
-    plain = (OP_HTTP, 0, -1, b"GET /items/unmeasured HTTP/1.1\r\nHost: x\r\n\r\n", False)
-    rows, stats = run(Engine([target(lang_server)], ["k"], [plain], sessions=2, iterations=2))
+    plain = step("http", 0, -1, b"GET /items/unmeasured HTTP/1.1\r\nHost: x\r\n\r\n")
+    rows, stats = run(engine([target(lang_server)], ["k"], [plain], sessions=2, iterations=2))
     assert lang_server.counts()["items_by_id"] == {"unmeasured": 4}
     assert "k" not in rows and stats["requests_sent"] == 0
 
 
 def test_a_child_outliving_its_parent_still_runs(lang_server: LangServer) -> None:
-    ops = [(OP_ASYNC, 0, 2), (OP_ASSIGN, 0, [b"x"]), http(0, "GET", [b"/slow?ms=300"])]
-    eng = Engine(
+    ops = [block("spawn", 0, body=[step("assign", 0, [b"x"]), http(0, "GET", [b"/slow?ms=300"])])]
+    eng = engine(
         [target(lang_server)], ["slow"], ops, sessions=2, iterations=1, nchildren=1, var_names=["v"]
     )
     rows, _ = run(eng)
@@ -558,24 +558,23 @@ def test_a_child_outliving_its_parent_still_runs(lang_server: LangServer) -> Non
 
 
 def test_assign_of_an_unset_variable_is_an_error_on_its_metric(lang_server: LangServer) -> None:
-    ops = [(OP_ASSIGN, 1, [b"x", 0], 0), (OP_UPDATE_ADD, 0, 1, 1)]
-    eng = Engine(
+    ops = [step("assign", 1, [b"x", 0], 0), step("update_add", 0, 1, 1)]
+    eng = engine(
         [], ["assign b", "update_assign a"], ops, sessions=2, iterations=1, var_names=["a", "b"]
     )
     rows, stats = run(eng)
     assert rows["assign b"][:3] == (0, 2, {"extract": 2}) and stats["sessions_failed"] == 2
-    ops = [(OP_ASSIGN, 0, [b"not a number"], -1), (OP_UPDATE_ADD, 0, 1, 0)]
-    rows, stats = run(Engine([], ["update_assign a"], ops, iterations=1, var_names=["a"]))
+    ops = [step("assign", 0, [b"not a number"], -1), step("update_add", 0, 1, 0)]
+    rows, stats = run(engine([], ["update_assign a"], ops, iterations=1, var_names=["a"]))
     assert rows["update_assign a"][1:3] == (1, {"extract": 1})
 
 
 def test_session_ids_are_contiguous_from_the_base(lang_server: LangServer) -> None:
     ops = [
-        (OP_ASYNC, 0, 1),
-        (OP_ASSIGN, 0, [b"x"]),
+        block("spawn", 0, body=[step("assign", 0, [b"x"])]),
         http(0, "GET", [b"/items/s", VAR_SESSION_ID]),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)],
         ["k"],
         ops,
@@ -592,13 +591,13 @@ def test_session_ids_are_contiguous_from_the_base(lang_server: LangServer) -> No
 
 def test_the_engine_answers_server_pings(lang_server: LangServer) -> None:
     ops = [
-        (OP_WS_CONNECT, 0, 0, 0, ws_head(b"/ws/ping")),
-        (OP_WS_AWAIT_RECV, 0, 1, 5 * S, [b"pinged"]),
-        (OP_WS_SEND, 0, -1, 1, [b"after"]),
-        (OP_WS_AWAIT_RECV, 0, 1, 5 * S, [b"after"]),
-        (OP_WS_CLOSE, 0, -1),
+        step("ws_connect", 0, 0, 0, ws_head(b"/ws/ping")),
+        step("ws_await_recv", 0, 1, 5 * S, [b"pinged"]),
+        step("ws_send", 0, -1, 1, [b"after"]),
+        step("ws_await_recv", 0, 1, 5 * S, [b"after"]),
+        step("ws_close", 0, -1),
     ]
-    eng = Engine(
+    eng = engine(
         [target(lang_server)], ["connect", "await"], ops, sessions=3, iterations=2, nconns=1
     )
     rows, stats = run(eng)

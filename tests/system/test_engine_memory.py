@@ -27,7 +27,7 @@ TEN_K = Tuning(
 
 TEN_K_CHILD = """
 import json, os, sys, threading, time
-from _fastpath.engine import OP_HTTP, Engine
+from _fastpath.engine import Engine, EngineOptions, PlanBuilder
 
 def status_kb(field):
     with open("/proc/self/status") as f:
@@ -54,9 +54,10 @@ def established(port):
     return sum(1 for r in rows if r[2].endswith(suffix) and r[3] == "01" and r[9] in mine)
 
 port = int(sys.argv[1])
-eng = Engine(targets=[("127.0.0.1", port)], metric_keys=["GET /"], sessions=10000,
-             ops=[(OP_HTTP, 0, 0, b"GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n", False)],
-             duration_ns=2_500_000_000)
+plan = PlanBuilder()
+plan.http(0, 0, b"GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
+eng = Engine([("127.0.0.1", port)], ["GET /"], plan,
+             EngineOptions(sessions=10000, duration_ns=2_500_000_000))
 gaps, stop = [0.0], threading.Event()
 def ticker():
     last = time.monotonic()

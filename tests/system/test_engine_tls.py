@@ -15,13 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.certs import CertFiles
 from support.ports import LOOPBACK
 from support.servers import HandshakeSpoiler, TlsNginx, skip_without_tls_nginx, tls_nginx
 
-from _fastpath.engine import ERROR_KINDS, OP_HTTP, Engine
+from _fastpath.engine import ERROR_KINDS, Engine, EngineOptions, PlanBuilder
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -66,12 +67,12 @@ def https(port: int, name: str | None = "localhost", host: str = LOOPBACK) -> tu
     return (host, port, True, name)
 
 
-def one_target(target: tuple, request: bytes = GET, **kw: object) -> Engine:
-    kw.setdefault("sessions", 4)
-    kw.setdefault("iterations", 25)
-    return Engine(
-        targets=[target], metric_keys=["GET /"], ops=[(OP_HTTP, 0, 0, request, False)], **kw
-    )
+def one_target(target: tuple, request: bytes = GET, **options: Any) -> Engine:
+    options.setdefault("sessions", 4)
+    options.setdefault("iterations", 25)
+    plan = PlanBuilder()
+    plan.http(0, 0, request)
+    return Engine([target], ["GET /"], plan, EngineOptions(**options))
 
 
 def reused(lines: list[list[str]]) -> int:
@@ -234,13 +235,14 @@ def test_open_model_over_tls(nginx: TlsNginx, certs: CertFiles) -> None:
 
 def test_mixed_http_and_https_targets(nginx: TlsNginx, certs: CertFiles) -> None:
     mark = nginx.mark()
+    plan = PlanBuilder()
+    plan.http(0, 0, GET)
+    plan.http(1, 1, GET)
     eng = Engine(
-        targets=[(LOOPBACK, nginx.ports.plain), https(nginx.ports.tls)],
-        metric_keys=["http", "https"],
-        ops=[(OP_HTTP, 0, 0, GET, False), (OP_HTTP, 1, 1, GET, False)],
-        sessions=2,
-        iterations=10,
-        tls_ca_file=certs.ca_cert,
+        [(LOOPBACK, nginx.ports.plain), https(nginx.ports.tls)],
+        ["http", "https"],
+        plan,
+        EngineOptions(sessions=2, iterations=10, tls_ca_file=certs.ca_cert),
     )
     res = run(eng)
     assert res.rows == {"http": (20, 0, {}), "https": (20, 0, {})}, res.tls_error

@@ -36,16 +36,12 @@ def run_engine(port: int, cpu: int, conns: int, duration_s: int) -> tuple[float,
 
 def child(port: int, conns: int, duration_s: int) -> None:
     """Runs pinned in its own process: the engine alone, measured from start to wait."""
-    from _fastpath.engine import OP_HTTP, Engine
+    from _fastpath.engine import Engine, EngineOptions, PlanBuilder
 
-    eng = Engine(
-        targets=[("127.0.0.1", port)],
-        metric_keys=["GET /"],
-        ops=[(OP_HTTP, 0, 0, GET_ROOT, False)],
-        sessions=conns,
-        threads=1,
-        duration_ns=duration_s * 1_000_000_000,
-    )
+    plan = PlanBuilder()
+    plan.http(0, 0, GET_ROOT)
+    options = EngineOptions(sessions=conns, threads=1, duration_ns=duration_s * 1_000_000_000)
+    eng = Engine([("127.0.0.1", port)], ["GET /"], plan, options)
     result = timed_engine_run(eng)
     eng.close()
     emit(result)

@@ -25,17 +25,13 @@ from _common import GET_ROOT, emit, nginx_target, proc_status_kb, require, run_c
 
 def child(port: int, sessions: int, duration_s: float, threads: int) -> None:
     """Runs in its own process so its RSS is the engine's (plus the interpreter's)."""
-    from _fastpath.engine import OP_HTTP, Engine
+    from _fastpath.engine import Engine, EngineOptions, PlanBuilder
 
     rss_before_kb = proc_status_kb("VmRSS")
-    eng = Engine(
-        targets=[("127.0.0.1", port)],
-        metric_keys=["GET /"],
-        ops=[(OP_HTTP, 0, 0, GET_ROOT, False)],
-        sessions=sessions,
-        threads=threads,
-        duration_ns=int(duration_s * 1e9),
-    )
+    plan = PlanBuilder()
+    plan.http(0, 0, GET_ROOT)
+    options = EngineOptions(sessions=sessions, threads=threads, duration_ns=int(duration_s * 1e9))
+    eng = Engine([("127.0.0.1", port)], ["GET /"], plan, options)
     gaps: list[float] = []
     stop = threading.Event()
 

@@ -43,17 +43,17 @@ def slope(points: list[tuple[float, int]]) -> float:
 
 
 def child(port: int, rate: float, duration_s: float, slots: int, no_http: bool) -> None:
-    from _fastpath.engine import OP_DELAY, OP_HTTP, Engine
+    from _fastpath.engine import Engine, EngineOptions, PlanBuilder
 
-    eng = Engine(
-        targets=[("127.0.0.1", port or 9)],
-        metric_keys=["GET /"],
-        ops=[(OP_DELAY, 0)] if no_http else [(OP_HTTP, 0, 0, GET_ROOT, False)],
-        sessions=slots,
-        threads=1,
-        arrival_rate_per_s=rate,
-        duration_ns=int(duration_s * 1e9),
+    plan = PlanBuilder()
+    if no_http:
+        plan.delay(0)
+    else:
+        plan.http(0, 0, GET_ROOT)
+    options = EngineOptions(
+        sessions=slots, threads=1, arrival_rate_per_s=rate, duration_ns=int(duration_s * 1e9)
     )
+    eng = Engine([("127.0.0.1", port or 9)], ["GET /"], plan, options)
     samples: list[tuple[float, int]] = []
     try:
         # The schedule's origin is set after the warm-up (every slot connected first).

@@ -129,63 +129,47 @@ def _readline(stream: IO[str] | None, timeout_s: float) -> str:
 # ------------------------------------------------------------------------------ the child
 
 
-def plain_ops() -> dict[str, Any]:
-    from _fastpath.engine import OP_HTTP
+def plain_plan() -> tuple[list[str], Any, dict[str, Any]]:
+    """(metric keys, plan, options beyond the run's): one pre-rendered GET / per iteration."""
+    from _fastpath.engine import PlanBuilder
 
-    return {"metric_keys": ["GET /"], "ops": [(OP_HTTP, 0, 0, GET_ROOT, False)]}
+    plan = PlanBuilder()
+    plan.http(0, 0, GET_ROOT)
+    return ["GET /"], plan, {}
 
 
-def stateful_ops() -> dict[str, Any]:
-    """The scenario as the plan compiler emits it (see tests/unit/test_engine_lang.py)."""
-    from _fastpath.engine import (
-        EX_JSON,
-        OP_HTTP,
-        OP_WS_CONNECT,
-        OP_WS_RECV,
-        OP_WS_SEND,
-        VAR_ITERATION,
-        VAR_SESSION_ID,
-    )
+def stateful_plan() -> tuple[list[str], Any, dict[str, Any]]:
+    """The scenario as the plan compiler emits it (see tests/system/test_engine_lang.py)."""
+    from _fastpath.engine import EX_JSON, VAR_ITERATION, VAR_SESSION_ID, PlanBuilder
 
     host = b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     token = 0  # variable slot
-    login = {
-        "head": [b"POST /login", host, b"Content-Type: application/json\r\n"],
-        "body": [b'{"user":"u', VAR_SESSION_ID, b'","password":"pw"}'],
-        "extract": [(token, EX_JSON, b"$.token", False)],
-    }
-    me = {"head": [b"GET /me", host, b"Authorization: Bearer ", token, b"\r\n"]}
+    login_head = [b"POST /login", host, b"Content-Type: application/json\r\n"]
+    login_body = [b'{"user":"u', VAR_SESSION_ID, b'","password":"pw"}']
+    me_head = [b"GET /me", host, b"Authorization: Bearer ", token, b"\r\n"]
     ws_upgrade = [
         b"GET /ws" + host + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Version: 13\r\n"
     ]
-    return {
-        "metric_keys": STATEFUL_KEYS,
-        "init_ops": [(OP_WS_CONNECT, 0, 0, 2, ws_upgrade)],
-        "ops": [
-            (OP_HTTP, 0, 0, None, False, login),
-            (OP_HTTP, 0, 1, None, False, me),
-            (OP_HTTP, 0, 1, None, False, me),
-            (OP_WS_SEND, 0, 3, 1, [b"echo-", VAR_SESSION_ID, b"-", VAR_ITERATION]),
-            (OP_WS_RECV, 0, 4, 5 * S, -1),
-        ],
-        "var_names": ["token"],
-        "nconns": 1,
-    }
+    plan = PlanBuilder()
+    plan.init()
+    plan.ws_connect(0, 0, 2, ws_upgrade)
+    plan.run()
+    plan.http_template(0, 0, login_head, login_body, extract=[(token, EX_JSON, b"$.token", False)])
+    plan.http_template(0, 1, me_head)
+    plan.http_template(0, 1, me_head)
+    plan.ws_send(0, 3, 1, [b"echo-", VAR_SESSION_ID, b"-", VAR_ITERATION])
+    plan.ws_recv(0, 4, 5 * S, -1)
+    return STATEFUL_KEYS, plan, {"var_names": ["token"], "nconns": 1}
 
 
 def child(mode: str, port: int, sessions: int, duration_s: int) -> None:
     """Runs pinned in its own process: one engine run, measured from start to wait."""
-    from _fastpath.engine import Engine
+    from _fastpath.engine import Engine, EngineOptions
 
-    plan = stateful_ops() if mode == "stateful" else plain_ops()
-    eng = Engine(
-        targets=[("127.0.0.1", port)],
-        sessions=sessions,
-        threads=1,
-        duration_ns=duration_s * S,
-        **plan,
-    )
+    keys, plan, extra = stateful_plan() if mode == "stateful" else plain_plan()
+    options = EngineOptions(sessions=sessions, threads=1, duration_ns=duration_s * S, **extra)
+    eng = Engine([("127.0.0.1", port)], keys, plan, options)
     elapsed_s, cpu_s = start_and_wait(eng)
     rows = {key: (count, errors, dict(kinds)) for key, _h, count, errors, kinds, _s in eng.swap()}
     emit({"elapsed_s": elapsed_s, "cpu_s": cpu_s, "stats": eng.stats(), "rows": rows})

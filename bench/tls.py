@@ -41,19 +41,19 @@ GET_CLOSE = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
 
 def child(args: argparse.Namespace) -> None:
     """In its own pinned process: one engine run, measured from start to wait."""
-    from _fastpath.engine import OP_HTTP, Engine
+    from _fastpath.engine import Engine, EngineOptions, PlanBuilder
 
     tls = args.mode != "plain"
     target = ("127.0.0.1", args.port, True, "localhost") if tls else ("127.0.0.1", args.port)
-    eng = Engine(
-        targets=[target],
-        metric_keys=["GET /"],
-        ops=[(OP_HTTP, 0, 0, GET_CLOSE if args.mode == "close" else GET, False)],
+    plan = PlanBuilder()
+    plan.http(0, 0, GET_CLOSE if args.mode == "close" else GET)
+    options = EngineOptions(
         sessions=args.connections,
         threads=1,
         duration_ns=args.duration * 1_000_000_000,
         tls_ca_file=args.ca,
     )
+    eng = Engine([target], ["GET /"], plan, options)
     result = timed_engine_run(eng)
     tls_error = eng.tls_error
     eng.close()

@@ -89,20 +89,20 @@ kind, which checks its arguments and fills the next ``op_t`` (whose operands are
 meaning: ``ref``, ``arg``, ``num``, see engine.pxd) of the array the Engine then takes over;
 the engine's options are one checked ``EngineOptions`` (``engine_options.pxi``). The op kinds
 are engine.pxd's ``C_OP_*`` enum, exported below as ``OP_*``, and the per-session limits are
-exported as ``MAX_*`` for the compiler (``chaperon.core.lang``). The tuple form of a plan
-(``Engine(targets, keys, [(OP_HTTP, ...), ...], **options)``, for tests and benches) is
-checked by ``engine_args.pxi``/``engine_build.pxi`` and fed to a ``PlanBuilder``.
+exported as ``MAX_*`` for the compiler (``chaperon.core.lang``). The builder is the only way
+a plan comes in: ``Engine(targets, metric_keys, plan, options)``.
 
 Control flow (Chaperon's ``random_delay``, ``repeat``, ``repeat_traced``, ``loop``) stays in
-the flat array. ``(OP_RANDOM_DELAY, min_ns, max_ns)`` is a delay op of uniform length in
-[min, max] (the thread's xorshift64*). ``(OP_REPEAT, count, body_len, metric_index)`` and
-``(OP_LOOP, duration_ns, body_len)`` own the ``body_len`` ops after them (their *body*): a
-repeat runs it ``count`` times (0: skipped); a loop runs it while less than ``duration_ns``
-has passed since the loop began, checked before each iteration (a running one finishes). A
-repeat with a metric index (repeat_traced) records each iteration's duration (from the
-intended start of its first op to the end of its last) in that metric's latency (and service)
-histogram and count, never an error. Bodies nest, ``MAX_DEPTH`` (8) deep; the structure is
-checked at construction, so the threads trust it. A session keeps a fixed stack of
+the flat array. ``random_delay(min_ns, max_ns)`` adds a delay op of uniform length in
+[min, max] (the thread's xorshift64*). ``repeat(count, metric_index)`` and
+``loop(duration_ns)`` open a block: the ops added until its ``end()`` are its *body*, the
+ops after it up to its ``body_end``. A repeat runs it ``count`` times (0: skipped); a loop
+runs it while less than ``duration_ns`` has passed since the loop began, checked before
+each iteration (a running one finishes). A repeat with a metric index (repeat_traced)
+records each iteration's duration (from the intended start of its first op to the end of
+its last) in that metric's latency (and service) histogram and count, never an error.
+Bodies nest, ``MAX_DEPTH`` (8) deep, and are never empty; the builder checks the structure,
+so the threads trust it. A session keeps a fixed stack of
 ``frame_t`` (the op, the repeats left or the loop's deadline, the iteration's start); inside a
 body its ``op_end`` is the body's end, so the plain path's ``op_index >= op_end`` test also
 finds a body's end, and only then does ``depth > 0`` send it to the slow path (``body_end``:
@@ -849,7 +849,6 @@ cdef int thread_loop(thread_t* t) noexcept nogil:
 
 include "engine_state.pxi"
 include "engine_ws.pxi"
-include "engine_build.pxi"
 
 
 include "engine_plan.pxi"

@@ -13,26 +13,28 @@ def _check_int(name, value, int64_t minimum=0):
 
 
 cdef class Engine:
-    """HTTP/1.1 load generator, closed or open model; see the module docstring.
+    """HTTP/1.1 (and WebSocket) load generator, closed or open model; see the module docstring.
 
     Engine(targets, metric_keys, plan: PlanBuilder, options: EngineOptions)
-    Engine(targets, metric_keys, ops, init_ops=[], teardown_ops=[], **options)
-
-    The plan is a ``PlanBuilder`` (engine_plan.pxi: typed methods, one per op kind; the
-    Engine takes its op array over), or the tuple form below (checked, then fed to one). The
-    options (sessions .. session_id_base below) are one typed, checked ``EngineOptions``, or
-    its keywords.
 
     targets      [(ip literal, port)] (HTTP) or [(ip literal, port, tls, server_name)]:
                  with ``tls`` true, HTTPS to ``server_name`` (a host name, sent as SNI, or an
                  IP literal; None or "" = the target's IP), verified against it. ops index
                  them.
-    metric_keys  [str]; ops index them.
-    ops          [(OP_HTTP, target_index, metric_index, request_bytes, no_body)
-                  | (OP_DELAY, delay_ns) | (OP_RANDOM_DELAY, min_ns, max_ns)
-                  | (OP_REPEAT, count, body_len, metric_index or -1)
-                  | (OP_LOOP, duration_ns, body_len)]: a repeat/loop's body is the
-                 ``body_len`` ops after it (nested 8 deep at most); see the module docstring.
+    metric_keys  [str]; ops index them (-1: not measured).
+    plan         a ``PlanBuilder`` (engine_plan.pxi) holding the init, run and teardown ops;
+                 the Engine checks its indexes against the above and ``options``, then takes
+                 its op array over (a builder serves one Engine).
+    options      an ``EngineOptions`` (engine_options.pxi), checked when it was made.
+
+    The plan's ops, by builder method (``describe()`` shows them as tuples):
+    http(target, metric, request_bytes, no_body)  a pre-rendered request.
+    delay(delay_ns), random_delay(min_ns, max_ns)  (uniform in [min, max]).
+    repeat(count, metric or -1), loop(duration_ns) ... end(): a block, whose body is the ops
+                 added until its ``end()`` (nested 8 deep at most); see the module docstring.
+    init() / run() / teardown(): the phase of the ops that follow (a plan starts in run).
+
+    EngineOptions' keywords:
     sessions     closed model: concurrent sessions; open model: session slots (the cap on
                  concurrent sessions), both split evenly over the threads.
     threads      engine threads (at most ``sessions``).
@@ -54,32 +56,33 @@ cdef class Engine:
     start_delay_ns, start_random_delay_ns  each session waits start_delay_ns + uniform
                  [0, start_random_delay_ns) before its first op (open model: after its
                  arrival; its latency counts from arrival + delay).
-    init_ops     ops (as ``ops``) run once per session before the first iteration, measured.
-    teardown_ops ops run once per session after the last iteration (also after a timed-out
-                 one, or the end of the duration: cut off at end + request timeout), NOT
-                 measured: their metric indices are validated, nothing is recorded for them.
-                 Skipped for a session that never ran an op; abandoned on cancel.
+    The init ops run once per session before the first iteration, measured; the teardown
+    ops once per session after the last iteration (also after a timed-out one, or the end
+    of the duration: cut off at end + request timeout), NOT measured: their metric indices
+    are validated, nothing is recorded for them. Skipped for a session that never ran an
+    op; abandoned on cancel.
 
     The stateful language (``engine_state.pxi``, ``engine_ws.pxi``; plans that use none of
     it pay nothing for it). A *template* is a list of ``bytes`` (literal) and ``int`` (a
-    variable slot >= 0, or VAR_SESSION_ID / VAR_ITERATION). Ops:
-                 (OP_HTTP, target, metric, None, no_body, {"head": template (request line
-                  and header lines, no blank line, no Content-Length), "body": template or
-                  None (then no Content-Length), "cookies": bool, "extract": [(var, EX_JSON |
-                  EX_REGEX | EX_HEADER | EX_STATUS | EX_BODY, expr bytes, optional)]})
-                 (OP_ASSIGN, var, template[, metric]) (OP_UPDATE_ADD, var, delta[, metric])
-                 (OP_UNSET, var) (the metric of an assign only counts its errors)
-                 (OP_RETRY, retries, backoff_ns, body_len) (OP_ADD_METRIC, metric, value,
-                 var or -1) (OP_ABORT, metric) (OP_PYTHON, metric, fn(dict) -> dict | None)
-                 (OP_ASYNC, child, body_len) (OP_AWAIT, child, timeout_ns, metric)
-                 (OP_AWAIT_ALL, timeout_ns, metric) (OP_SPREAD, first_child, count,
-                 interval_ns, body_len) (OP_SIGNAL, child or -1 (the parent), signal)
-                 (OP_AWAIT_SIGNAL, signal, timeout_ns, metric)
-                 (OP_WS_CONNECT, conn, target, metric, head template) (OP_WS_SEND, conn,
-                 metric, opcode 1|2, template) (OP_WS_RECV, conn, metric, timeout_ns, var or -1)
-                 (OP_WS_AWAIT_RECV, conn, metric, timeout_ns, expected template)
-                 (OP_WS_CLOSE, conn, metric). A timeout of 0 waits without one.
-    var_names    the variables' names (slot = index; the python step sees them by name).
+    variable slot >= 0, or VAR_SESSION_ID / VAR_ITERATION). Builder methods:
+                 http_template(target, metric, head template (request line and header
+                 lines, no blank line, no Content-Length), body template or None (then no
+                 Content-Length), no_body, cookies, extract [(var, EX_JSON | EX_REGEX |
+                 EX_HEADER | EX_STATUS | EX_BODY, expr bytes, optional)])
+                 assign(var, template, metric) update_add(var, delta, metric) unset(var)
+                 (the metric of an assign only counts its errors)
+                 retry(retries, backoff_ns) ... end()  add_metric(metric, value, var or -1)
+                 abort(metric)  python(metric, fn(dict) -> dict | None)
+                 spawn(child) ... end() (async)  await_child(child, timeout_ns, metric)
+                 await_all(timeout_ns, metric)  spread(first_child, count, interval_ns)
+                 ... end()  signal(child or -1 (the parent), signal)
+                 await_signal(signal, timeout_ns, metric)
+                 ws_connect(conn, target, metric, head template)  ws_send(conn, metric,
+                 opcode 1|2, template)  ws_recv(conn, metric, timeout_ns, var or -1)
+                 ws_await_recv(conn, metric, timeout_ns, expected template)
+                 ws_close(conn, metric). A timeout of 0 waits without one.
+    var_names    (an option) the variables' names (slot = index; the python step sees them
+                 by name).
     nchildren, nconns, nsignals  child slots, WebSocket connections and signal values per
                  session (at most 256, 16 and 64).
     max_capture  bytes of a response kept for extraction (and of queued WebSocket messages
@@ -104,14 +107,10 @@ cdef class Engine:
         self.nthreads = 0
         self.py_threads = []
 
-    def __init__(self, targets, metric_keys, ops, EngineOptions options=None, *,
-                 init_ops=(), teardown_ops=(), **option_kw):
+    def __init__(self, targets, metric_keys, PlanBuilder plan not None,
+                 EngineOptions options not None):
         if self.initialized:
             raise RuntimeError("Engine is already initialized")
-        if options is None:
-            options = EngineOptions(**option_kw)
-        elif option_kw:
-            raise TypeError(f"give either options or keywords {sorted(option_kw)}, not both")
         addrs = [_parse_target(i, t) for i, t in enumerate(_as_list("targets", targets))]
         keys = [str(k) if isinstance(k, str) else _bad_key(i, k)
                 for i, k in enumerate(_as_list("metric_keys", metric_keys))]
@@ -119,13 +118,6 @@ cdef class Engine:
         limits = {"nvars": len(var_names), "nchildren": options.nchildren,
                   "nconns": options.nconns, "nsignals": options.nsignals}
         self._session_id_base = options.session_id_base
-        cdef PlanBuilder plan
-        if isinstance(ops, PlanBuilder):
-            if init_ops or teardown_ops:
-                raise TypeError("a PlanBuilder holds its init and teardown ops itself")
-            plan = ops
-        else:
-            plan = _plan_from_tuples(ops, init_ops, teardown_ops, len(addrs), len(keys), limits)
         plan._check_against(len(addrs), len(keys), limits["nvars"], limits["nchildren"],
                             limits["nconns"], limits["nsignals"])
         if plan.run_first < 0 or (plan.run_end if plan.run_end >= 0 else plan.nops) == plan.run_first:

@@ -3,9 +3,10 @@
 # Every option of an Engine (the load model, timeouts, TLS, session rules, the stateful
 # language's sizes) is a typed, read-only attribute, checked once in ``__init__`` (TypeError
 # for a wrong type, ValueError for a value out of range), so ``Engine`` takes one checked
-# object instead of a long list of keywords. ``Engine(targets, metric_keys, ops, **kw)``
-# still builds one from ``kw``, for tests and benches. See ``Engine``'s docstring for what
-# each option means.
+# object instead of a long list of keywords. ``replace(**changes)`` gives a checked copy
+# (the worker picks the thread count of a compiled plan's options that way). The open
+# model's schedule (rates per stage, ``_schedule``) is worked out here, once. See
+# ``Engine``'s docstring for what each option means.
 
 cdef class EngineOptions:
     """How an Engine runs: EngineOptions(sessions=1, threads=1, iterations=0, duration_ns=0,
@@ -93,7 +94,7 @@ cdef class EngineOptions:
             raise TypeError(f"tls_insecure must be a bool, not {type(tls_insecure).__name__}")
         self.tls_insecure = tls_insecure
         if tls_ca_file is not None:
-            if not isinstance(tls_ca_file, (str, os.PathLike)):
+            if not isinstance(tls_ca_file, (str, bytes, os.PathLike)):
                 raise TypeError(
                     f"tls_ca_file must be a path (str) or None, not {type(tls_ca_file).__name__}"
                 )
@@ -105,3 +106,124 @@ cdef class EngineOptions:
     @property
     def open_model(self) -> bool:
         return bool(self._stage_rows)
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (keywords of ``__init__``), checked again."""
+        fields = {name: getattr(self, name) for name in _OPTION_NAMES}
+        fields.update(changes)
+        return EngineOptions(**fields)
+
+    def __repr__(self):
+        return "EngineOptions(" + ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in _OPTION_NAMES) + ")"
+
+
+_OPTION_NAMES = (
+    "sessions", "threads", "iterations", "duration_ns", "connect_timeout_ns",
+    "request_timeout_ns", "arrival_rate_per_s", "rate_stages", "tls_ca_file", "tls_insecure",
+    "scenario_timeout_ns", "start_delay_ns", "start_random_delay_ns", "var_names", "nchildren",
+    "nconns", "nsignals", "max_capture", "session_id_base",
+)
+
+
+# ------------------------------------------------------------------ the open-model schedule
+
+def _check_rate(name, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    value = float(value)
+    if not isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if value > 1e9:
+        raise ValueError(f"{name}={value} is unreasonably large (more than one per ns)")
+    return value
+
+
+def _parse_stage(i, stage):
+    if not isinstance(stage, (tuple, list)) or len(stage) != 2:
+        raise TypeError(f"rate_stages[{i}] must be a (duration_ns, target_rate_per_s) tuple, "
+                        f"got {stage!r}")
+    return (_check_int(f"rate_stages[{i}] duration_ns", stage[0], 0),
+            _check_rate(f"rate_stages[{i}] target_rate_per_s", stage[1]))
+
+
+def _open_schedule(arrival_rate_per_s, rate_stages, duration_ns, iterations):
+    """Validate the open-model arguments -> (stage rows or [] for the closed model,
+    duration_ns, iterations)."""
+    rate = _check_rate("arrival_rate_per_s", arrival_rate_per_s)
+    stages = [_parse_stage(i, st) for i, st in enumerate(_as_list("rate_stages", rate_stages))]
+    if rate == 0 and not stages:
+        return [], duration_ns, iterations
+    if iterations > 1:
+        raise ValueError(
+            f"iterations={iterations}: in the open model every arrival runs the ops once "
+            "(leave iterations 0)"
+        )
+    if stages:
+        total = sum(d for d, _ in stages)
+        if total == 0:
+            raise ValueError("rate_stages last 0 ns in all: the run would be empty")
+        if duration_ns not in (0, total):
+            raise ValueError(
+                f"duration_ns={duration_ns} but rate_stages last {total} ns: with stages "
+                "the run lasts their sum (pass 0 or that sum)"
+            )
+        duration_ns = total
+    elif duration_ns == 0:
+        raise ValueError("the open model (arrival_rate_per_s > 0) needs duration_ns > 0")
+    if duration_ns > 100 * 365 * 86400 * 1_000_000_000:
+        raise ValueError(f"duration_ns={duration_ns} is unreasonably long")
+    return _schedule(rate, stages, duration_ns), duration_ns, 0
+
+
+def _arrival_offsets_ns(arrival_rate_per_s, rate_stages=(), duration_ns=0, limit=1_000_000):
+    """The due times (ns from the start) of the first ``limit`` arrivals of a schedule, as the
+    engine computes them; with the thread split, thread i takes arrivals i, i + n, ... For
+    tests and for planning; not used by the engine itself."""
+    cdef config_t cfg
+    cdef int32_t cursor = 0
+    cdef int64_t k, off
+    rows, duration_ns, _ = _open_schedule(arrival_rate_per_s, rate_stages, duration_ns, 0)
+    if not rows:
+        raise ValueError("arrival_rate_per_s or rate_stages must describe an open-model schedule")
+    memset(&cfg, 0, sizeof(config_t))
+    cfg.stages = <stage_t*>calloc(len(rows), sizeof(stage_t))
+    if cfg.stages == NULL:
+        raise MemoryError()
+    try:
+        cfg.nstages = len(rows)
+        cfg.total_ns = duration_ns
+        for i, (start_ns, dur_ns, r0, r1, n0, n1) in enumerate(rows):
+            cfg.stages[i].start_ns = start_ns
+            cfg.stages[i].dur_ns = dur_ns
+            cfg.stages[i].r0 = r0
+            cfg.stages[i].r1 = r1
+            cfg.stages[i].n0 = n0
+            cfg.stages[i].n1 = n1
+        out = []
+        for k in range(_check_int("limit", limit, 0)):
+            off = arrival_offset_ns(&cfg, k, &cursor)
+            if off < 0:
+                break
+            out.append(off)
+        return out
+    finally:
+        free(cfg.stages)
+
+
+def _schedule(double rate, list stages, int64_t duration_ns) -> list:
+    """The arrival schedule as stage_t rows (start_ns, dur_ns, r0, r1, n0, n1), rates per ns."""
+    if not stages:
+        stages = [(duration_ns, rate)]
+    rows = []
+    start = 0
+    n = 0.0
+    prev = rate / 1e9
+    for dur, target in stages:
+        r1 = target / 1e9
+        n1 = n + dur * (prev + r1) / 2.0
+        rows.append((start, dur, prev, r1, n, n1))
+        start += dur
+        n = n1
+        prev = r1
+    return rows

@@ -3,8 +3,9 @@
 
 Theory of operation
 -------------------
-``Engine`` copies the worker's plan into one calloc'ed ``op_t`` array (``config_t.ops``,
-``engine_config.pxd``): init ops, run ops, teardown ops. The threads only read it. Pointers
+``PlanBuilder`` (``engine_plan.pxi``) fills one ``op_t`` array, a typed method per op, and
+the ``Engine`` takes it over (``config_t.ops``, ``engine_config.pxd``): init ops, run ops,
+teardown ops. The threads only read it. Pointers
 in an op (``req``, template parts, extractors, the python callable) point into memory the
 ``Engine`` keeps alive (its request buffer, or objects in ``Engine._keep``) until
 ``Engine._free``. What each field means per op kind is in ``engine.pyx``'s docstring and

@@ -16,12 +16,34 @@
 # op; what needs the engine's threads (a regex compiled per thread) or its variable names (a
 # python step) is finished then too (``_finish``). An Engine takes the array over (one
 # builder, one Engine). ``describe()`` gives the ops back as tuples, for tests and debugging.
+#
+# Memory: the op array is ``realloc``'d here and freed by the Engine that takes it (or here,
+# if none does). Templates, extractors, JSON paths and regexes live in memory owned by small
+# Python objects (``_CMem``, ``extract.JsonPath``, ``extract.Regex``) that the builder makes
+# and ``Engine._keep`` keeps, with the bytes objects their literals point into, so they
+# outlive every engine thread (threads keep the Engine alive) and are freed with it.
+
+from _fastpath.extract cimport JsonPath, Regex
+from _fastpath.includes.regex cimport regex_t
 
 cdef int32_t _PH_INIT = 0
 cdef int32_t _PH_RUN = 1
 cdef int32_t _PH_TEARDOWN = 2
 _PHASE_NAMES = ("init_ops", "ops", "teardown_ops")
 _INT32_MAX = 2147483647
+
+
+cdef class _CMem:
+    """A calloc'd block, freed when the last reference goes (after the engine threads)."""
+    cdef void* ptr
+
+    def __cinit__(self, size_t size):
+        self.ptr = calloc(size if size > 0 else 1, 1)
+        if self.ptr == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.ptr)
 
 
 def _index(what, value, int64_t minimum=0):
@@ -106,8 +128,9 @@ cdef class PlanBuilder:
         return self.nops
 
     def describe(self, phase="ops"):
-        """The ops of ``phase`` ("init_ops", "ops" or "teardown_ops") as tuples, in the
-        engine's former tuple form (body lengths included), for tests and debugging."""
+        """The ops of ``phase`` ("init_ops", "ops" or "teardown_ops") as tuples (a read-only
+        view for tests and debugging): the op kind (``OP_*``), then the method's arguments
+        as checked; a block's body length follows its own arguments."""
         return list(self.described[_PHASE_NAMES.index(phase)])
 
     # -------------------------------------------------------------- the ops

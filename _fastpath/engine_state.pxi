@@ -600,3 +600,41 @@ cdef void sx_free(config_t* cfg, sx_t* x) noexcept nogil:
     x.wbuf = x.cap = x.jar = NULL
     x.sigs = NULL
     ws_free(cfg, x)
+
+
+cdef int _call_python(thread_t* t, session_t* s, const op_t* op) noexcept:
+    """The python step (GIL held): fn(variables) -> dict of new values or None. 0, or -1."""
+    cdef int32_t i
+    cdef var_t* v
+    cdef bytes value
+    fn, names, slots, logged = <object>op.pyfunc
+    try:
+        variables = {}
+        for i in range(t.cfg.nvars):
+            v = &s.x.vars[i]
+            if v.len >= 0:
+                variables[names[i]] = v.data[:v.len].decode("utf-8", "surrogateescape")
+        variables["session_id"] = str(s.x.session_id)
+        variables["iteration"] = str(s.iters)
+        result = fn(variables)
+        if result is None:
+            return 0
+        for name, new in result.items():
+            i = slots.get(name, -1)
+            if i < 0:
+                continue
+            if new is None:
+                s.x.vars[i].len = -1
+                continue
+            value = new if isinstance(new, bytes) else str(new).encode("utf-8", "surrogateescape")
+            if var_set(s, i, value, len(value)) != 0:
+                return -1
+        return 0
+    except BaseException:
+        if not logged[0]:       # the first failure of each python step, with its traceback
+            logged[0] = True
+            import logging
+            logging.getLogger("chaperon.engine").exception(
+                "python step %s raised (counted as 'python' errors; only the first is logged)",
+                getattr(fn, "__qualname__", fn))
+        return -1

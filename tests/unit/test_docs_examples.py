@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 import yaml
 
-from _fastpath.engine import Engine
 from chaperon.builder import LoadTest, Scenario
 from chaperon.core.loadtest import load_file, load_test_from_dict
 from chaperon.v1 import loadtest_pb2, worker_pb2
@@ -123,7 +122,7 @@ def check_runs(lt: loadtest_pb2.LoadTest) -> None:
     plans = compile_assignment(assignment, allow_python=True)
     assert len(plans) == len(lt.scenarios)
     for plan in plans:
-        Engine(**plan.engine_kwargs(1)).close()
+        plan.engine(1).close()
 
 
 @pytest.fixture(autouse=True)

@@ -1,19 +1,27 @@
 """The typed boundary into the engine: ``PlanBuilder`` and ``EngineOptions`` refuse bad input.
 
-Wrong types are TypeError, values out of range ValueError, never a crash; indexes the builder
-cannot judge alone (targets, metric keys, variables, children, connections, signals) are
-checked by the Engine that takes the plan, naming the op. No socket is opened: an Engine that
-is never started only allocates.
+Wrong types are TypeError, values out of range ValueError, never a crash (a property test
+throws arbitrary calls at the builder); indexes the builder cannot judge alone (targets,
+metric keys, variables, children, connections, signals) are checked by the Engine that takes
+the plan, naming the op. No socket is opened: an Engine that is never started only
+allocates.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _fastpath.engine import (
+    EX_BODY,
+    EX_HEADER,
     EX_JSON,
+    EX_REGEX,
+    EX_STATUS,
     MAX_NESTING,
     OP_DELAY,
     OP_HTTP,
@@ -153,10 +161,129 @@ def test_engine_options_are_checked(options: dict[str, Any], exc: type[Exception
         EngineOptions(**{"iterations": 1, **options})
 
 
-def test_options_are_given_once() -> None:
-    b = PlanBuilder()
-    b.http(0, 0, REQUEST)
-    with pytest.raises(TypeError, match="not both"):
-        Engine(TARGETS, ["k"], b, EngineOptions(iterations=1), sessions=2)
+def test_the_engine_takes_a_builder_and_options_only() -> None:
+    def plan() -> PlanBuilder:
+        b = PlanBuilder()
+        b.http(0, 0, REQUEST)
+        return b
+
+    options = EngineOptions(iterations=1)
+    with pytest.raises(TypeError):
+        Engine(TARGETS, ["k"], plan(), options, sessions=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="PlanBuilder"):
+        Engine(TARGETS, ["k"], [(OP_HTTP, 0, 0, REQUEST, False)], options)
+    with pytest.raises(TypeError):
+        Engine(TARGETS, ["k"], plan())  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="EngineOptions"):
+        Engine(TARGETS, ["k"], plan(), {"iterations": 1})
+    with pytest.raises(TypeError):
+        Engine(TARGETS, ["k"], None, options)
+    Engine(TARGETS, ["k"], plan(), options).close()
+
+
+def test_options_replace_checks_again_and_keeps_the_rest() -> None:
     options = EngineOptions(sessions=4, threads=8, iterations=1)
     assert (options.sessions, options.threads, options.open_model) == (4, 4, False)
+    wider = options.replace(sessions=16, threads=8)
+    assert (wider.sessions, wider.threads, wider.iterations) == (16, 8, 1)
+    assert options.sessions == 4  # a copy
+    assert repr(options.replace()) == repr(options)
+    with pytest.raises(ValueError, match="sessions"):
+        options.replace(sessions=0)
+    with pytest.raises(TypeError):
+        options.replace(colour="blue")
+    staged = EngineOptions(rate_stages=[(10**9, 5.0)], tls_ca_file="/ca.pem")
+    again = staged.replace(threads=2)
+    assert again.open_model and again.duration_ns == 10**9 and again.tls_ca_file == b"/ca.pem"
+
+
+# ---------------------------------------------------------------- anything at all, never a crash
+
+SMALL = st.integers(min_value=-3, max_value=4)
+ANY_INT = st.one_of(SMALL, st.integers(min_value=-(2**63), max_value=2**63 - 1))
+PART = st.one_of(st.binary(max_size=8), SMALL, st.text(max_size=3), st.none(), st.booleans())
+TEMPLATE = st.one_of(st.lists(PART, max_size=4), st.none(), st.integers(), st.binary(max_size=4))
+EXTRACTOR = st.one_of(
+    st.tuples(
+        SMALL,
+        st.sampled_from([EX_JSON, EX_REGEX, EX_HEADER, EX_STATUS, EX_BODY, 0, 9]),
+        st.sampled_from([b"$.a", b"(x", b"a[", b"", b"x", "x"]),
+        st.booleans(),
+    ),
+    st.tuples(SMALL),
+    st.none(),
+)
+ARG = st.one_of(
+    ANY_INT,
+    TEMPLATE,
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.just(REQUEST),
+    st.just(json.dumps),
+    st.lists(EXTRACTOR, max_size=2),
+)
+METHODS = [
+    "init",
+    "run",
+    "teardown",
+    "end",
+    "http",
+    "http_template",
+    "delay",
+    "random_delay",
+    "repeat",
+    "loop",
+    "retry",
+    "spawn",
+    "spread",
+    "assign",
+    "update_add",
+    "unset",
+    "add_metric",
+    "abort",
+    "python",
+    "await_child",
+    "await_all",
+    "signal",
+    "await_signal",
+    "ws_connect",
+    "ws_send",
+    "ws_recv",
+    "ws_await_recv",
+    "ws_close",
+]
+CALL = st.tuples(st.sampled_from(METHODS), st.lists(ARG, max_size=7))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    calls=st.lists(CALL, min_size=1, max_size=12),
+    nvars=st.integers(0, 3),
+    nchildren=st.integers(0, 3),
+    nconns=st.integers(0, 2),
+    nsignals=st.integers(0, 2),
+)
+def test_arbitrary_builder_calls_build_or_are_refused_clearly(
+    calls: list[tuple[str, list[Any]]], nvars: int, nchildren: int, nconns: int, nsignals: int
+) -> None:
+    """Any method with any arguments (wrong counts, types, ranges, unclosed or empty blocks,
+    phases out of order, indexes past what the engine has): TypeError or ValueError, or an
+    engine that was built; never a crash or another exception."""
+    b = PlanBuilder()
+    for method, args in calls:
+        try:
+            getattr(b, method)(*args)
+        except (TypeError, ValueError):
+            pass
+    options = EngineOptions(
+        iterations=1,
+        var_names=[f"v{i}" for i in range(nvars)],
+        nchildren=nchildren,
+        nconns=nconns,
+        nsignals=nsignals,
+    )
+    try:
+        eng = Engine([("127.0.0.1", 9)], ["a", "b"], b, options)
+    except (TypeError, ValueError):
+        return
+    eng.close()

@@ -35,8 +35,9 @@ def test_get_is_rendered_once_with_host_and_no_body() -> None:
     head = request.decode()
     assert head.startswith("GET /api/users/1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n")
     assert head.endswith("\r\n\r\n") and "Content-Length" not in head
-    assert plan.iterations == 1 and plan.duration_ns == 0  # neither given: once per session
-    assert plan.sessions == 3 and plan.request_timeout_ns == 2_000_000_000
+    options = plan.options
+    assert options.iterations == 1 and options.duration_ns == 0  # neither given: once each
+    assert options.sessions == 3 and options.request_timeout_ns == 2_000_000_000
 
 
 def test_json_form_query_headers_and_delay() -> None:
@@ -69,7 +70,7 @@ def test_json_form_query_headers_and_delay() -> None:
     assert put[3].endswith(b"\r\n\r\nk=v+w")
     assert head[4] is True
     assert plan.metric_keys == ["POST /login", "PUT /f", "HEAD /"]
-    assert plan.duration_ns == 2_000_000_000 and plan.iterations == 0
+    assert plan.options.duration_ns == 2_000_000_000 and plan.options.iterations == 0
 
 
 def test_same_key_and_target_share_an_index() -> None:
@@ -81,27 +82,29 @@ def test_same_key_and_target_share_an_index() -> None:
     assert plan.targets[1][1] == 9
 
 
-def test_engine_kwargs_cap_threads_by_sessions() -> None:
+def test_engine_options_cap_threads_by_sessions() -> None:
     (plan,) = compile_assignment(_assignment([{"http": {"method": "GET", "path": "/"}}]))
-    assert plan.engine_kwargs(8)["threads"] == 3
-    assert plan.engine_kwargs(0)["threads"] == 1
+    assert plan.engine_options(8).threads == 3
+    assert plan.engine_options(0).threads == 1
+    assert plan.engine_options(2).sessions == plan.options.sessions == 3
 
 
 def test_https_targets_carry_tls_and_the_name_to_verify() -> None:
     a = _assignment([{"http": {"method": "GET", "url": "https://localhost:8443/x"}}])
     (plan,) = compile_assignment(a)
     assert plan.targets == [("127.0.0.1", 8443, True, "localhost")]
-    kwargs = plan.engine_kwargs(1)
-    assert kwargs["tls_ca_file"] is None and kwargs["tls_insecure"] is False
+    assert plan.options.tls_ca_file is None and plan.options.tls_insecure is False
     assert plan.ops[0][3].startswith(b"GET /x HTTP/1.1\r\nHost: localhost:8443\r\n")
     a.load_test.config.update({"tls_insecure": True, "tls_ca_file": "/tmp/ca.pem"})
     (plan,) = compile_assignment(a)
-    assert plan.tls_insecure and plan.tls_ca_file == "/tmp/ca.pem"
+    assert plan.options.tls_insecure and plan.options.tls_ca_file == b"/tmp/ca.pem"
 
 
 def test_plain_targets_pass_no_tls_options() -> None:
-    (plan,) = compile_assignment(_assignment([{"http": {"method": "GET", "path": "/"}}]))
-    assert "tls_ca_file" not in plan.engine_kwargs(1)
+    a = _assignment([{"http": {"method": "GET", "path": "/"}}])
+    a.load_test.config.update({"tls_insecure": True, "tls_ca_file": "/tmp/ca.pem"})
+    (plan,) = compile_assignment(a)
+    assert plan.options.tls_ca_file is None and plan.options.tls_insecure is False
 
 
 def test_bad_shares_are_refused() -> None:
@@ -125,16 +128,15 @@ def test_init_teardown_and_session_rules_reach_the_engine() -> None:
     scenario.init.add().http.CopyFrom(loadtest_pb2.HttpStep(method="POST", path="/login"))
     scenario.teardown.add().http.CopyFrom(loadtest_pb2.HttpStep(method="POST", path="/logout"))
     (plan,) = compile_assignment(lt_assignment)
-    kwargs = plan.engine_kwargs(1)
-    assert [op[3].split(b" ")[1] for op in kwargs["init_ops"]] == [b"/api/login"]
-    assert [op[3].split(b" ")[1] for op in kwargs["teardown_ops"]] == [b"/api/logout"]
+    assert [op[3].split(b" ")[1] for op in plan.init_ops] == [b"/api/login"]
+    assert [op[3].split(b" ")[1] for op in plan.teardown_ops] == [b"/api/logout"]
     assert plan.metric_keys == ["POST /login", "GET /", "POST /logout"]
-    assert kwargs["scenario_timeout_ns"] == 2_000_000_000
-    assert kwargs["start_delay_ns"] == 100_000_000
-    assert kwargs["start_random_delay_ns"] == 1_000_000_000
-    plain = compile_assignment(_assignment([{"http": {"method": "GET", "path": "/"}}]))
-    assert "init_ops" not in plain[0].engine_kwargs(1)
-    assert "scenario_timeout_ns" not in plain[0].engine_kwargs(1)
+    assert plan.options.scenario_timeout_ns == 2_000_000_000
+    assert plan.options.start_delay_ns == 100_000_000
+    assert plan.options.start_random_delay_ns == 1_000_000_000
+    (plain,) = compile_assignment(_assignment([{"http": {"method": "GET", "path": "/"}}]))
+    assert plain.init_ops == [] and plain.teardown_ops == []
+    assert plain.options.scenario_timeout_ns == 0
 
 
 def test_control_flow_is_flattened_with_body_lengths() -> None:

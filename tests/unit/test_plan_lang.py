@@ -1,4 +1,5 @@
-"""The session language in the plan compiler: every step -> the engine contract's op tuples."""
+"""The session language in the plan compiler: every step -> the ops it gives the engine's
+PlanBuilder (read back as tuples with ``describe()``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from _fastpath.engine import EX_HEADER, EX_JSON, EX_REGEX, EX_STATUS, VAR_ITERATION, VAR_SESSION_ID
+from _fastpath.engine import (
+    EX_HEADER,
+    EX_JSON,
+    EX_REGEX,
+    EX_STATUS,
+    VAR_ITERATION,
+    VAR_SESSION_ID,
+    EngineOptions,
+)
 from chaperon.core.errors import InvalidArgument, PermissionDenied
 from chaperon.core.loadtest import Placeholder as P
 from chaperon.core.loadtest import display_template, load_test_from_dict, metric_key, split_template
@@ -114,7 +123,7 @@ def test_plain_request_with_config_values_keeps_the_fast_path() -> None:
     assert request.startswith(b"GET /api/u/bob/3?k=3+x" + HEAD)
     assert request.endswith(b"\r\n\r\n")
     assert plan.metric_keys[key] == "GET /u/{user.name}/{n}"
-    assert plan.var_names == [] and "var_names" not in plan.engine_kwargs(1)
+    assert plan.options.var_names == ()
 
 
 def test_variables_and_builtins_become_slots_in_head_and_body() -> None:
@@ -133,7 +142,7 @@ def test_variables_and_builtins_become_slots_in_head_and_body() -> None:
         ]
     )
     assign_q, assign_token, http = plan.ops
-    assert plan.var_names == ["q", "token"]  # assign values in name order
+    assert plan.options.var_names == ("q", "token")  # assign values in name order
     assert assign_token[:3] == (OP_ASSIGN, 1, [b"t-", VAR_SESSION_ID])
     assert assign_q[:3] == (OP_ASSIGN, 0, [b"a b"])
     assert _key(plan, assign_token, 3) == "assign token"  # counts its errors only
@@ -150,7 +159,7 @@ def test_variables_and_builtins_become_slots_in_head_and_body() -> None:
     assert b'"n":2' in rendered and b'"l":[1]' in rendered  # integral numbers stay integers
     assert plan.metric_keys[key] == "POST /items/{token}"
     assert set(extras) == {"head", "body"}
-    assert plan.engine_kwargs(1)["var_names"] == ["q", "token"]
+    assert plan.engine_options(1).var_names == ("q", "token")
 
 
 def test_form_and_raw_bodies_and_bodyless_methods() -> None:
@@ -195,7 +204,7 @@ def test_unknown_names_and_bad_templates_name_the_field() -> None:
     # a python step may set any name: then an unknown name is a variable
     run = [{"python": {"function": "json:dumps"}}, _http(path="/{{from_py}}")]
     plan = _compile(run, allow_python=True)
-    assert plan.var_names == ["from_py"] and plan.ops[1][5]["head"][1] == 0
+    assert plan.options.var_names == ("from_py",) and plan.ops[1][5]["head"][1] == 0
 
 
 def test_extraction_and_cookies_use_the_extras_form() -> None:
@@ -215,7 +224,7 @@ def test_extraction_and_cookies_use_the_extras_form() -> None:
         (3, EX_STATUS, b"", False),
     ]
     assert extras["body"] is None and extras["head"][0].startswith(b"GET /api/ HTTP/1.1\r\n")
-    assert plan.var_names == ["token", "id", "loc", "code"]
+    assert plan.options.var_names == ("token", "id", "loc", "code")
     assert _refused([_http(extract=[{"var": "x"}])]).endswith("http.extract[0].json_path")
 
 
@@ -270,7 +279,7 @@ def test_websocket_steps() -> None:
         "WS close default",
         "bye",
     ]
-    assert plan.nconns == 2 and plan.engine_kwargs(1)["nconns"] == 2
+    assert plan.options.nconns == 2 and plan.engine_options(1).nconns == 2
 
 
 def test_websocket_mistakes() -> None:
@@ -313,7 +322,7 @@ def test_children_and_signals() -> None:
     assert ops[6] == (OP_SPREAD, 2, 4, 1_000_000_000, 1)
     assert ops[8] == (OP_ASYNC, 1, 1) and ops[9] == (OP_DELAY, 1_000_000)
     assert ops[-1][:2] == (OP_AWAIT_ALL, 0)
-    assert (plan.nchildren, plan.nsignals) == (6, 2)
+    assert (plan.options.nchildren, plan.options.nsignals) == (6, 2)
     assert [_key(plan, ops[i], 3) for i in (0, 5)] == ["await_signal ready", "await kid"]
     assert plan.metric_keys[ops[-1][2]] == "await_all"
 
@@ -412,7 +421,7 @@ def test_sequences_run_one_after_the_other_and_share_variables() -> None:
     assert plan.init_ops == []
     firsts = [op[3] or op[5]["head"][0] for op in plan.ops]
     assert [f.split(b" ")[1] for f in firsts] == [b"/api/a-init", b"/api/a", b"/api/b/"]
-    assert plan.ops[2][5]["head"][1] == 0 and plan.var_names == ["t"]
+    assert plan.ops[2][5]["head"][1] == 0 and plan.options.var_names == ("t",)
     assert [op[3].split(b" ")[1] for op in plan.teardown_ops] == [b"/api/a-down", b"/api/b-down"]
 
 
@@ -444,7 +453,7 @@ def test_variable_metric_and_control_steps() -> None:
     assert ops[11][0] == OP_ABORT and ops[12][0] == OP_ABORT
     keys = [_key(plan, ops[i], 1) for i in (7, 8, 11, 12)] + [_key(plan, ops[9], 3)]
     assert keys == ["size", "count", "abort: done", "gave up", "group"]
-    assert plan.var_names == ["n", "s", "never-set"]
+    assert plan.options.var_names == ("n", "s", "never-set")
 
 
 def test_empty_bodies() -> None:
@@ -490,19 +499,16 @@ def test_limits_name_the_field() -> None:
         _compile([step])
 
 
-def test_plain_plans_pass_exactly_the_old_engine_arguments() -> None:
-    kwargs = _compile([GET]).engine_kwargs(1)
-    assert set(kwargs) == {
-        "targets",
-        "metric_keys",
-        "ops",
-        "sessions",
-        "threads",
-        "iterations",
-        "duration_ns",
-        "connect_timeout_ns",
-        "request_timeout_ns",
-    }
+def test_plain_plans_leave_the_other_engine_options_at_their_defaults() -> None:
+    options = _compile([GET]).options
+    plain = EngineOptions(
+        sessions=options.sessions,
+        iterations=options.iterations,
+        duration_ns=options.duration_ns,
+        connect_timeout_ns=options.connect_timeout_ns,
+        request_timeout_ns=options.request_timeout_ns,
+    )
+    assert repr(options) == repr(plain)
     plan = _compile(
         [
             {"ws_connect": {"path": "/"}},
@@ -511,9 +517,9 @@ def test_plain_plans_pass_exactly_the_old_engine_arguments() -> None:
         ],
         {**CONFIG, "max_capture": 4096},
     )
-    kwargs = plan.engine_kwargs(1)
-    assert (kwargs["nconns"], kwargs["nchildren"], kwargs["nsignals"]) == (1, 1, 1)
-    assert kwargs["var_names"] == ["a"] and kwargs["max_capture"] == 4096
+    options = plan.engine_options(1)
+    assert (options.nconns, options.nchildren, options.nsignals) == (1, 1, 1)
+    assert options.var_names == ("a",) and options.max_capture == 4096
     assert _refused([GET], {**CONFIG, "max_capture": 0}) == "config.max_capture"
 
 

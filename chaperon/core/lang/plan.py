@@ -28,13 +28,11 @@ from chaperon.core.lang.limits import (
 from chaperon.core.loadtest import Inventory, effective_config, entry_scenarios
 from chaperon.v1 import worker_pb2
 
-# What an Engine runs (the rest of ``EnginePlan.engine_kwargs`` is its ``EngineOptions``).
-_PLAN_ARGS = ("targets", "metric_keys", "ops", "init_ops", "teardown_ops")
-
 
 @dataclass
 class EnginePlan:
-    """Arguments for one ``_fastpath.engine.Engine`` (one scenario entry's share)."""
+    """What one ``_fastpath.engine.Engine`` runs (one scenario entry's share): its targets,
+    metric keys, the ops (already in the engine's C array) and its checked options."""
 
     entry_index: int
     # (ip, port) for http, (ip, port, True, host name) for https
@@ -42,37 +40,13 @@ class EnginePlan:
     metric_keys: list[str] = field(default_factory=list)
     # The ops (init, run, teardown), already in the engine's C array.
     builder: PlanBuilder = field(default_factory=PlanBuilder)
-    sessions: int = 0
-    iterations: int = 0
-    duration_ns: int = 0
-    connect_timeout_ns: int = DEFAULT_CONNECT_TIMEOUT_NS
-    request_timeout_ns: int = DEFAULT_REQUEST_TIMEOUT_NS
-    # Open model: sessions per second (this worker's share) and the ramp stages
-    # [(duration_ns, target_per_s)]; ``sessions`` is then the number of session slots.
-    arrival_rate_per_s: float = 0.0
-    rate_stages: list[tuple[int, float]] = field(default_factory=list)
-    # HTTPS: a PEM CA bundle on the worker (None: the system's), or no verification at all.
-    tls_ca_file: str | None = None
-    tls_insecure: bool = False
-    # Per-session rules (init ops once before, teardown ops once after, not measured, are in
-    # the builder): a limit on each run of the scenario, and an initial delay (fixed + uniform
-    # random part).
-    scenario_timeout_ns: int = 0
-    start_delay_ns: int = 0
-    start_random_delay_ns: int = 0
-    # The session language: variable slots (index = slot), child-session slots, WebSocket
-    # connections and distinct signal values per session, response bytes kept for extraction.
-    var_names: list[str] = field(default_factory=list)
-    nchildren: int = 0
-    nconns: int = 0
-    nsignals: int = 0
-    max_capture: int = DEFAULT_MAX_CAPTURE
-    # Closed model: the entry-wide number of the first session ({{session_id}}).
-    session_id_base: int = 0
+    # How the engine runs them (the load model, timeouts, TLS, session rules, the language's
+    # sizes), one thread: ``engine(threads)`` picks the worker's thread count.
+    options: EngineOptions = field(default_factory=lambda: EngineOptions(iterations=1))
 
     @property
     def open_model(self) -> bool:
-        return self.arrival_rate_per_s > 0 or bool(self.rate_stages)
+        return bool(self.options.open_model)
 
     @property
     def ops(self) -> list[tuple[Any, ...]]:
@@ -87,55 +61,13 @@ class EnginePlan:
     def teardown_ops(self) -> list[tuple[Any, ...]]:
         return self.builder.describe("teardown_ops")  # type: ignore[no-any-return]
 
+    def engine_options(self, threads: int) -> EngineOptions:
+        """The options on ``threads`` threads (at least one, at most one per session)."""
+        return self.options.replace(threads=max(1, threads))  # type: ignore[no-any-return]
+
     def engine(self, threads: int) -> Engine:
         """The Engine of this plan on ``threads`` threads (it takes the builder's ops over)."""
         return Engine(self.targets, self.metric_keys, self.builder, self.engine_options(threads))
-
-    def engine_options(self, threads: int) -> EngineOptions:
-        """The engine's options for this plan on ``threads`` threads (checked by the engine)."""
-        kwargs = self.engine_kwargs(threads)
-        return EngineOptions(**{k: v for k, v in kwargs.items() if k not in _PLAN_ARGS})
-
-    def engine_kwargs(self, threads: int) -> dict[str, Any]:
-        """``Engine``'s keyword form (the plan as tuples, ``_PLAN_ARGS``, and the options that
-        differ from the engine's defaults): what ``engine`` passes, readable in tests."""
-        extra: dict[str, Any] = {}
-        if self.open_model:
-            extra = {"arrival_rate_per_s": self.arrival_rate_per_s, "rate_stages": self.rate_stages}
-        if any(len(t) > 2 and t[2] for t in self.targets):
-            extra["tls_ca_file"] = self.tls_ca_file
-            extra["tls_insecure"] = self.tls_insecure
-        # Only what is used, so plain plans keep the engine's plain path.
-        for name in ("init_ops", "teardown_ops"):
-            if getattr(self, name):
-                extra[name] = getattr(self, name)
-        for name in (
-            "scenario_timeout_ns",
-            "start_delay_ns",
-            "start_random_delay_ns",
-            "nchildren",
-            "nconns",
-            "nsignals",
-            "session_id_base",
-        ):
-            if getattr(self, name):
-                extra[name] = getattr(self, name)
-        if self.var_names:
-            extra["var_names"] = list(self.var_names)
-        if self.max_capture != DEFAULT_MAX_CAPTURE:
-            extra["max_capture"] = self.max_capture
-        return {
-            **extra,
-            "targets": self.targets,
-            "metric_keys": self.metric_keys,
-            "ops": self.ops,
-            "sessions": self.sessions,
-            "threads": max(1, min(threads, self.sessions)),
-            "iterations": self.iterations,
-            "duration_ns": self.duration_ns,
-            "connect_timeout_ns": self.connect_timeout_ns,
-            "request_timeout_ns": self.request_timeout_ns,
-        }
 
 
 def _config_duration(config: dict[str, Any], name: str, default_ns: int) -> int:
@@ -191,19 +123,34 @@ def compile_assignment(assignment: worker_pb2.Assignment, backend: Backend) -> l
                 c.b.teardown()
                 c.steps(scenario.teardown, f"{q}.teardown")
         plan.targets, plan.metric_keys, plan.builder = c.targets, c.metric_keys, c.b
-        plan.var_names = list(c.names.var_names)
-        plan.nchildren, plan.nconns, plan.nsignals = c.nchildren, c.nconns, c.nsignals
-        plan.max_capture = int(config.get("max_capture", DEFAULT_MAX_CAPTURE))  # checked
-        plan.session_id_base = max(0, int(share.first_session))
-        if entry.scenario_timeout:
-            plan.scenario_timeout_ns = parse_duration_ns(entry.scenario_timeout)
-        if entry.delay:
-            plan.start_delay_ns = parse_duration_ns(entry.delay)
-        if entry.random_delay:
-            plan.start_random_delay_ns = parse_duration_ns(entry.random_delay)
-        plan.sessions = int(share.sessions)
-        plan.duration_ns = parse_duration_ns(entry.duration) if entry.duration else 0
-        plan.iterations = int(entry.iterations)
+        options: dict[str, Any] = {
+            "sessions": int(share.sessions),
+            "var_names": c.names.var_names,
+            "nchildren": c.nchildren,
+            "nconns": c.nconns,
+            "nsignals": c.nsignals,
+            "max_capture": int(config.get("max_capture", DEFAULT_MAX_CAPTURE)),  # checked
+            "session_id_base": max(0, int(share.first_session)),
+            "connect_timeout_ns": _config_duration(
+                config, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_NS
+            ),
+            "request_timeout_ns": _config_duration(
+                config, "request_timeout", DEFAULT_REQUEST_TIMEOUT_NS
+            ),
+        }
+        for name, value in (
+            ("scenario_timeout_ns", entry.scenario_timeout),
+            ("start_delay_ns", entry.delay),
+            ("start_random_delay_ns", entry.random_delay),
+        ):
+            if value:
+                options[name] = parse_duration_ns(value)
+        if any(len(t) > 2 and t[2] for t in plan.targets):
+            ca_file = config.get("tls_ca_file")
+            options["tls_ca_file"] = ca_file if isinstance(ca_file, str) and ca_file else None
+            options["tls_insecure"] = config.get("tls_insecure") is True
+        duration = parse_duration_ns(entry.duration) if entry.duration else 0
+        iterations = int(entry.iterations)
         if entry.HasField("arrival_rate"):
             fraction = share.rate_fraction
             if not 0 < fraction <= 1:
@@ -211,32 +158,29 @@ def compile_assignment(assignment: worker_pb2.Assignment, backend: Backend) -> l
                     [(f"shares[{i}].rate_fraction", "must be in (0, 1] for an open-model entry")]
                 )
             rate = entry.arrival_rate
-            plan.arrival_rate_per_s = rate.per_second * fraction
-            plan.rate_stages = [
+            rate_per_s = rate.per_second * fraction
+            stages = [
                 (parse_duration_ns(stage.duration), stage.target * fraction)
                 for stage in rate.stages
             ]
-            if plan.rate_stages:
-                plan.duration_ns = sum(ns for ns, _ in plan.rate_stages)
+            if stages:
+                duration = sum(ns for ns, _ in stages)
             offset_ns = int(assignment.schedule_offset_s * 1e9)
             if offset_ns > 0:
-                plan.arrival_rate_per_s, plan.rate_stages, plan.duration_ns = trim_schedule(
-                    plan.arrival_rate_per_s, plan.rate_stages, plan.duration_ns, offset_ns
+                rate_per_s, stages, duration = trim_schedule(
+                    rate_per_s, stages, duration, offset_ns
                 )
-                if plan.duration_ns <= 0:
+                if duration <= 0:
                     continue  # this entry's schedule is over: nothing to take over
-            plan.iterations = 0
-        elif plan.iterations == 0 and plan.duration_ns == 0:
-            plan.iterations = 1  # run the scenario once per session
-        plan.connect_timeout_ns = _config_duration(
-            config, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_NS
-        )
-        plan.request_timeout_ns = _config_duration(
-            config, "request_timeout", DEFAULT_REQUEST_TIMEOUT_NS
-        )
-        plan.tls_insecure = config.get("tls_insecure") is True
-        ca_file = config.get("tls_ca_file")
-        plan.tls_ca_file = ca_file if isinstance(ca_file, str) and ca_file else None
+            options.update(arrival_rate_per_s=rate_per_s, rate_stages=stages, iterations=0)
+        elif iterations == 0 and duration == 0:
+            iterations = 1  # run the scenario once per session
+        options.setdefault("iterations", iterations)
+        options["duration_ns"] = duration
+        try:
+            plan.options = EngineOptions(**options)
+        except (TypeError, ValueError) as exc:  # the checks above make this rare
+            raise InvalidArgument([(p, str(exc))]) from None
         plans.append(plan)
     return plans
 

@@ -19,7 +19,7 @@ from types import TracebackType
 import grpc
 
 from chaperon.rpc.auth import bearer_metadata
-from chaperon.rpc.channels import make_channel, read_ca
+from chaperon.rpc.channels import make_channel, message_size_options, read_ca
 from chaperon.v1 import (
     loadtest_pb2,
     master_pb2,
@@ -27,10 +27,7 @@ from chaperon.v1 import (
     results_pb2,
 )
 
-_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-]
+_OPTIONS = message_size_options(64 * 1024 * 1024, 16 * 1024 * 1024)
 
 
 class Client:

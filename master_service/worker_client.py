@@ -14,12 +14,12 @@ from collections.abc import Iterator
 import grpc
 
 from chaperon.rpc.auth import bearer_metadata
-from chaperon.rpc.channels import make_channel
+from chaperon.rpc.channels import make_channel, message_size_options
 from chaperon.v1 import worker_pb2, worker_pb2_grpc
 from master_service.transport import AssignmentRefused, WorkerLost
 
 _OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    *message_size_options(64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]

@@ -22,6 +22,21 @@ class TlsConfigError(ValueError):
     """A TLS file that is missing, unreadable or given without its pair."""
 
 
+# gRPC's channel-argument names, written once here for every channel and server we make.
+MAX_RECEIVE_BYTES_OPTION = "grpc.max_receive_message_length"
+MAX_SEND_BYTES_OPTION = "grpc.max_send_message_length"
+
+
+def message_size_options(
+    max_receive_bytes: int, max_send_bytes: int | None = None
+) -> list[tuple[str, Any]]:
+    """Channel or server options capping the size of messages received (and sent)."""
+    options: list[tuple[str, Any]] = [(MAX_RECEIVE_BYTES_OPTION, max_receive_bytes)]
+    if max_send_bytes is not None:
+        options.append((MAX_SEND_BYTES_OPTION, max_send_bytes))
+    return options
+
+
 def _read(path: str, what: str) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -116,8 +131,7 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_prefix),
         interceptors=list(interceptors),
         options=[
-            ("grpc.max_receive_message_length", max_receive_bytes),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            *message_size_options(max_receive_bytes, 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ],
     )

@@ -1,28 +1,21 @@
 """What only a worker does for the compiler: resolve targets, guard them, load python steps.
 
 ``chaperon.core.lang`` compiles a load test the same way everywhere; the parts that depend on
-the machine it will run on are this ``Backend``: a target host is matched against the
-worker's allow-list and resolved to an address (the engine connects to literals only), and a
+the machine it will run on are this ``Backend``: a target host is resolved once and each of
+its addresses matched against the worker's allow-list; the engine connects (and reconnects)
+to the checked address only, never to the name. A
 python step's function is imported, only on a worker started with ``--allow-python-steps``.
 """
 
 from __future__ import annotations
 
 import importlib
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from chaperon.core.allowlist import AllowList
 from chaperon.core.errors import InvalidArgument, PermissionDenied
 from chaperon.core.loadtest import Target
-
-
-def resolve(host: str, port: int) -> str:
-    """An IP literal for ``host`` (first address getaddrinfo gives, IPv4 preferred)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    infos.sort(key=lambda info: 0 if info[0] == socket.AF_INET else 1)
-    return str(infos[0][4][0])
 
 
 def import_function(spec: str, field_path: str) -> Callable[..., Any]:
@@ -54,9 +47,10 @@ class WorkerBackend:
         self.allow_python = allow_python
 
     def target(self, target: Target, field_path: str) -> tuple[Any, ...]:
-        self.allow.check_host(target.host, field_path)
+        # One lookup: the address connected to is the address the allow-list checked (the
+        # engine connects to it, and reconnects to it, never to the name).
         try:
-            ip = resolve(target.host, target.port)
+            ip = self.allow.checked_address(target.host, target.port, field_path)
         except OSError as exc:
             raise InvalidArgument(
                 [(field_path, f"cannot resolve host {target.host!r}: {exc}")]

@@ -48,28 +48,62 @@ class AllowList:
 
     def check_host(self, host: str, where: str = "") -> None:
         """Raise PermissionDenied unless ``host`` (name or IP literal) is allowed."""
+        self._checked_addresses(host, 0, where, resolve_listed=False)
+
+    def checked_address(self, host: str, port: int, where: str = "") -> str:
+        """Resolve ``host`` once and return the address to connect to (IPv4 first).
+
+        The address returned is one of those the check saw: a name whose answer changes
+        between a check and a connect (DNS rebinding) cannot slip past the allow-list, because
+        there is no second lookup. Raises PermissionDenied as ``check_host`` does, and
+        OSError when a host allowed by name does not resolve.
+        """
+        addresses = self._checked_addresses(host, port, where, resolve_listed=True)
+        if not addresses:
+            raise OSError(f"{host!r} did not resolve to any address")
+        return addresses[0]
+
+    def _checked_addresses(
+        self, host: str, port: int, where: str, resolve_listed: bool
+    ) -> list[str]:
+        """The addresses ``host`` stands for, IPv4 first, once they are known to be allowed.
+        A host allowed by name may resolve to anything: it is looked up only when
+        ``resolve_listed`` (and a failed lookup then raises OSError)."""
         name = host.strip("[]").lower().rstrip(".")
-        if name in self._names:
-            return
-        try:
-            ipaddress.ip_address(name.split("%", 1)[0])
-            is_ip = True
-        except ValueError:
-            is_ip = False
-        if is_ip:
+        if _is_ip(name):
             if self.allows_ip(name):
-                return
-            addresses = [name]
+                return [name]
+        elif name in self._names:
+            return _resolve(name, port, strict=True) if resolve_listed else []
         else:
-            try:
-                infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-            except OSError:
-                infos = []
-            addresses = sorted({str(info[4][0]) for info in infos})
+            addresses = _resolve(name, port, strict=False)
             if addresses and all(self.allows_ip(a) for a in addresses):
-                return
+                return addresses
         place = f" ({where})" if where else ""
         raise PermissionDenied(
             f"target host {host!r}{place} is not in the allow-list ({', '.join(self.entries)}); "
             "start the master and workers with --allow-target to allow it"
         )
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(name: str, port: int, strict: bool) -> list[str]:
+    """Every address ``name`` resolves to, IPv4 first, in one lookup. A failed lookup raises
+    OSError when ``strict``, else gives no address."""
+    try:
+        infos = socket.getaddrinfo(name, port or None, type=socket.SOCK_STREAM)
+    except OSError:
+        if strict:
+            raise
+        return []
+    seen: dict[str, int] = {}
+    for family, *_, sockaddr in infos:
+        seen.setdefault(str(sockaddr[0]), 0 if family == socket.AF_INET else 1)
+    return sorted(seen, key=lambda a: seen[a])

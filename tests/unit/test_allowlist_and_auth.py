@@ -113,3 +113,64 @@ def test_interceptor_codes() -> None:
     assert _call(auth, "/grpc.health.v1.Health/Check", []) == "passed"
     assert _call(auth, "/grpc.reflection.v1alpha.ServerReflection/X", []) == "passed"
     assert _call(TokenAuthInterceptor(None), m, []) == "passed"
+
+
+class _RebindingResolver:
+    """A name server that answers an allowed address first and another one afterwards (DNS
+    rebinding), counting the lookups."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.lookups = 0
+
+    def __call__(self, host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        import socket
+
+        address = self.answers[min(self.lookups, len(self.answers) - 1)]
+        self.lookups += 1
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, 6, "", (address, port or 0))]
+
+
+def test_a_worker_connects_to_the_address_it_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chaperon.core import allowlist
+    from chaperon.core.loadtest import parse_target
+    from worker_service.backend import WorkerBackend
+
+    resolver = _RebindingResolver("127.0.0.1", "192.0.2.7")
+    monkeypatch.setattr(allowlist.socket, "getaddrinfo", resolver)
+    backend = WorkerBackend(AllowList())
+    target = backend.target(parse_target("http://rebind.test:8080"), "config.base_url")
+    # One lookup, and the engine gets the checked literal (it never resolves the name again).
+    assert target == ("127.0.0.1", 8080) and resolver.lookups == 1
+
+
+def test_a_name_with_any_address_outside_the_list_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chaperon.core import allowlist
+
+    def two_answers(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        import socket
+
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.7", 80)),
+        ]
+
+    monkeypatch.setattr(allowlist.socket, "getaddrinfo", two_answers)
+    with pytest.raises(PermissionDenied, match="not in the allow-list"):
+        AllowList().checked_address("split.test", 80, "config.base_url")
+
+
+def test_a_name_allowed_by_name_is_resolved_only_to_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chaperon.core import allowlist
+
+    resolver = _RebindingResolver("::1", "192.0.2.7")
+    monkeypatch.setattr(allowlist.socket, "getaddrinfo", resolver)
+    allow = AllowList(["api.internal"])
+    allow.check_host("API.internal.")  # the master's check: by name, no lookup
+    assert resolver.lookups == 0
+    assert allow.checked_address("api.internal", 443) == "::1" and resolver.lookups == 1

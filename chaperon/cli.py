@@ -33,6 +33,8 @@ from chaperon.v1 import results_pb2
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
+# Killed by SIGPIPE, as a shell reports it (128 + 13): the reader of our output went away.
+EXIT_BROKEN_PIPE = 141
 
 
 class CliError(Exception):
@@ -444,7 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so that a closed pipe is seen below and not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`chaperon status | head`): stop quietly, as a shell tool does.
+        # stdout goes to /dev/null so that the interpreter's own flush at exit is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (CliError, TlsConfigError) as exc:
         return _fail(str(exc))
     except grpc.RpcError as exc:

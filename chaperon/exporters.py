@@ -122,9 +122,19 @@ def _percentile_cells(
     return cells
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV
+# injection"); such text cells get a leading apostrophe, which spreadsheets show as text.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(text: str) -> str:
+    """``text`` as a CSV cell that no spreadsheet takes for a formula."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
 def _csv_row(m: results_pb2.Metric) -> list[_Cell]:
     row: list[_Cell] = [
-        m.key,
+        _text_cell(m.key),
         m.count,
         m.errors,
         m.rate_per_s,
@@ -133,7 +143,7 @@ def _csv_row(m: results_pb2.Metric) -> list[_Cell]:
         m.max_us,
         m.stddev_us,
         *_percentile_cells(m),
-        ";".join(f"{kind}={n}" for kind, n in sorted(m.errors_by_kind.items())),
+        _text_cell(";".join(f"{kind}={n}" for kind, n in sorted(m.errors_by_kind.items()))),
     ]
     st = m.service_time
     if st.count > 0:
@@ -153,7 +163,9 @@ def to_csv(run: results_pb2.LoadTestRun) -> str:
     service_time_max_us, service_time_p10_us`` .. ``service_time_p99.999_us``. The
     service-time columns are always present (same schema for every run) and filled only for
     open-model metrics (``service_time.count > 0``); the plain latency columns are then the
-    corrected latency. Lines end with CRLF (RFC 4180, the ``csv`` module's default).
+    corrected latency. Lines end with CRLF (RFC 4180, the ``csv`` module's default). A text
+    cell starting with ``= + - @``, a tab or a CR (a metric key is user input) gets a leading
+    ``'`` so that a spreadsheet opening the file shows it as text and runs no formula.
     """
     out = io.StringIO()
     writer = csv.writer(out)

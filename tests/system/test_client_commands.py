@@ -147,3 +147,22 @@ def test_workers_cancel_and_missing_token(cluster, nginx, tmp_path: Path) -> Non
     assert "UNAUTHENTICATED" in denied.stderr and "Traceback" not in denied.stderr
     wrong = chaperon("status", "--master", master.address, "--token", "nope", cwd=tmp_path)
     assert wrong.returncode == 2 and "PERMISSION_DENIED" in wrong.stderr
+
+
+def test_a_closed_pipe_ends_a_command_quietly(cluster, tmp_path: Path) -> None:
+    # `chaperon workers | head -0`: the reader is gone before the command writes anything.
+    master, _ = cluster
+    env = python_env({"CHAPERON_TOKEN": TOKEN})
+    proc = subprocess.Popen(
+        [*chaperon_command(), "workers", "--master", master.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -146,6 +146,19 @@ def test_csv_quotes_awkward_keys() -> None:
     assert _rows(exporters.to_csv(_run(m)))[0]["key"] == 'GET /a,b"c'
 
 
+@pytest.mark.parametrize(
+    "key",
+    ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tGET /", "\rGET /"],
+)
+def test_csv_text_cells_are_never_formulas(key: str) -> None:
+    m = _metric(key, 1, 1.0)
+    m.errors_by_kind["=cmd"] = 1
+    (row,) = _rows(exporters.to_csv(_run(m)))
+    assert row["key"] == "'" + key
+    assert row["errors_by_kind"].startswith("'=cmd=1;")
+    assert _rows(exporters.to_csv(_run(_metric("GET /-", 1, 1.0))))[0]["key"] == "GET /-"
+
+
 def test_csv_empty_run_is_header_only() -> None:
     text = exporters.to_csv(results_pb2.LoadTestRun())
     assert text.count("\n") == 1 and text.startswith("key,count,")

@@ -46,6 +46,28 @@ CREATE TABLE IF NOT EXISTS deltas (
 """
 
 
+class StoreUnavailable(OSError):
+    """The database file cannot be opened or is not a database the master can use."""
+
+
+def _open(path: str) -> sqlite3.Connection:
+    """The connection, in WAL mode, with the schema; StoreUnavailable saying why if not."""
+    db = None
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        # A file with our tables but other columns (another program's, an old layout).
+        db.execute("SELECT seq, id, state, run FROM runs LIMIT 0")
+        db.execute("SELECT run_id, worker_id, assignment_id, sequence, report FROM deltas LIMIT 0")
+    except sqlite3.Error as exc:
+        if db is not None:
+            db.close()
+        raise StoreUnavailable(f"cannot use {path!r} as the master's database: {exc}") from None
+    return db
+
+
 class UnreadableRun(Exception):
     """A stored run's bytes do not decode (a damaged row); ``run_id`` names it."""
 
@@ -76,10 +98,7 @@ class SqliteStore:
 
     def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = _open(path)
         self._pending: list[tuple[tuple[str, str, str, int, bytes], Future[None]]] = []
         self._pending_lock = threading.Lock()
         self._closed = threading.Event()

@@ -218,3 +218,17 @@ def test_master_exits_zero_on_signal(tmp_path, signum):
         returncode = process.wait(timeout_s=15.0)
 
     assert returncode == 0, process.describe()
+
+
+@pytest.mark.parametrize("content", [b"not a database " * 400, None])
+def test_a_bad_db_is_a_one_line_error(tmp_path: Path, content: bytes | None) -> None:
+    db = tmp_path / "master.db"
+    if content is None:
+        db = tmp_path / "no-such-dir" / "master.db"
+    else:
+        db.write_bytes(content)
+    done = chaperon(tmp_path, "master", "--port", "0", "--db", str(db), timeout_s=30)
+    assert done.returncode == 2, output(done)
+    lines = done.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(f"chaperon: cannot use '{db}'"), lines
+    assert "Traceback" not in done.stderr

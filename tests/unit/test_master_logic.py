@@ -365,3 +365,17 @@ def test_open_model_share_of_a_lost_worker_moves_to_the_survivor() -> None:
         assert run.result.metrics[0].count == 5
     finally:
         sched.stop()
+
+
+def test_a_file_that_is_not_our_database_is_refused_with_its_reason(tmp_path: Any) -> None:
+    from master_service.store import StoreUnavailable
+
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"\x00garbage" * 1000)
+    with pytest.raises(StoreUnavailable, match="file is not a database"):
+        SqliteStore(str(corrupt))
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE deltas (x)")
+    with pytest.raises(StoreUnavailable, match="master's database"):
+        SqliteStore(str(foreign))

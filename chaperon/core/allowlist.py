@@ -99,9 +99,9 @@ def _resolve(name: str, port: int, strict: bool) -> list[str]:
     OSError when ``strict``, else gives no address."""
     try:
         infos = socket.getaddrinfo(name, port or None, type=socket.SOCK_STREAM)
-    except OSError:
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
         if strict:
-            raise
+            raise OSError(str(exc)) from None
         return []
     seen: dict[str, int] = {}
     for family, *_, sockaddr in infos:

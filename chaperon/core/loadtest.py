@@ -9,6 +9,7 @@ I/O on the network.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -70,6 +71,37 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+# A DNS label once IDNA-encoded: letters, digits, '-' (not at either end) and '_' (used by
+# internal names), 1 to 63 characters.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _check_host(url: str, host: str) -> None:
+    """ValueError unless ``host`` is an IP literal or a host name DNS can be asked for, so a
+    host that could only fail when the run starts is refused when the load test is checked."""
+    if "%" in host:
+        try:
+            scoped = ipaddress.ip_address(host)
+        except ValueError:
+            scoped = None
+        if not isinstance(scoped, ipaddress.IPv6Address) or scoped.scope_id is None:
+            raise ValueError(f"{url!r}: a zone id ('%...') is only for an IPv6 address")
+        return
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if host.endswith("."):
+        raise ValueError(f"{url!r}: write the host without its trailing dot")
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"{url!r}: {host!r} is not a valid host name ({exc})") from None
+    if len(ascii_host) > 253 or not all(_LABEL.match(label) for label in ascii_host.split(".")):
+        raise ValueError(f"{url!r}: {host!r} is not a valid host name")
+
+
 def parse_target(url: str) -> Target:
     """Parse an absolute http(s) URL into a Target; ValueError with a clear reason otherwise."""
     if not isinstance(url, str) or not url:
@@ -86,6 +118,7 @@ def parse_target(url: str) -> Target:
         raise ValueError(f"{url!r} has a bad port ({exc})") from None
     if not host:
         raise ValueError(f"{url!r} has no host")
+    _check_host(url, host)
     if port is None:
         port = 443 if parts.scheme == "https" else 80
     if parts.query or parts.fragment:

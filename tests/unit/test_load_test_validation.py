@@ -43,6 +43,12 @@ def test_minimal_load_test_of_the_api_is_valid() -> None:
         ({"config__base_url": "not a url"}, "config.base_url"),
         ({"config__base_url": "ftp://x"}, "config.base_url"),
         ({"config__base_url": "http://127.0.0.1:99999"}, "config.base_url"),
+        # hosts that could only fail when the run starts: refused at submission
+        ({"config__base_url": "http://localhost."}, "config.base_url"),
+        ({"config__base_url": "http://127.0.0.1%09:80"}, "config.base_url"),
+        ({"config__base_url": "http://a..b"}, "config.base_url"),
+        ({"config__base_url": "http://-a.example"}, "config.base_url"),
+        ({"config__base_url": "http://" + "a" * 64 + ".example"}, "config.base_url"),
         ({"scenarios__0__duration": "five seconds"}, "scenarios[0].duration"),
         ({"scenarios__0__duration": "5"}, "scenarios[0].duration"),
         ({"scenarios__0__iterations": -1}, "scenarios[0].iterations"),
@@ -499,3 +505,22 @@ def test_a_nan_rate_with_children_is_invalid_not_an_internal_error() -> None:
     lt.scenarios[0].arrival_rate.per_second = float("nan")
     with pytest.raises(InvalidArgument):
         validate_load_test(lt)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "http://[::1]:8080",
+        "http://localhost",
+        "https://api.internal",
+        "http://my_host.local",
+        "http://bücher.example",
+        "http://xn--bcher-kva.example",
+        "http://[fe80::1%25eth0]:80",
+    ],
+)
+def test_hosts_dns_can_be_asked_for_pass(url: str) -> None:
+    from chaperon.core.loadtest import parse_target
+
+    assert parse_target(url).host

@@ -9,33 +9,8 @@ from __future__ import annotations
 
 import os
 
-from _fastpath.engine import (  # noqa: F401 - re-exported: the op kinds of the plans
-    OP_ABORT,
-    OP_ADD_METRIC,
-    OP_ASSIGN,
-    OP_ASYNC,
-    OP_AWAIT,
-    OP_AWAIT_ALL,
-    OP_AWAIT_SIGNAL,
-    OP_DELAY,
-    OP_HTTP,
-    OP_LOOP,
-    OP_PYTHON,
-    OP_RANDOM_DELAY,
-    OP_REPEAT,
-    OP_RETRY,
-    OP_SIGNAL,
-    OP_SPREAD,
-    OP_UNSET,
-    OP_UPDATE_ADD,
-    OP_WS_AWAIT_RECV,
-    OP_WS_CLOSE,
-    OP_WS_CONNECT,
-    OP_WS_RECV,
-    OP_WS_SEND,
-)
 from chaperon.core.allowlist import AllowList
-from chaperon.core.lang.plan import EnginePlan, trim_schedule  # noqa: F401 - re-exported
+from chaperon.core.lang.plan import EnginePlan
 from chaperon.core.lang.plan import compile_assignment as _compile
 from chaperon.v1 import worker_pb2
 from worker_service.backend import WorkerBackend

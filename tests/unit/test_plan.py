@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from _fastpath.engine import OP_DELAY, OP_HTTP
 from chaperon.core.errors import InvalidArgument
 from chaperon.core.loadtest import load_test_from_dict
 from chaperon.v1 import loadtest_pb2, worker_pb2
-from worker_service.plan import OP_DELAY, OP_HTTP, compile_assignment
+from worker_service.plan import compile_assignment
 
 
 def _assignment(run: list[dict[str, Any]], **entry: Any) -> worker_pb2.Assignment:
@@ -140,7 +141,7 @@ def test_init_teardown_and_session_rules_reach_the_engine() -> None:
 
 
 def test_control_flow_is_flattened_with_body_lengths() -> None:
-    from worker_service.plan import OP_LOOP, OP_RANDOM_DELAY, OP_REPEAT
+    from _fastpath.engine import OP_LOOP, OP_RANDOM_DELAY, OP_REPEAT
 
     get = {"http": {"method": "GET", "path": "/"}}
     (plan,) = compile_assignment(

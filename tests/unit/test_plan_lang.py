@@ -14,15 +14,6 @@ from _fastpath.engine import (
     EX_JSON,
     EX_REGEX,
     EX_STATUS,
-    VAR_ITERATION,
-    VAR_SESSION_ID,
-    EngineOptions,
-)
-from chaperon.core.errors import InvalidArgument, PermissionDenied
-from chaperon.core.loadtest import Placeholder as P
-from chaperon.core.loadtest import display_template, load_test_from_dict, metric_key, split_template
-from chaperon.v1 import loadtest_pb2, worker_pb2
-from worker_service.plan import (
     OP_ABORT,
     OP_ADD_METRIC,
     OP_ASSIGN,
@@ -44,9 +35,15 @@ from worker_service.plan import (
     OP_WS_CONNECT,
     OP_WS_RECV,
     OP_WS_SEND,
-    EnginePlan,
-    compile_assignment,
+    VAR_ITERATION,
+    VAR_SESSION_ID,
+    EngineOptions,
 )
+from chaperon.core.errors import InvalidArgument, PermissionDenied
+from chaperon.core.loadtest import Placeholder as P
+from chaperon.core.loadtest import display_template, load_test_from_dict, metric_key, split_template
+from chaperon.v1 import loadtest_pb2, worker_pb2
+from worker_service.plan import EnginePlan, compile_assignment
 
 BASE = "http://127.0.0.1:8080/api"
 CONFIG = {"base_url": BASE, "request_timeout": "2s", "user": {"name": "bob"}, "n": 3}

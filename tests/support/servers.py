@@ -300,31 +300,51 @@ def _port_from_stdout(argv: list[str], what: str, nice: int = 0) -> Iterator[int
 PRIORITY_TARGET_NICE = -10
 
 # An asyncio process on 127.0.0.1: answers at once, except that every request it receives
-# between 2 s and 3 s after its first request is held until 3 s.
+# between 2 s and 3 s after its first request is held until 3 s. It is written against the
+# Protocol API, not streams, and releases what it held from one timer in one loop: a
+# coroutine per held request cost tens of microseconds each to wake, so answering the 1000
+# held requests took long enough to delay the requests that arrived just after the stall.
 _STALLING_SERVER = r"""
 import asyncio, sys, time
 
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 first = None
+held = []  # transports owed one response each, in arrival order
+released = False
 
-async def handle(reader, writer):
-    global first
-    try:
+def release_all():
+    global held, released
+    released = True
+    owed, held = held, []
+    for transport in owed:
+        if not transport.is_closing():
+            transport.write(RESPONSE)
+
+class Handler(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data):
+        global first
+        self.buffer += data
         while True:
-            await reader.readuntil(b"\r\n\r\n")
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            self.buffer = self.buffer[end + 4:]
             now = time.monotonic()
             if first is None:
                 first = now
-            if first + 2.0 <= now < first + 3.0:
-                await asyncio.sleep(first + 3.0 - now)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
+                asyncio.get_running_loop().call_at(first + 3.0, release_all)
+            if first + 2.0 <= now and not released:
+                held.append(self.transport)
+            else:
+                self.transport.write(RESPONSE)
 
 async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=4096)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Handler, "127.0.0.1", 0, backlog=4096)
     print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
         await server.serve_forever()

@@ -10,7 +10,8 @@ At start, ``recover`` turns runs left RUNNING by a master that died into INTERRU
 the partial metrics their stored deltas hold.
 
 A damaged row never stops the runner: one that does not decode is logged and stored again as
-a FAILED run that says so, and a store that cannot be read is logged and tried again.
+a FAILED run that says so, and a store that cannot be read is logged and tried again, with
+the master's health NOT_SERVING (``chaperon.core.health``) until a read works again.
 
 Locking: one condition, ``_cond``, guards every check-then-write of a run's state, the handle
 of the running run (``_running``: set with the RUNNING state, cleared with the final one, so
@@ -30,6 +31,7 @@ from typing import Generic, TypeVar
 
 from chaperon.core.allowlist import AllowList
 from chaperon.core.errors import FailedPrecondition, NotFound
+from chaperon.core.health import ServiceHealth
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.aggregator import Aggregator
 from master_service.store import Store, UnreadableRun
@@ -46,11 +48,17 @@ TERMINAL = (
 
 H = TypeVar("H")
 
+# The name under which a queue that cannot be read is reported to the service's health.
+QUEUE_COMPONENT = "the run queue"
+
 
 class RunQueue(Generic[H]):
-    def __init__(self, store: Store, allow: AllowList | None = None) -> None:
+    def __init__(
+        self, store: Store, allow: AllowList | None = None, health: ServiceHealth | None = None
+    ) -> None:
         self._store = store
         self._allow = allow or AllowList()
+        self._health = health or ServiceHealth()
         self._cond = threading.Condition()
         self._running: H | None = None
         self._closed = False
@@ -154,10 +162,12 @@ class RunQueue(Generic[H]):
             except UnreadableRun as exc:
                 self._fail_unreadable(exc, wait_s)
                 return None
-            except Exception:  # noqa: BLE001 - a store error must not stop the runner
+            except Exception as exc:  # noqa: BLE001 - a store error must not stop the runner
                 log.exception("reading the queue failed; trying again in %gs", wait_s)
+                self._health.fail(QUEUE_COMPONENT, f"cannot read the queued runs: {exc}")
                 self._cond.wait(wait_s)
                 return None
+            self._health.ok(QUEUE_COMPONENT)
             if run is None:
                 self._cond.wait(wait_s)
             return run

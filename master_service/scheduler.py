@@ -38,6 +38,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from chaperon.core.allowlist import AllowList
 from chaperon.core.errors import ChaperonError
+from chaperon.core.health import ServiceHealth
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.registry import WorkerEntry, WorkerRegistry
 from master_service.run_controller import (
@@ -78,8 +79,10 @@ class Scheduler:
         worker_wait_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         allow: AllowList | None = None,
+        health: ServiceHealth | None = None,
     ) -> None:
-        self._queue: RunQueue[_RunDriver] = RunQueue(store, allow)
+        self._health = health or ServiceHealth()
+        self._queue: RunQueue[_RunDriver] = RunQueue(store, allow, self._health)
         self._store = store
         self._registry = registry
         self._transport = transport
@@ -164,15 +167,20 @@ class Scheduler:
     # -- the runner -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while not self._queue.closed:
-            run = self._queue.next_scheduled(wait_s=1.0)
-            if run is None:
-                continue
-            try:
-                self._execute(run)
-            except Exception as exc:  # noqa: BLE001 - one bad run must not stop the queue
-                log.exception("run %s failed", run.id)
-                self._queue.abandon(run.id, f"internal error: {type(exc).__name__}: {exc}")
+        try:
+            while not self._queue.closed:
+                run = self._queue.next_scheduled(wait_s=1.0)
+                if run is None:
+                    continue
+                try:
+                    self._execute(run)
+                except Exception as exc:  # noqa: BLE001 - one bad run must not stop the queue
+                    log.exception("run %s failed", run.id)
+                    self._queue.abandon(run.id, f"internal error: {type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            # Nothing above raises by design; if something does, say so where it is seen.
+            self._health.fail("the runner", f"stopped: {type(exc).__name__}: {exc}")
+            raise
 
     def _wait_for_workers(self, run_id: str) -> list[WorkerEntry]:
         deadline = self._clock() + self._worker_wait_s

@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health
 
 from chaperon.core.allowlist import AllowList
+from chaperon.core.health import ServiceHealth
 from chaperon.rpc.auth import TokenAuthInterceptor
 from chaperon.rpc.channels import build_server, host_port, read_ca, server_credentials
 from chaperon.rpc.status import DecodeErrorInterceptor
@@ -84,9 +85,18 @@ def start_master(
     allow = AllowList(allow_targets)
     creds = server_credentials(tls_cert, tls_key)
     transport = GrpcWorkerTransport(cluster_token or token, read_ca(tls_ca))
-    store = SqliteStore(db_path)
+    service_health = ServiceHealth()
+    store = SqliteStore(db_path, service_health)
     registry = WorkerRegistry()
-    scheduler = Scheduler(store, registry, transport, report_interval_s, worker_wait_s, allow=allow)
+    scheduler = Scheduler(
+        store,
+        registry,
+        transport,
+        report_interval_s,
+        worker_wait_s,
+        allow=allow,
+        health=service_health,
+    )
     servicer = MasterServicer(scheduler, registry, transport)
     try:
         grpc_server = build_server(
@@ -104,6 +114,7 @@ def start_master(
         store.close()
         raise
     grpc_server.start()
+    grpc_server.follow(service_health)
     scheduler.start()
     return MasterServer(
         grpc_server.server, grpc_server.port, host, scheduler, store, transport, grpc_server.health

@@ -23,9 +23,13 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Protocol
 
+from chaperon.core.health import ServiceHealth
 from chaperon.v1 import results_pb2
 
 log = logging.getLogger(__name__)
+
+# The name under which a writer that cannot commit is reported to the service's health.
+WRITER_COMPONENT = "the store writer"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -96,7 +100,8 @@ class SqliteStore:
 
     FLUSH_INTERVAL_S = 0.25
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, health: ServiceHealth | None = None) -> None:
+        self._health = health or ServiceHealth()
         self._lock = threading.Lock()
         self._db = _open(path)
         self._pending: list[tuple[tuple[str, str, str, int, bytes], Future[None]]] = []
@@ -134,9 +139,11 @@ class SqliteStore:
                     raise
                 self._db.execute("COMMIT")
         except BaseException as exc:
+            self._health.fail(WRITER_COMPONENT, f"cannot store workers' reports: {exc}")
             for _, stored in batch:
                 stored.set_exception(exc)
             raise
+        self._health.ok(WRITER_COMPONENT)
         for _, stored in batch:
             stored.set_result(None)
 

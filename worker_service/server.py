@@ -2,7 +2,9 @@
 
 The membership loop registers with the master (retrying with backoff and jitter until the
 master answers), then heartbeats every interval; when the master does not know the worker
-any more (it restarted) or heartbeats keep failing, the worker registers again by itself.
+any more (it restarted) or heartbeats keep failing, the worker registers again by itself. An
+unexpected error in the loop does not end it: it is logged, the worker's health turns
+NOT_SERVING, and the loop starts again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from grpc_health.v1 import health
 
 from chaperon._version import __version__
 from chaperon.core.allowlist import AllowList
+from chaperon.core.health import ServiceHealth
 from chaperon.rpc.auth import TokenAuthInterceptor, bearer_metadata
 from chaperon.rpc.channels import (
     build_server,
@@ -33,6 +36,9 @@ from worker_service.servicer import WorkerServicer, WorkerState
 
 log = logging.getLogger(__name__)
 
+# The name under which a failing membership loop is reported to the worker's health.
+MEMBERSHIP_COMPONENT = "the membership loop"
+
 
 class Membership:
     """Register with the master and heartbeat, in a daemon thread."""
@@ -45,7 +51,9 @@ class Membership:
         token: str | None = None,
         tls: bool = False,
         master_ca: bytes | None = None,
+        health: ServiceHealth | None = None,
     ) -> None:
+        self._health = health or ServiceHealth()
         self._master = master
         self._advertise = advertise
         self._state = state
@@ -98,6 +106,18 @@ class Membership:
         return 1.0
 
     def _loop(self) -> None:
+        """Register and heartbeat until stopped; an unexpected error is logged, turns the
+        worker's health NOT_SERVING, and the loop starts again a second later."""
+        while not self._stop.is_set():
+            try:
+                self._membership()
+                return
+            except Exception as exc:  # noqa: BLE001 - the loop must go on
+                log.exception("the membership loop failed; starting it again")
+                self._health.fail(MEMBERSHIP_COMPONENT, f"{type(exc).__name__}: {exc}")
+                self._stop.wait(1.0)
+
+    def _membership(self) -> None:
         interval = self._register()
         failures = 0
         while not self._stop.wait(interval):
@@ -115,6 +135,7 @@ class Membership:
                     metadata=self._metadata,
                 )
                 failures = 0
+                self._health.ok(MEMBERSHIP_COMPONENT)
                 if not resp.known:
                     self._state.registered = False
                     interval = self._register()
@@ -186,10 +207,14 @@ def start_worker(
         max_receive_bytes=16 * 1024 * 1024,
         thread_prefix="worker-rpc",
     )
+    service_health = ServiceHealth()
     grpc_server.start()
+    grpc_server.follow(service_health)
     bound = grpc_server.port
     if not advertise:
         advertise = host_port(host, bound)
-    membership = Membership(master, advertise, state, token, creds is not None, master_ca)
+    membership = Membership(
+        master, advertise, state, token, creds is not None, master_ca, service_health
+    )
     membership.start()
     return WorkerServer(grpc_server.server, bound, host, state, membership, grpc_server.health)

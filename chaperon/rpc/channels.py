@@ -17,6 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chaperon.core.health import ServiceHealth
+
 
 class TlsConfigError(ValueError):
     """A TLS file that is missing, unreadable or given without its pair."""
@@ -111,6 +113,18 @@ class GrpcServer:
         self.server.start()
         for name in ("", self.service_name):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def follow(self, state: ServiceHealth) -> None:
+        """From now on, report SERVING or NOT_SERVING (server and service) as ``state`` says."""
+
+        def report(serving: bool, _reason: str) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING
+            if not serving:
+                status = health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", self.service_name):
+                self.health.set(name, status)
+
+        state.listen(report)
 
 
 def build_server(

@@ -63,3 +63,55 @@ def test_a_damaged_run_fails_alone_and_the_queue_goes_on(tmp_path: Path, nginx) 
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
         master.process.check_running()
+
+
+def _health(channel: grpc.Channel) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    return (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service="chaperon.v1.Master"), timeout=10)
+        .status
+    )
+
+
+def _until_health(channel: grpc.Channel, status: int, within_s: float = 15.0) -> None:
+    deadline = time.monotonic() + within_s
+    while _health(channel) != status:
+        assert time.monotonic() < deadline, f"health did not become {status} in {within_s}s"
+        time.sleep(0.1)
+
+
+def test_a_queue_the_master_cannot_read_turns_health_not_serving_until_it_can(
+    tmp_path: Path, nginx
+) -> None:
+    """The runs table is moved away under the live master (another program, an operator's
+    mistake): the runner cannot read the queue, says why in the log, and health answers
+    NOT_SERVING; once the table is back, health is SERVING again and runs run."""
+    from grpc_health.v1 import health_pb2
+
+    with run_master(tmp_path / "master") as master:
+        with grpc.insecure_channel(master.address) as channel:
+            _until_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            db = sqlite3.connect(tmp_path / "master" / "master.db", timeout=10)
+            with db:
+                db.execute("ALTER TABLE runs RENAME TO runs_aside")
+            _until_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING)
+            with db:
+                db.execute("ALTER TABLE runs_aside RENAME TO runs")
+            db.close()
+            _until_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            with run_worker(tmp_path / "worker", master.address) as worker:
+                wait_for_workers(master, [worker])
+                stub = master_pb2_grpc.MasterStub(channel)
+                load_test = to_proto(
+                    minimal_load_test(nginx.base_url, concurrency=1, duration="1s")
+                )
+                run = stub.SubmitLoadTest(
+                    master_pb2.SubmitLoadTestRequest(load_test=load_test), timeout=10
+                )
+                assert _ended(stub, run.id).state == results_pb2.SUCCEEDED
+        master.process.check_running()
+    log = master.process.stderr_path.read_text()
+    assert "the run queue cannot go on: cannot read the queued runs" in log, log[-2000:]
+    assert "the run queue works again" in log

@@ -17,6 +17,7 @@ from support.loadtests import minimal_load_test
 
 from _fastpath.histogram import Histogram
 from chaperon.core.errors import FailedPrecondition, NotFound
+from chaperon.core.health import ServiceHealth
 from chaperon.core.loadtest import load_test_from_dict
 from chaperon.v1 import results_pb2, worker_pb2
 from master_service.registry import WorkerRegistry
@@ -80,16 +81,46 @@ def test_a_run_that_does_not_decode_is_failed_and_skipped(
     assert queue.next_scheduled(0).id == good.id  # type: ignore[union-attr]
 
 
-def test_a_store_that_cannot_be_read_does_not_raise(store: SqliteStore) -> None:
-    class Broken(SqliteStore):
-        def next_scheduled(self) -> Any:
-            raise sqlite3.OperationalError("disk I/O error")
+def test_a_store_that_cannot_be_read_does_not_raise_and_health_follows(
+    store: SqliteStore,
+) -> None:
+    class Flaky(SqliteStore):
+        broken = True
 
-    broken = Broken(":memory:")
+        def next_scheduled(self) -> Any:
+            if self.broken:
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().next_scheduled()
+
+    health = ServiceHealth()
+    flaky = Flaky(":memory:")
     try:
-        assert RunQueue(broken).next_scheduled(0.01) is None
+        queue: RunQueue[str] = RunQueue(flaky, health=health)
+        assert queue.next_scheduled(0.01) is None
+        assert not health.serving
+        assert health.reason == "the run queue: cannot read the queued runs: disk I/O error"
+        flaky.broken = False
+        assert queue.next_scheduled(0.01) is None  # empty, and readable again
+        assert health.serving
     finally:
-        broken.close()
+        flaky.close()
+
+
+def test_a_store_writer_that_cannot_commit_turns_health_not_serving_until_it_can() -> None:
+    health = ServiceHealth()
+    store = SqliteStore(":memory:", health)
+    try:
+        with store._lock:
+            store._db.execute("ALTER TABLE deltas RENAME TO deltas_aside")
+        failed = store.add_delta("run-1", "w1", 1, b"report")  # the writer thread commits
+        assert isinstance(failed.exception(timeout=10), sqlite3.OperationalError)
+        assert not health.serving and health.reason.startswith("the store writer: ")
+        with store._lock:
+            store._db.execute("ALTER TABLE deltas_aside RENAME TO deltas")
+        stored = store.add_delta("run-1", "w1", 2, b"report")
+        assert stored.result(timeout=10) is None and health.serving
+    finally:
+        store.close()
 
 
 def test_recovery_interrupts_runs_in_flight_and_sets_damaged_ones_aside(

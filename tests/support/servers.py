@@ -237,7 +237,7 @@ def tls_nginx(directory: Path, certs: CertFiles, big_size: int) -> Iterator[TlsN
 
 @contextmanager
 def nginx_in_namespace(
-    host: Host, directory: Path, client: Host, port: int
+    host: Host, directory: Path, client: Host, port: int, tuning: Tuning | None = None
 ) -> Iterator[NginxServer]:
     """nginx in ``host``'s network namespace on its address and ``port``, ready as seen from
     ``client``'s; its access log also names who asked (``support.netns``)."""
@@ -245,7 +245,7 @@ def nginx_in_namespace(
     directory.mkdir(parents=True, exist_ok=True)
     for name in TEMP_DIRS:
         (directory / name).mkdir(exist_ok=True)
-    conf = render_config(directory, port)
+    conf = render_config(directory, port, tuning=tuning)
     listen = f"listen {LOOPBACK}:{port};"
     log_format = "log_format short '$status $request_method $request_uri';"
     assert listen in conf and log_format in conf, "support.nginx's config changed shape"

@@ -37,6 +37,9 @@ life in ``thread_loop`` without the GIL). A session runs the ops in order. Two l
   to ``start`` is kept as it is (the warm-up then eats into the schedule: arrivals due during
   it start late, charged to their latency). A warmed connection the server closes while idle
   is noticed (EOF) and dropped without an error, like any kept connection.
+  **Takeover** (``first_arrival``): the schedule resumes at that arrival, which is due at the
+  origin; the threads take ``first_arrival + i``, ``+ threads``, ... so a survivor runs
+  exactly the arrivals a lost worker's share had not reached, with their own spacing.
 
 The end (``duration_ns``, or the stages' sum): no new arrivals; a session stops between two
 ops (an op in flight completes or times out), then runs its teardown ops (below), so the run

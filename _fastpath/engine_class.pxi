@@ -89,6 +89,10 @@ cdef class Engine:
                  per connection); default 1 MiB.
     session_id_base  closed model: sessions are numbered from it (VAR_SESSION_ID), across
                  the threads; open model: each arrival is numbered base + its index.
+    first_arrival  open model: the schedule resumes at this arrival (a takeover of a lost
+                 worker's share): arrivals before it are not this engine's, and arrival
+                 ``first_arrival`` is due at the origin, the later ones at their own distance
+                 from it. ``origin_ns`` is then the (past) time arrival 0 would have been due.
     Extraction failures, unset variables, abort, python errors and the timeouts of waits
     are fatal to the session (after any retry_on_error): counted as errors of kind
     extract, abort, python, timeout (or protocol/closed/connect for WebSockets) and in
@@ -131,6 +135,7 @@ cdef class Engine:
         self.cfg.nsignals = limits["nsignals"]
         self.cfg.max_capture = options.max_capture
         self.cfg.session_id_base = self._session_id_base
+        self.cfg.first_arrival = options.first_arrival
         self.cfg.stateful = 1 if stateful or self.cfg.nvars or self.cfg.nchildren else 0
         self.cfg.has_retry = plan.has_retry
         self.keys = keys
@@ -259,7 +264,7 @@ cdef class Engine:
             t.active = 0 if cfg.open_model else t.nsessions
             t.use_pwait2 = 1
             t.rng = int.from_bytes(os.urandom(8), "little") | 1   # xorshift needs a state != 0
-            t.next_k = i
+            t.next_k = cfg.first_arrival + i
             t.next_due_ns = INT64_MAX
             for j in range(t.nslots):
                 t.sessions[j].index = j

@@ -66,3 +66,4 @@ cdef struct config_t:
     int32_t has_retry       # some op is a RETRY: errors look for a retry frame
     size_t max_capture      # bytes of a response kept for extraction
     int64_t session_id_base # the first session's (or arrival's) number
+    int64_t first_arrival   # open model: the schedule resumes at this arrival (a takeover)

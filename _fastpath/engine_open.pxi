@@ -185,9 +185,16 @@ cdef int warm_up(thread_t* t) noexcept nogil:
 
 cdef void set_origin(config_t* cfg) noexcept nogil:
     """The last thread out of the warm-up: the schedule (and the run) count from now, or from
-    the origin given to ``start``."""
+    the origin given to ``start``. A schedule that resumes at ``first_arrival`` (a takeover)
+    is placed so that this arrival is due at the origin: its zero lies that far back."""
     cdef int64_t origin = cfg.origin_req if cfg.origin_fixed else now_ns()
-    cfg.start_ns = origin
-    cfg.end_ns = sat_add(origin, cfg.total_ns)
+    cdef int64_t skipped = 0
+    cdef int32_t cursor = 0
+    if cfg.first_arrival > 0:
+        skipped = arrival_offset_ns(cfg, cfg.first_arrival, &cursor)
+        if skipped < 0:
+            skipped = cfg.total_ns      # the schedule is over before it: nothing is due
+    cfg.start_ns = origin - skipped
+    cfg.end_ns = sat_add(cfg.start_ns, cfg.total_ns)
     cfg.teardown_end_ns = sat_add(cfg.end_ns, cfg.request_timeout_ns)
     chaperon_store_int(&cfg.origin_ready, 1)

@@ -167,11 +167,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
             target.kill()
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM/SIGINT; installed before serving, so no signal is missed."""
+def _stop_on_signals(received: list[str] | None = None) -> threading.Event:
+    """An event set by SIGTERM/SIGINT; installed before serving, so no signal is missed.
+    The names of the signals that came are appended to ``received``."""
     stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        if received is not None:
+            received.append(signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, handler)
     return stop
 
 
@@ -217,7 +224,8 @@ def cmd_master(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker_service.server import start_worker
 
-    stop = _stop_on_signals()
+    received: list[str] = []
+    stop = _stop_on_signals(received)
     try:
         server = start_worker(
             args.master,
@@ -241,7 +249,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         flush=True,
     )
     _wait(stop)
-    server.stop()
+    # An assignment in flight ends now; its last report tells the master this worker stopped
+    # (and why) and what it did not run. Bounded: the process exits within a few seconds.
+    server.stop(reason=received[0] if received else "the worker stopped")
     return 0
 
 

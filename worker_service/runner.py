@@ -3,8 +3,15 @@
 An assignment may hold shares of several scenario entries; each gets its own ``Engine`` (its
 own threads, histograms and op array). Every report interval the runner swaps the engines'
 per-thread histograms (the engine threads are not stopped), merges the deltas of equal metric
-keys, encodes them and yields one ``WorkerReport``. The last report has ``final`` set and
-carries whatever was recorded after the previous swap, so nothing is lost at the end.
+keys, encodes them and yields one ``WorkerReport``, with the session totals of the whole
+assignment and of each share. The last report has ``final`` set and carries whatever was
+recorded after the previous swap, so nothing is lost at the end.
+
+Ending early: ``cancel`` (the master asked, or its call went away) stops the engines and the
+last report says ``cancelled``. ``stop(reason)`` is the worker itself going away (its process
+got SIGTERM): the engines stop the same way, and the last report also says why
+(``stopped_reason``) and what the share did not run (``sessions_not_started``,
+``sessions_cut_short``), so the master counts it lost instead of taking it for a share done.
 """
 
 from __future__ import annotations
@@ -34,15 +41,27 @@ class AssignmentRunner:
         self.assignment_id = assignment_id
         self._interval_s = report_interval_s if report_interval_s > 0 else 1.0
         self._engines = [plan.engine(threads) for plan in plans]
+        self._share_indexes = [plan.share_index for plan in plans]
+        self._open = [plan.open_model for plan in plans]
+        # Closed-model sessions per engine (an open-model share has slots, not sessions).
+        self._closed_sessions = [0 if p.open_model else p.options.sessions for p in plans]
         # The raw service time is sent only where it differs from the latency (open model).
         self._open_model = any(plan.open_model for plan in plans)
         self._cancelled = threading.Event()
+        self._stopped_reason = ""
         self._sequence = 0
 
     def cancel(self) -> None:
         self._cancelled.set()
         for engine in self._engines:
             engine.cancel()
+
+    def stop(self, reason: str) -> None:
+        """The worker is going away (``reason``, e.g. "SIGTERM"): end the share now; the last
+        report says so and what was not run."""
+        if not self._cancelled.is_set():
+            self._stopped_reason = reason or "the worker stopped"
+        self.cancel()
 
     def sessions_active(self) -> int:
         """Sessions started and not yet completed, over all engines (a racy snapshot)."""
@@ -96,14 +115,29 @@ class AssignmentRunner:
                 delta.errors += errors
                 for kind, n in by_kind.items():
                     delta.by_kind[kind] = delta.by_kind.get(kind, 0) + n
-        started_n = completed_n = dropped_n = timed_out_n = failed_n = 0
-        for engine in self._engines:
+        started_n = completed_n = dropped_n = timed_out_n = failed_n = not_started_n = 0
+        shares = []
+        # Where the schedules stand (on the last report, the engines have stopped before).
+        at_ns = time.monotonic_ns()
+        for engine, share_index, closed, open_model in zip(
+            self._engines, self._share_indexes, self._closed_sessions, self._open, strict=True
+        ):
             stats = engine.stats()
-            started_n += int(stats.get("sessions_started", 0))
-            completed_n += int(stats.get("sessions_completed", 0))
-            dropped_n += int(stats.get("sessions_dropped", 0))
+            zero = engine.origin_ns if open_model else None  # the schedule's zero, once set
+            share = worker_pb2.ShareProgress(
+                share_index=share_index,
+                sessions_started=int(stats.get("sessions_started", 0)),
+                sessions_completed=int(stats.get("sessions_completed", 0)),
+                sessions_dropped=int(stats.get("sessions_dropped", 0)),
+                schedule_ns=max(0, at_ns - zero) if zero is not None else 0,
+            )
+            shares.append(share)
+            started_n += share.sessions_started
+            completed_n += share.sessions_completed
+            dropped_n += share.sessions_dropped
             timed_out_n += int(stats.get("sessions_timed_out", 0))
             failed_n += int(stats.get("sessions_failed", 0))
+            not_started_n += max(0, closed - share.sessions_started)
         self._sequence += 1
         report = worker_pb2.WorkerReport(
             assignment_id=self.assignment_id,
@@ -116,7 +150,12 @@ class AssignmentRunner:
             sessions_failed=failed_n,
             elapsed_s=time.monotonic() - started,
             cancelled=self.cancelled,
+            shares=shares,
         )
+        if final and self._stopped_reason:
+            report.stopped_reason = self._stopped_reason
+            report.sessions_not_started = not_started_n
+            report.sessions_cut_short = max(0, started_n - completed_n)
         for key, d in merged.items():
             report.metrics.append(
                 worker_pb2.MetricDelta(

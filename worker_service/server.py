@@ -5,6 +5,12 @@ master answers), then heartbeats every interval; when the master does not know t
 any more (it restarted) or heartbeats keep failing, the worker registers again by itself. An
 unexpected error in the loop does not end it: it is logged, the worker's health turns
 NOT_SERVING, and the loop starts again.
+
+Stopping (``WorkerServer.stop``, on SIGTERM/SIGINT from ``chaperon worker``): health turns
+NOT_SERVING, every assignment in flight is stopped with the reason (its last report tells the
+master it stopped and what it did not run), and the server gives those streams ``grace_s`` to
+deliver that report before it closes them; heartbeats end last. The whole stop is bounded by
+a few seconds, whether or not the master takes the reports.
 """
 
 from __future__ import annotations
@@ -68,10 +74,10 @@ class Membership:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 3.0) -> None:
         self._stop.set()
-        self._thread.join(3)
-        self._channel.close()
+        self._thread.join(timeout_s)
+        self._channel.close()  # a heartbeat still in flight is cut; the thread then ends
 
     def _register(self) -> float:
         backoff = 0.2
@@ -160,13 +166,20 @@ class WorkerServer:
     def address(self) -> str:
         return host_port(self.host, self.port)
 
-    def stop(self, grace_s: float = 2.0) -> None:
+    def stop(self, grace_s: float = 2.0, reason: str = "") -> None:
+        """Stop serving. Assignments in flight are stopped with ``reason`` (e.g. "SIGTERM";
+        empty: cancelled, as when the master goes away too) and have ``grace_s`` to send
+        their last report; returns within about ``grace_s`` + 2 s."""
         self.health.enter_graceful_shutdown()
         for runner in self.state.runners():
-            runner.cancel()
-        if self.membership is not None:
-            self.membership.stop()
+            if reason:
+                runner.stop(reason)
+            else:
+                runner.cancel()
+        # Streams that end (their last report taken) end the wait early.
         self.server.stop(grace_s).wait(grace_s + 1)
+        if self.membership is not None:
+            self.membership.stop(timeout_s=1.0)
 
 
 def start_worker(

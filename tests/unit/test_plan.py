@@ -118,6 +118,25 @@ def test_bad_shares_are_refused() -> None:
         compile_assignment(a)
 
 
+def test_a_takeover_share_resumes_its_own_schedule_at_first_arrival() -> None:
+    run = [{"http": {"method": "GET", "path": "/"}}]
+    a = _assignment(run, concurrency=0, duration="5s", arrival_rate={"per_second": 100})
+    a.shares[0].rate_fraction = 0.5
+    a.shares.add(entry_index=0, sessions=3, rate_fraction=0.25, first_arrival=40)
+    first, second = compile_assignment(a)
+    assert (first.share_index, second.share_index) == (0, 1)
+    assert first.options.first_arrival == 0
+    # the share's whole schedule (not a trimmed one), resumed at its arrival 40
+    assert second.options.first_arrival == 40
+    assert second.options.arrival_rate_per_s == 25.0 and second.options.duration_ns == 5 * 10**9
+    a.schedule_offset_s = 2.0  # the older form of a takeover: ignored where first_arrival is set
+    _, second = compile_assignment(a)
+    assert second.options.duration_ns == 5 * 10**9
+    a.shares[1].first_arrival = -1
+    with pytest.raises(InvalidArgument, match="first_arrival"):
+        compile_assignment(a)
+
+
 def test_init_teardown_and_session_rules_reach_the_engine() -> None:
     lt_assignment = _assignment(
         [{"http": {"method": "GET", "path": "/"}}],

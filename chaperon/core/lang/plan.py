@@ -26,7 +26,7 @@ from chaperon.core.lang.limits import (
     DEFAULT_REQUEST_TIMEOUT_NS,
 )
 from chaperon.core.loadtest import Inventory, effective_config, entry_scenarios
-from chaperon.v1 import worker_pb2
+from chaperon.v1 import loadtest_pb2, worker_pb2
 
 
 @dataclass
@@ -35,6 +35,8 @@ class EnginePlan:
     metric keys, the ops (already in the engine's C array) and its checked options."""
 
     entry_index: int
+    # The share's position in the assignment (reports give each share's totals by it).
+    share_index: int = 0
     # (ip, port) for http, (ip, port, True, host name) for https
     targets: list[tuple[Any, ...]] = field(default_factory=list)
     metric_keys: list[str] = field(default_factory=list)
@@ -94,7 +96,7 @@ def compile_assignment(assignment: worker_pb2.Assignment, backend: Backend) -> l
     for i, share in enumerate(assignment.shares):
         entry = lt.scenarios[share.entry_index]
         p = f"scenarios[{share.entry_index}]"
-        plan = EnginePlan(entry_index=share.entry_index)
+        plan = EnginePlan(entry_index=share.entry_index, share_index=i)
         scenarios = entry_scenarios(entry)
         inventory = Inventory.of(
             (getattr(s, part) for s in scenarios for part in ("init", "run", "teardown")), lt
@@ -157,16 +159,13 @@ def compile_assignment(assignment: worker_pb2.Assignment, backend: Backend) -> l
                 raise InvalidArgument(
                     [(f"shares[{i}].rate_fraction", "must be in (0, 1] for an open-model entry")]
                 )
-            rate = entry.arrival_rate
-            rate_per_s = rate.per_second * fraction
-            stages = [
-                (parse_duration_ns(stage.duration), stage.target * fraction)
-                for stage in rate.stages
-            ]
-            if stages:
-                duration = sum(ns for ns, _ in stages)
+            if share.first_arrival < 0:
+                raise InvalidArgument([(f"shares[{i}].first_arrival", "must be >= 0")])
+            rate_per_s, stages, duration = share_schedule(entry, fraction)
             offset_ns = int(assignment.schedule_offset_s * 1e9)
-            if offset_ns > 0:
+            if share.first_arrival > 0:
+                options["first_arrival"] = int(share.first_arrival)
+            elif offset_ns > 0:
                 rate_per_s, stages, duration = trim_schedule(
                     rate_per_s, stages, duration, offset_ns
                 )
@@ -183,6 +182,22 @@ def compile_assignment(assignment: worker_pb2.Assignment, backend: Backend) -> l
             raise InvalidArgument([(p, str(exc))]) from None
         plans.append(plan)
     return plans
+
+
+def share_schedule(
+    entry: loadtest_pb2.ScenarioEntry, fraction: float
+) -> tuple[float, list[tuple[int, float]], int]:
+    """An open-model share's arrival schedule, as the engine takes it: (rate per second,
+    stages as (duration_ns, target rate per second), duration_ns), the entry's rates times
+    ``fraction``. The master counts a share's due arrivals from the same three
+    (``master_service.arrivals``), so this is the one place that decides them."""
+    rate = entry.arrival_rate
+    stages = [(parse_duration_ns(stage.duration), stage.target * fraction) for stage in rate.stages]
+    if stages:
+        duration = sum(ns for ns, _ in stages)
+    else:
+        duration = parse_duration_ns(entry.duration) if entry.duration else 0
+    return rate.per_second * fraction, stages, duration
 
 
 def trim_schedule(

@@ -70,6 +70,7 @@ def format_report(run: results_pb2.LoadTestRun) -> str:
             else ""
         )
         + (f", {res.sessions_timed_out} timed out" if res.sessions_timed_out else "")
+        + (f", {res.sessions_lost} lost" if res.sessions_lost else "")
         + (
             f", {res.sessions_failed} ended by a failing step (see the errors above)"
             if res.sessions_failed
@@ -78,6 +79,14 @@ def format_report(run: results_pb2.LoadTestRun) -> str:
         + (f", workers: {len(res.workers)}" if res.workers else "")
         + (f", lost workers: {', '.join(res.lost_workers)}" if res.lost_workers else "")
     )
+    if res.arrivals_due:
+        lines.append(
+            f"  arrivals: {res.arrivals_due} due = {res.sessions_started} started"
+            f" + {res.sessions_dropped} dropped + {res.arrivals_lost} lost"
+            if res.sessions_started + res.sessions_dropped + res.arrivals_lost == res.arrivals_due
+            else f"  arrivals: {res.arrivals_due} due, {res.arrivals_lost} lost"
+        )
+    lines.extend(f"  event: {event}" for event in res.events)
     for th in res.thresholds:
         verdict = "passed" if th.passed else "FAILED"
         lines.append(

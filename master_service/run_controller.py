@@ -11,13 +11,17 @@ Events, and what they do while the run is RUNNING:
 
 - ``StreamOpened``: the transport opened an assignment's stream (kept, to cancel it later).
 - ``ReportStored``: a worker's report, already committed to the store, is merged into the
-  run's aggregator (and so shown to watchers); its error is kept, its ``final`` noted.
+  run's aggregator (and so shown to watchers); its error is kept, its ``final`` and its
+  per-share totals noted. A report with ``stopped_reason`` is a worker that stopped (SIGTERM)
+  before its share was done: it is lost as below, with the reason.
 - ``Refused``: the worker answered and refused its assignment: its reason becomes an error
   of the run; the worker is not lost.
 - ``StreamEnded``: the assignment's stream is over. After the final report, that is the end
-  of that worker's part. Without it, the worker is lost (its error kept, its closed sessions
-  counted lost, its open-model share moved to the survivors, see ``split_takeover``); a
-  takeover assignment that ends early adds an error only.
+  of that worker's part. Without it, the worker is lost: its error is kept, an event says
+  when and what it did not run, its closed sessions that did not complete are lost, and its
+  open-model share is cut where the run is, the arrivals due until then and not reported
+  are lost and the rest moves to the survivors (``accounting``). A takeover assignment that
+  ends early is cut the same way, its worker is not lost for it.
 - ``WorkerSilent``: the registry saw no heartbeat for too long: the worker is lost as above,
   and its stream cancelled at once rather than when TCP notices.
 - ``CancelRequested`` (a user, or the master stopping) and ``DeadlinePassed`` (the run's
@@ -27,15 +31,17 @@ Phases: RUNNING -> DRAINING (cancel, master stop or deadline: nothing more is mo
 lost; the streams are ending) -> ENDED (every assignment's stream is over; from RUNNING
 directly when the run just completes) -> FINISHED (``finish`` decided the final state, in
 ``final_state``: INTERRUPTED if the master stopped, CANCELLED if a user cancelled in time,
-FAILED on timeout, errors without metrics, every worker lost or failed thresholds, else
-SUCCEEDED). By phase:
+FAILED on timeout, errors without metrics, every worker lost, sessions or arrivals lost (a
+worker lost or stopped before its share was done) or failed thresholds, else SUCCEEDED).
+By phase:
 
     event            RUNNING                              DRAINING            ENDED
     StreamOpened     keep the stream                      cut it at once      -
-    ReportStored     merge; note its error and final      the same            -
+    ReportStored     merge; note its error and final;     merge; note         -
+                     stopped: lose the worker
     Refused          an error (unless final or lost)      nothing             -
     StreamEnded      no final: lose the worker (takeover  nothing             -
-                     assignment: an error only)
+                     assignment: cut it)
     WorkerSilent     lose the worker, cut its stream      nothing             nothing
     CancelRequested  -> DRAINING; cancel everything       cancel everything   noted; cancel
     DeadlinePassed   -> DRAINING; an error; cancel all    the same, once      nothing
@@ -58,9 +64,10 @@ from dataclasses import dataclass, field
 
 from chaperon.core.durations import parse_duration_ns
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
+from master_service.accounting import Part, note_report, takeover_pieces, tally
 from master_service.aggregator import Aggregator, evaluate_thresholds
 from master_service.registry import WorkerEntry
-from master_service.splitter import Share, demands, split, split_takeover, to_entry_share
+from master_service.splitter import Share, demands, split, to_entry_share
 from master_service.transport import Cancellable
 
 # When a load test sets no timeout: its longest duration plus this grace, or this alone.
@@ -181,16 +188,8 @@ class _Stage(enum.Enum):
 class _Worker:
     entry: WorkerEntry
     main_id: str  # its first assignment's id (a survivor may also get takeovers)
-    shares: list[Share]
     lost: bool = False
-
-    @property
-    def closed_sessions(self) -> int:
-        return sum(s.sessions for s in self.shares if not s.open_model)
-
-    @property
-    def open_shares(self) -> list[Share]:
-        return [s for s in self.shares if s.open_model]
+    assignment_ids: list[str] = field(default_factory=list)  # main first, then takeovers
 
 
 @dataclass
@@ -198,9 +197,12 @@ class _Assignment:
     assignment_id: str
     worker: _Worker
     takeover: bool
+    parts: list[Part]  # one per share, in the order of the assignment's shares
     stage: _Stage = _Stage.SENT
     stream: Cancellable | None = None
     final: bool = False  # its final report arrived
+    done: bool = False  # ... and said the share ran to its end (not stopped)
+    cut: bool = False  # its worker was lost or stopped before it was done
 
 
 @dataclass
@@ -247,12 +249,14 @@ class RunController:
         self._workers: dict[str, _Worker] = {}
         self._assignments: dict[str, _Assignment] = {}  # first assignments, then takeovers
         self._takeovers = 0
+        self._first_shares: dict[str, list[Share]] = {}
         per_worker = split(demands(run.load_test), [w.capacity for w in workers])
         for entry, shares in zip(workers, per_worker, strict=True):
             if shares:
-                worker = _Worker(entry, f"{run.id}/{entry.worker_id}", shares)
+                worker = _Worker(entry, f"{run.id}/{entry.worker_id}")
                 self._workers[entry.worker_id] = worker
-                self._assignments[worker.main_id] = _Assignment(worker.main_id, worker, False)
+                self._add_assignment(worker.main_id, worker, shares, takeover=False)
+                self._first_shares[worker.main_id] = shares
         self._check_ended()
 
     # -- what the runner reads ------------------------------------------------------------------
@@ -289,7 +293,7 @@ class RunController:
                 self._check_ended()
                 return []
             return [
-                StartAssignment(w.entry, self._assignment(w.main_id, w.shares))
+                StartAssignment(w.entry, self._assignment(w.main_id, self._first_shares[w.main_id]))
                 for w in self._workers.values()
             ]
 
@@ -327,10 +331,21 @@ class RunController:
         report = event.report
         self._aggregator.add_report(a.worker.entry.worker_id, report, event.serialized)
         with self._cond:
+            worker_id = a.worker.entry.worker_id
             if report.error:
-                self._log.errors.append(f"worker {a.worker.entry.worker_id}: {report.error}")
+                self._log.errors.append(f"worker {worker_id}: {report.error}")
+            note_report(a.parts, report)
             a.final = a.final or report.final
-        return []
+            a.done = a.done or (report.final and not report.stopped_reason)
+            if not report.stopped_reason or self._phase is not Phase.RUNNING:
+                return []
+            reason = report.stopped_reason
+            if a.worker.lost:
+                # Its first stopped report lost it; a takeover's comes after: cut it too.
+                return self._cut([a], a.worker, f"worker {worker_id} stopped ({reason})")
+            return self._lose(
+                a.worker, f"worker {worker_id} stopped ({reason})", f"stopped ({reason})"
+            )
 
     def _on_opened(self, event: StreamOpened) -> list[Action]:
         a = self._assignments[event.assignment_id]
@@ -369,8 +384,9 @@ class RunController:
         if event.error is None:
             why = ""
         if a.takeover:
+            # Its worker's first assignment may still be running: only this one is cut.
             self._log.errors.append(why or f"takeover {a.assignment_id} ended early")
-            return []
+            return self._cut([a], a.worker, f"takeover {a.assignment_id} ended early")
         return self._lose(a.worker, why)
 
     def _on_silent(self, event: WorkerSilent) -> list[Action]:
@@ -408,66 +424,111 @@ class RunController:
         )
         return actions
 
-    def _lose(self, worker: _Worker, why: str) -> list[Action]:
-        """Mark a worker lost for this run (once), cut its stream, move its open-model share."""
+    def _lose(self, worker: _Worker, why: str, how: str = "lost") -> list[Action]:
+        """Mark a worker lost (or stopped: ``how``) for this run, once, and cut every
+        assignment of it that was not done."""
         if worker.lost or self._phase is not Phase.RUNNING:
             return []
         worker.lost = True
         self._log.lost.append(worker.entry.worker_id)
         if why:
             self._log.errors.append(why)
-        actions: list[Action] = []
-        first = self._assignments[worker.main_id]
-        if first.stream is not None and first.stage is not _Stage.OVER:
-            actions.append(CancelStream(first.stream))
-        return actions + self._take_over(worker)
+        pending = [self._assignments[i] for i in worker.assignment_ids]
+        return self._cut(
+            [a for a in pending if not a.done], worker, f"worker {worker.entry.worker_id} {how}"
+        )
 
-    def _take_over(self, lost: _Worker) -> list[Action]:
-        """Give the survivors takeover assignments for the lost worker's open-model shares,
-        with the schedule starting where the run is now."""
-        shares = lost.open_shares
-        if not shares:
+    def _cut(self, cut: list[_Assignment], worker: _Worker, who: str) -> list[Action]:
+        """End ``cut`` (assignments of ``worker``) where the run is now: cut their streams,
+        fix what their shares ran (``Part.cut``) and give the survivors takeover assignments
+        for the rest of their open-model shares. One event says what was not run."""
+        cut = [a for a in cut if not a.cut]
+        if not cut or self._phase is not Phase.RUNNING:
             return []
+        elapsed_s = self._clock() - self._started_s
+        actions: list[Action] = []
+        left: list[Part] = []
+        for a in cut:
+            a.cut = True
+            if a.stream is not None and a.stage is not _Stage.OVER:
+                actions.append(CancelStream(a.stream))
+            left.extend(part for part in a.parts if part.cut(elapsed_s) > 0)
         survivors = [
             w
             for w in self._workers.values()
-            if w is not lost
+            if w is not worker
             and not w.lost
             and self._assignments[w.main_id].stage is not _Stage.OVER
         ]
-        lost_id = lost.entry.worker_id
-        if not survivors:
-            self._log.events.append(f"worker {lost_id} lost; no survivor to take its arrival rate")
-            return []
-        elapsed_s = self._clock() - self._started_s
-        parts = split_takeover(shares, [w.entry.capacity for w in survivors])
-        actions: list[Action] = []
         moved: list[str] = []
-        for survivor, given in zip(survivors, parts, strict=True):
+        per_survivor: list[list[Share]] = [[] for _ in survivors]
+        for part in left:
+            if not survivors:
+                assert part.schedule is not None and part.end_arrival is not None
+                part.untaken = part.schedule.total - part.end_arrival
+                continue
+            pieces = takeover_pieces(
+                part, self._run.load_test, [w.entry.capacity for w in survivors]
+            )
+            for given, piece in zip(per_survivor, pieces, strict=True):
+                if piece is not None:
+                    given.append(piece)
+        for survivor, given in zip(survivors, per_survivor, strict=True):
             if not given:
                 continue
             self._takeovers += 1
             assignment_id = f"{self.run_id}/{survivor.entry.worker_id}/takeover-{self._takeovers}"
-            self._assignments[assignment_id] = _Assignment(assignment_id, survivor, True)
-            assignment = self._assignment(assignment_id, given, schedule_offset_s=elapsed_s)
-            actions.append(StartAssignment(survivor.entry, assignment))
+            self._add_assignment(assignment_id, survivor, given, takeover=True, made_s=elapsed_s)
+            actions.append(StartAssignment(survivor.entry, self._assignment(assignment_id, given)))
             moved.append(survivor.entry.worker_id)
-        self._log.events.append(
-            f"at {elapsed_s:.1f}s: worker {lost_id} lost; its share of the arrival rate "
-            f"moved to {', '.join(moved)}"
-        )
+        self._log.events.append(self._cut_event(who, elapsed_s, cut, left, moved))
         return actions
 
-    def _assignment(
-        self, assignment_id: str, shares: list[Share], schedule_offset_s: float = 0.0
-    ) -> worker_pb2.Assignment:
+    @staticmethod
+    def _cut_event(
+        who: str, elapsed_s: float, cut: list[_Assignment], left: list[Part], moved: list[str]
+    ) -> str:
+        """E.g. "worker w0 stopped (SIGTERM) at 3.2s: 10 sessions not run (0 not started,
+        10 cut short)", with what became of its arrival rate in the open model."""
+        parts = [part for a in cut for part in a.parts]
+        closed = [p.not_run() for p in parts if p.schedule is None]
+        opened = [p.not_run() for p in parts if p.schedule is not None]
+        said = []
+        if closed:
+            not_started = sum(n for n, _, _ in closed)
+            cut_short = sum(c for _, c, _ in closed)
+            said.append(
+                f"{not_started + cut_short} sessions not run "
+                f"({not_started} not started, {cut_short} cut short)"
+            )
+        if opened:
+            said.append(f"{sum(a for _, _, a in opened)} arrivals lost")
+            if moved:
+                said.append(f"its share of the arrival rate moved to {', '.join(moved)}")
+            elif left:
+                said.append("no survivor to take its arrival rate")
+        return f"{who} at {elapsed_s:.1f}s: " + "; ".join(said)
+
+    def _add_assignment(
+        self,
+        assignment_id: str,
+        worker: _Worker,
+        shares: list[Share],
+        *,
+        takeover: bool,
+        made_s: float = 0.0,
+    ) -> None:
+        parts = [Part.of(share, self._run.load_test, made_s) for share in shares]
+        self._assignments[assignment_id] = _Assignment(assignment_id, worker, takeover, parts)
+        worker.assignment_ids.append(assignment_id)
+
+    def _assignment(self, assignment_id: str, shares: list[Share]) -> worker_pb2.Assignment:
         return worker_pb2.Assignment(
             run_id=self.run_id,
             assignment_id=assignment_id,
             load_test=self._run.load_test,
             shares=[to_entry_share(s) for s in shares],
             report_interval_s=self._report_interval_s,
-            schedule_offset_s=schedule_offset_s,
         )
 
     def _check_ended(self) -> None:
@@ -487,14 +548,16 @@ class RunController:
             lost = sorted(set(self._log.lost))
             result = self._aggregator.result(lost_workers=lost)
             result.events.extend(self._log.events)
-            completed = self._aggregator.completed_by_worker()
-            result.sessions_lost = sum(
-                max(0, self._workers[wid].closed_sessions - completed.get(wid, 0)) for wid in lost
+            flags = self._flags
+            counted = tally(
+                ((part, a.cut, a.done) for a in self._assignments.values() for part in a.parts),
+                stopped_early=flags.cancelled or flags.timed_out or flags.master_stopping,
             )
+            result.sessions_lost = counted.sessions_lost
+            result.arrivals_due = counted.arrivals_due
+            result.arrivals_lost = counted.arrivals_lost
             if self._flags.timed_out:
-                result.sessions_timed_out += max(
-                    0, result.sessions_started - result.sessions_completed - result.sessions_lost
-                )
+                result.sessions_timed_out += counted.unfinished
             run.result.CopyFrom(result)
             passed = evaluate_thresholds(run.result, list(run.load_test.thresholds))
             state, why = final_state(
@@ -505,6 +568,7 @@ class RunController:
                 metrics=bool(result.metrics),
                 every_worker_lost=bool(lost) and len(lost) == len(self._workers),
                 thresholds_passed=passed,
+                sessions_lost=counted.sessions_lost,
             )
             run.state = state
             run.error = "; ".join([*self._log.errors, why] if why else self._log.errors)
@@ -523,11 +587,14 @@ def final_state(
     metrics: bool,
     every_worker_lost: bool,
     thresholds_passed: bool,
+    sessions_lost: int = 0,
 ) -> tuple[results_pb2.RunState, str]:
     """A finished run's state, and the reason to add to its error when the state needs one.
 
     The first rule that holds wins: the master stopping beats everything (the run did not
     end, it was interrupted); a user's cancel beats failures, unless the timeout came first.
+    A run that lost sessions or arrivals (a worker lost or stopped before its share was
+    done) did not run what was asked: it fails, whatever the metrics of the rest say.
     """
     if master_stopping:
         return results_pb2.INTERRUPTED, INTERRUPTED_BY_MASTER
@@ -537,6 +604,10 @@ def final_state(
         return results_pb2.FAILED, ""
     if every_worker_lost:
         return results_pb2.FAILED, ""
+    if sessions_lost:
+        return results_pb2.FAILED, (
+            f"{sessions_lost} sessions lost with lost or stopped workers (see the events)"
+        )
     if not thresholds_passed:
         return results_pb2.FAILED, "thresholds failed"
     return results_pb2.SUCCEEDED, ""

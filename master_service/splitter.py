@@ -10,8 +10,11 @@ threads) by the largest-remainder method, so they add up to what was asked, exac
 
 When a worker is lost mid-run, ``split_takeover`` spreads its open-model shares over the
 survivors the same way: each share's slots by capacity, and each survivor's piece of the
-share's rate fraction in proportion to the slots it takes. Closed-model sessions are never
-moved (a closed session's state died with its worker).
+share's rate fraction in proportion to the slots it takes (a survivor that takes all the
+slots takes the very same fraction, so its schedule is the lost share's own and it carries on
+from the arrival the lost worker had not reached: ``first_arrival``, which the run controller
+works out). Closed-model sessions are never moved (a closed session's state died with its
+worker).
 
 Nothing here knows of threads, gRPC or the store; ``demands`` is the one function that reads
 a ``LoadTest`` message, and ``to_entry_share`` the one that writes the wire form.
@@ -39,13 +42,16 @@ class Share:
     """One worker's part of one scenario entry.
 
     Closed model: ``sessions`` sessions numbered from ``first_session``; ``rate_fraction``
-    is 0. Open model: ``sessions`` slots and ``rate_fraction`` (> 0) of the entry's rate.
+    is 0. Open model: ``sessions`` slots and ``rate_fraction`` (> 0) of the entry's rate;
+    a takeover's schedule resumes at ``first_arrival`` (arrivals before it were another
+    worker's).
     """
 
     entry_index: int
     sessions: int
     first_session: int = 0
     rate_fraction: float = 0.0
+    first_arrival: int = 0
 
     @property
     def open_model(self) -> bool:
@@ -93,7 +99,8 @@ def split_takeover(lost: Sequence[Share], capacities: Sequence[int]) -> list[lis
     """The lost worker's open-model shares spread over survivors of ``capacities``.
 
     One list per survivor, in order (a list may be empty). Closed-model shares in ``lost``
-    are left out: they cannot move.
+    are left out: they cannot move. A piece that takes all of a share's slots keeps its
+    fraction exactly (and so its schedule); ``first_arrival`` is left for the caller to set.
     """
     per_survivor: list[list[Share]] = [[] for _ in capacities]
     for share in lost:
@@ -101,12 +108,11 @@ def split_takeover(lost: Sequence[Share], capacities: Sequence[int]) -> list[lis
             continue
         for survivor, slots in enumerate(split_sessions(share.sessions, capacities)):
             if slots > 0:
+                fraction = share.rate_fraction
+                if slots != share.sessions:
+                    fraction = share.rate_fraction * slots / share.sessions
                 per_survivor[survivor].append(
-                    Share(
-                        entry_index=share.entry_index,
-                        sessions=slots,
-                        rate_fraction=share.rate_fraction * slots / share.sessions,
-                    )
+                    Share(entry_index=share.entry_index, sessions=slots, rate_fraction=fraction)
                 )
     return per_survivor
 
@@ -129,6 +135,7 @@ def to_entry_share(share: Share) -> worker_pb2.EntryShare:
             entry_index=share.entry_index,
             sessions=share.sessions,
             rate_fraction=share.rate_fraction,
+            first_arrival=share.first_arrival,
         )
     return worker_pb2.EntryShare(
         entry_index=share.entry_index, sessions=share.sessions, first_session=share.first_session

@@ -7,6 +7,7 @@ the controller asks for and the final state it decides.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -68,18 +69,38 @@ class _Clock:
 
 
 def _report(
-    values: list[int], final: bool = False, completed: int = 0, error: str = ""
+    values: list[int],
+    final: bool = False,
+    completed: int = 0,
+    error: str = "",
+    *,
+    started: int | None = None,
+    dropped: int = 0,
+    stopped: str = "",
+    assignment_id: str = "",
 ) -> worker_pb2.WorkerReport:
     h = Histogram()
     for v in values:
         h.record(v)
+    started = completed if started is None else started
     return worker_pb2.WorkerReport(
+        assignment_id=assignment_id,
         final=final,
-        sessions_started=completed,
+        sessions_started=started,
         sessions_completed=completed,
+        sessions_dropped=dropped,
         elapsed_s=1.0,
         error=error,
         metrics=[worker_pb2.MetricDelta(key="GET /", hdr=h.encode(), count=len(values))],
+        shares=[
+            worker_pb2.ShareProgress(
+                share_index=0,
+                sessions_started=started,
+                sessions_completed=completed,
+                sessions_dropped=dropped,
+            )
+        ],
+        stopped_reason=stopped,
     )
 
 
@@ -159,10 +180,17 @@ def test_a_broken_stream_loses_its_worker_and_its_closed_sessions() -> None:
     assert streams["run-1/w0"].cancels == 0
     _complete(controller, "run-1/w1", 2)
     run = controller.finish()
-    assert run.state == results_pb2.SUCCEEDED, run.error
+    # Sessions were lost: the run did not run what was asked, whatever the rest measured.
+    assert run.state == results_pb2.FAILED
     assert list(run.result.lost_workers) == ["w0"]
     assert run.result.sessions_lost == 2  # 3 given, 1 completed
-    assert run.error == "worker w0 (127.0.0.1:1000): connection reset"
+    assert run.error == (
+        "worker w0 (127.0.0.1:1000): connection reset; "
+        "2 sessions lost with lost or stopped workers (see the events)"
+    )
+    assert list(run.result.events) == [
+        "worker w0 lost at 0.0s: 2 sessions not run (2 not started, 0 cut short)"
+    ]
 
 
 def test_a_stream_that_ends_without_its_final_report_is_a_lost_worker() -> None:
@@ -171,8 +199,9 @@ def test_a_stream_that_ends_without_its_final_report_is_a_lost_worker() -> None:
     controller.handle(StreamEnded("run-1/w0"))  # clean end, no final: lost, no error text
     _complete(controller, "run-1/w1", 2)
     run = controller.finish()
-    assert list(run.result.lost_workers) == ["w0"] and run.error == ""
-    assert run.state == results_pb2.SUCCEEDED
+    assert list(run.result.lost_workers) == ["w0"] and run.result.sessions_lost == 3
+    assert run.error == "3 sessions lost with lost or stopped workers (see the events)"
+    assert run.state == results_pb2.FAILED
 
 
 def test_every_worker_lost_fails_the_run() -> None:
@@ -197,8 +226,9 @@ def test_a_silent_worker_is_lost_and_its_stream_cut() -> None:
     controller.handle(StreamEnded("run-1/w0", "Locally cancelled by application!"))
     _complete(controller, "run-1/w1", 2)
     run = controller.finish()
-    assert run.error == "worker w0 stopped sending heartbeats"
+    assert run.error.startswith("worker w0 stopped sending heartbeats; 3 sessions lost")
     assert list(run.result.lost_workers) == ["w0"] and run.result.sessions_lost == 3
+    assert run.state == results_pb2.FAILED
     # A worker whose stream is over is not lost for going silent afterwards.
     controller2, _ = _controller(workers=1)
     _open(controller2, "run-1/w0")
@@ -207,63 +237,251 @@ def test_a_silent_worker_is_lost_and_its_stream_cut() -> None:
     assert controller2.finish().state == results_pb2.SUCCEEDED
 
 
+def _finish_open(
+    controller: RunController, assignment_id: str, started: int, dropped: int = 0
+) -> None:
+    """An open-model assignment that ran its whole schedule: ``started + dropped`` arrivals."""
+    report = _report([100], final=True, started=started, completed=started, dropped=dropped)
+    report.assignment_id = assignment_id  # the aggregator counts per assignment
+    controller.handle(ReportStored(assignment_id, report))
+    assert controller.handle(StreamEnded(assignment_id)) == []
+
+
+def _shares(start: StartAssignment) -> list[tuple[int, float, int]]:
+    return [(e.sessions, e.rate_fraction, e.first_arrival) for e in start.assignment.shares]
+
+
+def _accounted(run: results_pb2.LoadTestRun) -> int:
+    r = run.result
+    return r.sessions_started + r.sessions_dropped + r.sessions_lost
+
+
 def test_the_open_model_share_of_a_lost_worker_moves_to_the_survivors() -> None:
     clock = _Clock()
     controller, starts = _controller(OPEN, workers=3, clock=clock)
-    assert [[(e.sessions, e.rate_fraction) for e in s.assignment.shares] for s in starts] == [
-        [(4, 0.4)],
-        [(3, 0.3)],
-        [(3, 0.3)],
-    ]
+    assert [_shares(s) for s in starts] == [[(4, 0.4, 0)], [(3, 0.3, 0)], [(3, 0.3, 0)]]
     streams = _open(controller, "run-1/w0", "run-1/w1", "run-1/w2")
-    clock.now += 2.5
+    clock.now += 2.0
+    controller.handle(ReportStored("run-1/w1", _report([100], started=60, completed=58, dropped=5)))
+    clock.now += 0.5
     actions = controller.handle(StreamEnded("run-1/w1", "connection reset"))
     takeovers = [a for a in actions if isinstance(a, StartAssignment)]
     assert [(t.worker.worker_id, t.assignment.assignment_id) for t in takeovers] == [
         ("w0", "run-1/w0/takeover-1"),
         ("w2", "run-1/w2/takeover-2"),
     ]
-    assert [[(e.sessions, e.rate_fraction) for e in t.assignment.shares] for t in takeovers] == [
-        [(2, pytest.approx(0.2))],
-        [(1, pytest.approx(0.1))],
+    # w1's 30/s: arrivals 0..74 were due by 2.5 s; w0 takes 20/s from its arrival 50 (due at
+    # 2.5 s), w2 10/s from its arrival 25 (the same instant).
+    assert [_shares(t) for t in takeovers] == [
+        [(2, pytest.approx(0.2), 50)],
+        [(1, pytest.approx(0.1), 25)],
     ]
-    assert all(t.assignment.schedule_offset_s == 2.5 for t in takeovers)
+    assert all(t.assignment.schedule_offset_s == 0 for t in takeovers)
     assert streams["run-1/w1"].cancels == 0  # already over
     _open(controller, "run-1/w0/takeover-1", "run-1/w2/takeover-2")
-    for assignment_id in ("run-1/w0", "run-1/w2", "run-1/w0/takeover-1"):
-        _complete(controller, assignment_id, 1)
+    _finish_open(controller, "run-1/w0", 200)  # 40/s for 5 s
+    _finish_open(controller, "run-1/w2", 140, dropped=10)  # 30/s
+    _finish_open(controller, "run-1/w0/takeover-1", 50)  # 20/s from 2.5 s
     assert controller.phase is Phase.RUNNING  # one takeover still runs
-    _complete(controller, "run-1/w2/takeover-2", 1)
+    _finish_open(controller, "run-1/w2/takeover-2", 25)  # 10/s from 2.5 s
     run = controller.finish()
-    assert run.state == results_pb2.SUCCEEDED, run.error
     assert list(run.result.events) == [
-        "at 2.5s: worker w1 lost; its share of the arrival rate moved to w0, w2"
+        "worker w1 lost at 2.5s: 10 arrivals lost; its share of the arrival rate moved to w0, w2"
     ]
-    assert run.result.sessions_lost == 0  # open-model slots are not sessions lost
+    # 75 due on w1: 60 started, 5 dropped, 10 lost; the whole schedule is 100/s for 5 s.
+    assert run.result.arrivals_due == 500 and _accounted(run) == 500
+    assert run.result.arrivals_lost == run.result.sessions_lost == 10
+    assert run.state == results_pb2.FAILED
+    assert run.error.endswith("10 sessions lost with lost or stopped workers (see the events)")
 
 
-def test_no_survivor_means_no_takeover() -> None:
+def test_no_survivor_means_no_takeover_and_the_rest_is_lost() -> None:
     controller, _ = _controller(OPEN, workers=2)
     _open(controller, "run-1/w0", "run-1/w1")
-    _complete(controller, "run-1/w0", 1)  # done: not a survivor
+    _finish_open(controller, "run-1/w0", 250)  # done: not a survivor
     assert controller.handle(StreamEnded("run-1/w1", "gone")) == []
     run = controller.finish()
-    assert list(run.result.events) == ["worker w1 lost; no survivor to take its arrival rate"]
+    assert list(run.result.events) == [
+        "worker w1 lost at 0.0s: 250 arrivals lost; no survivor to take its arrival rate"
+    ]
+    assert run.result.arrivals_due == 500 and run.result.arrivals_lost == 250
+    assert _accounted(run) == 500
 
 
-def test_a_takeover_that_ends_early_is_an_error_not_a_loss() -> None:
+@pytest.mark.parametrize("death_s", [0.0, 0.004, 0.013, 1.0, 2.4999, 2.5, 4.99, 5.0, 9.0])
+def test_every_due_arrival_is_started_dropped_or_lost_whenever_a_worker_dies(
+    death_s: float,
+) -> None:
+    """Two workers at 50/s each for 5 s; w1 last reported at 80% of the time of its death.
+    What it started after that report, nobody will hear of: those arrivals are lost too."""
+    clock = _Clock()
+    controller, _ = _controller(OPEN, workers=2, clock=clock)
+    _open(controller, "run-1/w0", "run-1/w1")
+    reported = min(250, int(50 * death_s * 0.8))
+    clock.now += death_s * 0.8
+    if reported:
+        controller.handle(ReportStored("run-1/w1", _report([100], started=reported - 1, dropped=1)))
+    clock.now += death_s * 0.2
+    actions = controller.handle(StreamEnded("run-1/w1", "connection reset"))
+    due_on_w1 = min(250, math.ceil(50 * death_s - 1e-9))
+    takeovers = [a for a in actions if isinstance(a, StartAssignment)]
+    if due_on_w1 < 250:
+        (takeover,) = takeovers
+        assert _shares(takeover) == [(5, 0.5, due_on_w1)]  # carries on from that arrival
+        _open(controller, takeover.assignment.assignment_id)
+        _finish_open(controller, takeover.assignment.assignment_id, 250 - due_on_w1)
+    else:
+        assert takeovers == []  # its schedule was over
+    _finish_open(controller, "run-1/w0", 248, dropped=2)
+    run = controller.finish()
+    assert run.result.arrivals_due == 500
+    assert _accounted(run) == 500
+    assert run.result.arrivals_lost == due_on_w1 - reported
+
+
+def test_a_takeover_worker_lost_in_turn_hands_both_shares_on() -> None:
+    clock = _Clock()
+    controller, _ = _controller(OPEN, workers=3, clock=clock)
+    _open(controller, "run-1/w0", "run-1/w1", "run-1/w2")
+    clock.now += 1.0
+    first = controller.handle(StreamEnded("run-1/w0", "gone"))  # 40/s: 40 due, 0 reported
+    assert [a.assignment.assignment_id for a in first if isinstance(a, StartAssignment)] == [
+        "run-1/w1/takeover-1",
+        "run-1/w2/takeover-2",
+    ]
+    _open(controller, "run-1/w1/takeover-1", "run-1/w2/takeover-2")
+    clock.now += 1.0
+    controller.handle(
+        ReportStored("run-1/w1", _report([100], started=50, assignment_id="run-1/w1"))
+    )
+    takeover_1 = _report([100], started=15, assignment_id="run-1/w1/takeover-1")
+    controller.handle(ReportStored("run-1/w1/takeover-1", takeover_1))
+    second = controller.handle(StreamEnded("run-1/w1", "gone"))
+    (start,) = [a for a in second if isinstance(a, StartAssignment)]
+    assert start.worker.worker_id == "w2"
+    # w1's own 30/s from arrival 60, and its piece of w0's (20/s) from arrival 40 at 2 s.
+    assert _shares(start) == [(3, 0.3, 60), (2, pytest.approx(0.2), 40)]
+    _open(controller, start.assignment.assignment_id)
+    # w1/takeover-1 ends too (the same process): it was cut already, nothing more happens.
+    assert controller.handle(StreamEnded("run-1/w1/takeover-1", "gone")) == []
+    _finish_open(controller, "run-1/w2", 150)
+    _finish_open(controller, "run-1/w2/takeover-2", 80)  # 20/s from arrival 20 (at 1 s)
+    controller.handle(
+        ReportStored(
+            start.assignment.assignment_id,
+            worker_pb2.WorkerReport(
+                assignment_id=start.assignment.assignment_id,
+                final=True,
+                sessions_started=150,
+                shares=[
+                    worker_pb2.ShareProgress(share_index=0, sessions_started=90),
+                    worker_pb2.ShareProgress(share_index=1, sessions_started=60),
+                ],
+            ),
+        )
+    )
+    controller.handle(StreamEnded(start.assignment.assignment_id))
+    run = controller.finish()
+    # Lost: w0's 40; w1's 60 - 50 and its takeover's 40 - 20 - 15.
+    assert run.result.arrivals_lost == 40 + 10 + 5
+    assert run.result.arrivals_due == 500 and _accounted(run) == 500
+    assert sorted(run.result.lost_workers) == ["w0", "w1"]
+
+
+def test_a_takeover_that_ends_early_is_cut_and_its_worker_not_lost() -> None:
     controller, _ = _controller(OPEN, workers=2)
     _open(controller, "run-1/w0", "run-1/w1")
     (takeover,) = controller.handle(StreamEnded("run-1/w0", "gone"))
     assert isinstance(takeover, StartAssignment)
     takeover_id = takeover.assignment.assignment_id
     _open(controller, takeover_id)
-    controller.handle(StreamEnded(takeover_id))
-    _complete(controller, "run-1/w1", 1)
+    # No one is left to take it: w1 itself ran the takeover.
+    assert controller.handle(StreamEnded(takeover_id)) == []
+    _finish_open(controller, "run-1/w1", 250)
     run = controller.finish()
     assert list(run.result.lost_workers) == ["w0"]
-    assert run.error.endswith(f"takeover {takeover_id} ended early")
-    assert run.state == results_pb2.SUCCEEDED
+    assert f"takeover {takeover_id} ended early" in run.error
+    assert run.result.events[-1] == (
+        f"takeover {takeover_id} ended early at 0.0s: 250 arrivals lost; "
+        "no survivor to take its arrival rate"
+    )
+    assert run.result.arrivals_due == 500 and _accounted(run) == 500
+    assert run.state == results_pb2.FAILED
+
+
+def test_a_stopped_worker_is_lost_with_its_reason() -> None:
+    """SIGTERM: the worker's last report is final and says it stopped; its sessions are lost
+    as a killed worker's would be, and the run says so."""
+    clock = _Clock()
+    controller, _ = _controller(clock=clock)
+    streams = _open(controller, "run-1/w0", "run-1/w1")
+    clock.now += 3.2
+    stopped = _report([100] * 4, final=True, started=3, completed=0, stopped="SIGTERM")
+    stopped.sessions_cut_short = 3
+    assert controller.handle(ReportStored("run-1/w0", stopped)) == [
+        CancelStream(streams["run-1/w0"])
+    ]
+    controller.handle(StreamEnded("run-1/w0", "cancelled"))  # the cut: nothing more
+    _complete(controller, "run-1/w1", 2)
+    run = controller.finish()
+    assert run.state == results_pb2.FAILED
+    assert list(run.result.lost_workers) == ["w0"]
+    assert list(run.result.events) == [
+        "worker w0 stopped (SIGTERM) at 3.2s: 3 sessions not run (0 not started, 3 cut short)"
+    ]
+    result = run.result
+    assert result.sessions_lost == 3 and result.sessions_completed == 2
+    assert result.sessions_started == result.sessions_completed + result.sessions_lost
+    assert run.error == (
+        "worker w0 stopped (SIGTERM); 3 sessions lost with lost or stopped workers (see the events)"
+    )
+    assert metric_count(run) == 6  # what it measured before it stopped is kept
+
+
+def test_a_stopped_open_model_worker_hands_its_rate_on() -> None:
+    clock = _Clock()
+    controller, _ = _controller(OPEN, workers=2, clock=clock)
+    _open(controller, "run-1/w0", "run-1/w1")
+    clock.now += 2.0
+    stopped = _report([100], final=True, started=95, completed=90, dropped=2, stopped="SIGTERM")
+    # Its schedule had reached 1.98 s when it stopped (its engine started after the master's
+    # clock): arrivals 0..98 were due on it, 97 of them processed.
+    stopped.shares[0].schedule_ns = 1_980_000_000
+    actions = controller.handle(ReportStored("run-1/w0", stopped))
+    (takeover,) = [a for a in actions if isinstance(a, StartAssignment)]
+    assert takeover.worker.worker_id == "w1" and _shares(takeover) == [(5, 0.5, 99)]
+    controller.handle(StreamEnded("run-1/w0"))
+    _open(controller, takeover.assignment.assignment_id)
+    _finish_open(controller, takeover.assignment.assignment_id, 151)
+    _finish_open(controller, "run-1/w1", 250)
+    run = controller.finish()
+    assert list(run.result.events) == [
+        "worker w0 stopped (SIGTERM) at 2.0s: 2 arrivals lost; "
+        "its share of the arrival rate moved to w1"
+    ]
+    assert run.result.arrivals_lost == 2 and _accounted(run) == run.result.arrivals_due == 500
+    # A stop reported without its schedule's point: what it processed is its part.
+    controller, _ = _controller(OPEN, workers=2, clock=clock)
+    _open(controller, "run-1/w0", "run-1/w1")
+    stopped.shares[0].schedule_ns = 0
+    actions = controller.handle(ReportStored("run-1/w0", stopped))
+    (takeover,) = [a for a in actions if isinstance(a, StartAssignment)]
+    assert _shares(takeover) == [(5, 0.5, 97)]
+
+
+def test_a_stop_while_the_run_is_cancelled_is_no_loss() -> None:
+    controller, _ = _controller()
+    _open(controller, "run-1/w0", "run-1/w1")
+    controller.handle(CancelRequested())
+    controller.handle(ReportStored("run-1/w0", _report([100], final=True, stopped="SIGTERM")))
+    controller.handle(StreamEnded("run-1/w0"))
+    controller.handle(StreamEnded("run-1/w1", "cancelled"))
+    run = controller.finish()
+    assert run.state == results_pb2.CANCELLED and not run.result.lost_workers
+
+
+def metric_count(run: results_pb2.LoadTestRun) -> int:
+    return sum(m.count for m in run.result.metrics)
 
 
 def _cancel_actions(streams: dict[str, _Stream], ids: list[str]) -> list[Action]:
@@ -395,9 +613,11 @@ def test_events_after_the_end_change_nothing() -> None:
         ({"errors": True}, results_pb2.SUCCEEDED),
         ({"every_worker_lost": True}, results_pb2.FAILED),
         ({"thresholds_passed": False}, results_pb2.FAILED),
+        ({"sessions_lost": 3}, results_pb2.FAILED),
+        ({"sessions_lost": 3, "cancelled": True}, results_pb2.CANCELLED),
     ],
 )
-def test_final_state(flags: dict[str, bool], want: int) -> None:
+def test_final_state(flags: dict[str, Any], want: int) -> None:
     args = {
         "master_stopping": False,
         "cancelled": False,
@@ -417,3 +637,24 @@ def test_run_timeout() -> None:
     assert run_timeout_s(load_test_from_dict(OPEN)) == 65.0
     no_duration = minimal_load_test("http://127.0.0.1:8080", duration=None, iterations=1)
     assert run_timeout_s(load_test_from_dict(no_duration)) == 3600.0
+
+
+def test_the_text_report_shows_the_losses_and_the_events() -> None:
+    from chaperon.report import format_report
+
+    clock = _Clock()
+    controller, _ = _controller(OPEN, workers=2, clock=clock)
+    _open(controller, "run-1/w0", "run-1/w1")
+    clock.now += 1.0
+    controller.handle(ReportStored("run-1/w0", _report([100], started=40, completed=40)))
+    (takeover,) = [
+        a
+        for a in controller.handle(StreamEnded("run-1/w0", "gone"))
+        if isinstance(a, StartAssignment)
+    ]
+    _finish_open(controller, takeover.assignment.assignment_id, 200)
+    _finish_open(controller, "run-1/w1", 250)
+    text = format_report(controller.finish())
+    assert ", 10 lost, workers: 2, lost workers: w0" in text
+    assert "  arrivals: 500 due = 490 started + 0 dropped + 10 lost" in text
+    assert "  event: worker w0 lost at 1.0s: 10 arrivals lost; " in text

@@ -76,6 +76,16 @@ def test_takeover_moves_the_open_share_by_capacity() -> None:
     assert b == [Share(0, 4, rate_fraction=0.4)]
 
 
+def test_a_single_survivor_takes_the_very_same_fraction() -> None:
+    # 0.1 * 3 / 3 is not 0.1 in floating point: the survivor's schedule would not be the lost
+    # share's own, and its arrivals would not carry on from where that one stopped.
+    assert 0.1 * 3 / 3 != 0.1
+    assert split_takeover([Share(0, 3, rate_fraction=0.1)], [2]) == [
+        [Share(0, 3, rate_fraction=0.1)]
+    ]
+    assert to_entry_share(Share(0, 3, rate_fraction=0.1, first_arrival=42)).first_arrival == 42
+
+
 def test_takeover_leaves_closed_shares_alone() -> None:
     lost = [Share(0, 5, first_session=5), Share(1, 2, rate_fraction=0.25)]
     assert split_takeover(lost, [1, 1]) == [

@@ -200,3 +200,47 @@ def test_open_model_rate_of_a_killed_worker_moves_to_the_survivor(tmp_path: Path
     assert count >= 1000, (count, list(result.events))
     assert count <= 1200
     assert result.arrivals_due == 1200
+
+
+def test_a_stopped_worker_exits_even_when_the_master_does_not_answer(tmp_path: Path, nginx) -> None:
+    """The master is frozen (SIGSTOP) mid-run when its worker gets SIGTERM: the worker does
+    not wait for it beyond a couple of seconds, and exits with code 0. Thawed, the master
+    finds the worker gone and ends the run by itself."""
+    from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2
+
+    load_test = minimal_load_test(nginx.base_url, concurrency=4, duration="30s")
+    with ExitStack() as stack:
+        master = stack.enter_context(run_master(tmp_path / "m"))
+        worker = stack.enter_context(run_worker(tmp_path / "w", master.address, name="w"))
+        wait_for_workers(master, [worker])
+        channel = stack.enter_context(grpc.insecure_channel(master.address))
+        stub = master_pb2_grpc.MasterStub(channel)
+        run = stub.SubmitLoadTest(
+            master_pb2.SubmitLoadTestRequest(load_test=to_proto(load_test)), timeout=10
+        )
+        deadline = time.monotonic() + 20
+        while (
+            stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5).state
+            != results_pb2.RUNNING
+        ):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        time.sleep(1.5)  # the worker is sending reports
+        master.process.signal(signal.SIGSTOP)
+        try:
+            worker.process.signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert worker.process.wait(timeout_s=EXIT_WITHIN_S + 5) == 0
+            assert time.monotonic() - signalled < EXIT_WITHIN_S
+        finally:
+            master.process.signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while True:
+            final = stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5)
+            if final.state not in (results_pb2.SCHEDULED, results_pb2.RUNNING):
+                break
+            assert time.monotonic() < deadline, "the run did not end"
+            time.sleep(0.1)
+        assert final.state == results_pb2.FAILED, final.error
+        assert len(final.result.lost_workers) == 1
+        assert final.result.sessions_lost == 4

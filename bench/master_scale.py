@@ -123,6 +123,7 @@ def _cpu_s() -> float:
 def pure_merge(
     workers: int, keys: int, values: int, intervals: int, variants: int, cpu: int, form: str
 ) -> dict[str, Any]:
+    from chaperon.v1 import results_pb2
     from master_service.aggregator import Aggregator
     from master_service.store import SqliteStore
 
@@ -158,6 +159,8 @@ def pure_merge(
         parse_s = time.thread_time() - t0
         with tempfile.TemporaryDirectory() as tmp:
             store = SqliteStore(os.path.join(tmp, "master.db"))
+            # The store writes deltas only for a run it holds.
+            store.put_run(results_pb2.LoadTestRun(id="run", state=results_pb2.RUNNING))
             t0 = time.perf_counter()
             for w in range(workers):
                 store.add_delta("run", f"w{w}", 1, blobs[w % variants])

@@ -3,8 +3,8 @@
 ``run`` and ``demo`` start a master and a worker inside this process on loopback (the
 embedded default), run one load test through the real gRPC API and print the report.
 ``master`` and ``worker`` start the long-running services; ``submit``, ``status``,
-``workers`` and ``cancel`` talk to a running master. Errors the user can fix print one line
-on stderr and exit with status 2; a run that ends other than SUCCEEDED exits with 1.
+``workers``, ``cancel`` and ``delete`` talk to a running master. Errors the user can fix print
+one line on stderr and exit with status 2; a run that ends other than SUCCEEDED exits with 1.
 """
 
 from __future__ import annotations
@@ -203,10 +203,16 @@ def cmd_master(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
+            keep_runs=args.keep_runs,
+            keep_days=args.keep_days,
         )
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
-    details = [f"db: {args.db}", "targets: " + ", ".join(server.scheduler.allowed_targets)]
+    details = [
+        f"db: {args.db}",
+        "targets: " + ", ".join(server.scheduler.allowed_targets),
+        server.scheduler.retention.describe(),
+    ]
     if args.token:
         details.append("token required")
     if args.tls_cert:
@@ -323,6 +329,32 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+# Codes that concern one id: the others (no master, no token ...) would fail every id alike.
+_PER_RUN_CODES = (
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.INVALID_ARGUMENT,
+)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete each finished run; a line per run. Exit 0 when every one was deleted, else 2
+    (after trying the others, unless the master itself failed)."""
+    failed = 0
+    with Client(args.master, args.token, args.tls_ca) as client:
+        for run_id in args.ids:
+            try:
+                deleted = client.delete_run(run_id)
+            except grpc.RpcError as exc:
+                if exc.code() not in _PER_RUN_CODES:
+                    raise
+                _fail(f"{run_id}: {_rpc_message(exc)}")
+                failed += 1
+                continue
+            print(f"{deleted.id} deleted (was {results_pb2.RunState.Name(deleted.state)})")
+    return EXIT_USAGE if failed else 0
+
+
 def _token_arg(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--token", default=os.environ.get("CHAPERON_TOKEN", ""), help=help_text)
 
@@ -390,6 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="token workers join with (or CHAPERON_CLUSTER_TOKEN; default: --token)",
     )
     _allow_arg(p)
+    p.add_argument(
+        "--keep-runs",
+        type=int,
+        metavar="N",
+        help="delete finished runs beyond the newest N (default: keep every run)",
+    )
+    p.add_argument(
+        "--keep-days",
+        type=float,
+        metavar="D",
+        help="delete runs that finished more than D days ago; fractions allowed "
+        "(default: keep runs of any age)",
+    )
     _tls_args(p, serve=True, ca_help="CA that signed the workers' certificates")
     p.set_defaults(func=cmd_master)
 
@@ -446,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_cmd("cancel", "cancel a running or scheduled run")
     p.add_argument("id")
     p.set_defaults(func=cmd_cancel)
+
+    p = client_cmd("delete", "delete finished runs and everything stored for them")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_delete)
     return parser
 
 

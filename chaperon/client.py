@@ -104,6 +104,14 @@ class Client:
             master_pb2.CancelLoadTestRunRequest(id=run_id), metadata=self._metadata
         )
 
+    def delete_run(self, run_id: str) -> master_pb2.DeleteLoadTestRunResponse:
+        """Delete a finished run and everything the master stored for it (its result and
+        per-interval reports); the response says which state it had. ``NOT_FOUND`` for an
+        unknown id, ``FAILED_PRECONDITION`` for a SCHEDULED or RUNNING run (cancel it first)."""
+        return self._stub.DeleteLoadTestRun(  # type: ignore[no-any-return]
+            master_pb2.DeleteLoadTestRunRequest(id=run_id), metadata=self._metadata
+        )
+
     def workers(self) -> list[master_pb2.WorkerInfo]:
         resp = self._stub.ListWorkers(master_pb2.ListWorkersRequest(), metadata=self._metadata)
         return list(resp.workers)

@@ -6,6 +6,8 @@ queue is the store's SCHEDULED runs, oldest first, and it survives a restart of 
 oldest with ``next_scheduled`` and ``claim``s it (RUNNING) once it has workers, or fails it
 (``fail_scheduled``); ``finish`` stores the final state. A SCHEDULED run is cancelled here
 (``cancel_queued``); a RUNNING one is the runner's business, reached through ``running()``.
+A finished run is deleted here (``delete``), by a user or by the retention; ``on_end`` is
+called whenever a run reaches its final state (the retention's cue to look again).
 At start, ``recover`` turns runs left RUNNING by a master that died into INTERRUPTED runs with
 the partial metrics their stored deltas hold.
 
@@ -54,11 +56,16 @@ QUEUE_COMPONENT = "the run queue"
 
 class RunQueue(Generic[H]):
     def __init__(
-        self, store: Store, allow: AllowList | None = None, health: ServiceHealth | None = None
+        self,
+        store: Store,
+        allow: AllowList | None = None,
+        health: ServiceHealth | None = None,
+        on_end: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._allow = allow or AllowList()
         self._health = health or ServiceHealth()
+        self._on_end = on_end
         self._cond = threading.Condition()
         self._running: H | None = None
         self._closed = False
@@ -130,7 +137,30 @@ class RunQueue(Generic[H]):
             run.finished_at.GetCurrentTime()
             self._store.put_run(run)
             self._cond.notify_all()
+            self._on_end()
             return run
+
+    def delete(self, run_id: str) -> int:
+        """Delete a finished run and everything stored for it; return the state it had.
+
+        Raises NotFound for an unknown id and FailedPrecondition for a run that is SCHEDULED
+        or RUNNING (cancel it first). The state is read from the store's column, so a run
+        whose stored bytes are damaged can be deleted too. Under the queue's condition: no
+        run changes state meanwhile (a run that has ended never changes again).
+        """
+        with self._cond:
+            state = self._store.run_state(run_id)
+            if state is None:
+                raise NotFound(f"no load test run with id {run_id!r}")
+            if state not in TERMINAL:
+                raise FailedPrecondition(
+                    f"run {run_id} is {results_pb2.RunState.Name(state)}: only a finished run "
+                    "can be deleted; cancel it first"
+                )
+            if not self._store.delete_run(run_id):
+                raise NotFound(f"no load test run with id {run_id!r}")
+            self._cond.notify_all()
+            return state
 
     def running(self) -> H | None:
         """The runner's handle of the RUNNING run, if one is."""
@@ -208,6 +238,7 @@ class RunQueue(Generic[H]):
             run.finished_at.GetCurrentTime()
             self._store.put_run(run)
             self._cond.notify_all()
+            self._on_end()
 
     def finish(self, run: results_pb2.LoadTestRun) -> None:
         """Store the run's final state; it is no longer the running run."""
@@ -215,6 +246,7 @@ class RunQueue(Generic[H]):
             self._store.put_run(run)
             self._running = None
             self._cond.notify_all()
+            self._on_end()
 
     def abandon(self, run_id: str, error: str) -> None:
         """The runner failed on this run: FAILED with ``error`` unless it already ended. Never
@@ -231,6 +263,7 @@ class RunQueue(Generic[H]):
                     self._store.put_run(run)
             except Exception:  # noqa: BLE001 - the runner goes on to the next run
                 log.exception("could not mark run %s failed", run_id)
+            self._on_end()
 
     def _fail_unreadable(self, exc: UnreadableRun, wait_s: float) -> None:
         """Store a damaged run again as a readable FAILED run, so it leaves the queue."""

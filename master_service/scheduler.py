@@ -8,6 +8,8 @@ Theory of operation. Three pieces, each in its own module, are put to work here:
   events (a stream opened, a report stored, a refusal, a stream's end, a silent worker, a
   cancel, the deadline), answers with actions, and decides the final state.
 - the splitter (``splitter``), used by the controller: who gets which sessions.
+- ``Retention`` (``retention``): deletes the finished runs the retention policy drops, on its
+  own thread (``chaperon-retention``), woken by the queue whenever a run ends.
 
 Threads. The *runner* (``chaperon-scheduler``, started by ``start``) takes the oldest run,
 waits (bounded) for an available worker, claims the run and builds its controller and a
@@ -41,6 +43,7 @@ from chaperon.core.errors import ChaperonError
 from chaperon.core.health import ServiceHealth
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.registry import WorkerEntry, WorkerRegistry
+from master_service.retention import Retention, RetentionPolicy
 from master_service.run_controller import (
     Action,
     CancelAssignment,
@@ -57,7 +60,7 @@ from master_service.run_controller import (
     StreamOpened,
     WorkerSilent,
 )
-from master_service.run_queue import RunQueue
+from master_service.run_queue import TERMINAL, RunQueue
 from master_service.store import Store
 from master_service.transport import AssignmentRefused, WorkerTransport
 
@@ -80,9 +83,20 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         allow: AllowList | None = None,
         health: ServiceHealth | None = None,
+        retention: RetentionPolicy | None = None,
+        retention_interval_s: float = 300.0,
     ) -> None:
         self._health = health or ServiceHealth()
-        self._queue: RunQueue[_RunDriver] = RunQueue(store, allow, self._health)
+        self._retention = Retention(
+            store,
+            retention or RetentionPolicy(),
+            lambda run_id: self._queue.delete(run_id),
+            TERMINAL,
+            retention_interval_s,
+        )
+        self._queue: RunQueue[_RunDriver] = RunQueue(
+            store, allow, self._health, on_end=self._retention.poke
+        )
         self._store = store
         self._registry = registry
         self._transport = transport
@@ -97,9 +111,11 @@ class Scheduler:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="chaperon-scheduler", daemon=True)
         self._thread.start()
+        self._retention.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop taking runs; a run in flight ends INTERRUPTED (its streams are cancelled)."""
+        self._retention.stop(timeout_s)
         self._queue.close()
         driver = self._queue.running()
         if driver is not None:
@@ -139,6 +155,20 @@ class Scheduler:
             driver.feed(CancelRequested(StopReason.CANCEL))
             return self._queue.wait(run_id)
         return self._queue.get(run_id)  # it ended meanwhile
+
+    def delete(self, run_id: str) -> int:
+        """Delete a finished run and what is stored for it; the state it had (raises
+        NotFound, or FailedPrecondition for a SCHEDULED or RUNNING run)."""
+        state = self._queue.delete(run_id)
+        try:
+            self._store.reclaim_space()
+        except Exception:  # noqa: BLE001 - the run is deleted; the next delete tries again
+            log.exception("giving back the space of run %s failed", run_id)
+        return state
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        return self._retention.policy
 
     def list_runs(
         self, states: list[int], after_seq: int, limit: int

@@ -15,6 +15,7 @@ from chaperon.rpc.channels import build_server, host_port, read_ca, server_crede
 from chaperon.rpc.status import DecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc
 from master_service.registry import WorkerRegistry
+from master_service.retention import RetentionPolicy
 from master_service.scheduler import Scheduler
 from master_service.servicer import MasterServicer
 from master_service.store import SqliteStore
@@ -74,13 +75,20 @@ def start_master(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     tls_ca: str | None = None,
+    keep_runs: int | None = None,
+    keep_days: float | None = None,
+    retention_interval_s: float = 300.0,
 ) -> MasterServer:
     """Start serving at once.
 
     Raises OSError when the port cannot be bound, TlsConfigError for bad TLS files and
     ValueError for a bad allow-list entry. ``token`` guards the control RPCs and
     ``cluster_token`` (default: ``token``) the workers' RPCs and the master's calls to them.
+    ``keep_runs`` / ``keep_days`` (default: keep everything) delete finished runs beyond the
+    newest N or finished more than D days ago, at start, after each run and every
+    ``retention_interval_s`` (``master_service/retention.py``); ValueError if not positive.
     """
+    retention = RetentionPolicy(keep_runs, keep_days)
     _grow_heap_in_big_steps()
     allow = AllowList(allow_targets)
     creds = server_credentials(tls_cert, tls_key)
@@ -96,6 +104,8 @@ def start_master(
         worker_wait_s,
         allow=allow,
         health=service_health,
+        retention=retention,
+        retention_interval_s=retention_interval_s,
     )
     servicer = MasterServicer(scheduler, registry, transport)
     try:

@@ -150,6 +150,12 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         return self._scheduler.cancel(_require_id(request.id))
 
     @grpc_errors
+    def DeleteLoadTestRun(self, request, context):  # type: ignore[no-untyped-def]
+        run_id = _require_id(request.id)
+        state = self._scheduler.delete(run_id)
+        return master_pb2.DeleteLoadTestRunResponse(id=run_id, state=state)  # type: ignore[arg-type]
+
+    @grpc_errors
     def CancelAll(self, request, context):  # type: ignore[no-untyped-def]
         states = [results_pb2.SCHEDULED]
         if not request.scheduled_only:

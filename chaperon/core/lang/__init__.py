@@ -12,22 +12,32 @@ Back end, run by a worker: ``plan.compile_assignment`` checks the entries, then 
 placeholders -> parts) build one ``EnginePlan`` per share, asking a ``emit.Backend`` for what
 depends on the machine (resolving a host, the allow-list, importing a python step).
 
+``keys.metric_keys`` runs the same back end without the network (no DNS, no python step
+imported) to learn a load test's metric keys before any request: the master orders a run's
+metrics by the steps with it. An open-model entry's key that a closed-model entry also writes
+is kept apart (``emit.OPEN_MODEL_SUFFIX``), on the workers and in that order alike.
+
 Every limit is in ``limits`` (the engine's are ``_fastpath.engine``'s constants); messages
 that more than one rule writes are in ``problems``. Module dependencies point one way:
-limits <- problems <- templates <- render <- emit <- plan, and check_steps <- check <- plan.
+limits <- problems <- templates <- render <- emit <- keys <- plan, and
+check_steps <- check <- plan.
 """
 
 from __future__ import annotations
 
 from chaperon.core.lang.check import check_entries, check_load_test, check_targets
-from chaperon.core.lang.emit import Backend
+from chaperon.core.lang.emit import OPEN_MODEL_SUFFIX, Backend
+from chaperon.core.lang.keys import MetricKeys, metric_keys
 from chaperon.core.lang.plan import EnginePlan, compile_assignment
 
 __all__ = [
+    "OPEN_MODEL_SUFFIX",
     "Backend",
     "EnginePlan",
+    "MetricKeys",
     "check_entries",
     "check_load_test",
     "check_targets",
     "compile_assignment",
+    "metric_keys",
 ]

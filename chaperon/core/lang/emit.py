@@ -41,11 +41,16 @@ from chaperon.core.loadtest import (
     Inventory,
     Target,
     deep_merge,
+    effective_config,
+    entry_scenarios,
     find_scenario,
     parse_target,
     struct_to_dict,
 )
 from chaperon.v1 import loadtest_pb2
+
+# Appended to an open-model entry's metric key that a closed-model entry also writes.
+OPEN_MODEL_SUFFIX = " (open model)"
 
 
 class Backend(Protocol):
@@ -109,6 +114,10 @@ class StepCompiler:
         self._filter: list[str] | None = config.get("metrics_filter")  # checked: globs
         # Named sessions (ScenarioEntry.session_name) report under "<name>: <key>".
         self.key_prefix = ""
+        # An open-model entry's keys that a closed-model entry also writes: they get
+        # OPEN_MODEL_SUFFIX, so corrected and uncorrected latencies never share a histogram.
+        self.closed_model_keys: frozenset[str] = frozenset()
+        self._timed: set[str] = set()  # keys some step of which measures a duration
 
     # -- numbering -------------------------------------------------------------------------
 
@@ -132,15 +141,27 @@ class StepCompiler:
             self.targets.append(key)
         return self._targets[key]
 
-    def key_index(self, key: str) -> int:
-        """The metric number of ``key``, or -1 (not measured) when the filter drops it."""
+    def key_index(self, key: str, timed: bool = True) -> int:
+        """The metric number of ``key``, or -1 (not measured) when the filter drops it.
+
+        ``timed=False``: the step measures no duration (``untimed_keys``)."""
         if self._filter is not None and not any(fnmatchcase(key, g) for g in self._filter):
             return -1
         key = self.key_prefix + key
+        if key in self.closed_model_keys:
+            key += OPEN_MODEL_SUFFIX
         if key not in self._keys:
             self._keys[key] = len(self.metric_keys)
             self.metric_keys.append(key)
+        if timed:
+            self._timed.add(key)
         return self._keys[key]
+
+    @property
+    def untimed_keys(self) -> list[str]:
+        """The keys whose every step measures no duration (``ws_send``, ``assign``,
+        ``update_assign``, ``abort``), in the order of ``metric_keys``."""
+        return [k for k in self.metric_keys if k not in self._timed]
 
     def _conn(self, name: str) -> int:
         return self._conns[name or DEFAULT_CONN]  # checked: some ws_connect opens it
@@ -275,7 +296,7 @@ class StepCompiler:
             opcode, parts = 1, self.names.render_json(value, f"{q}.json", self.config)
         else:  # binary (a payload: checked)
             opcode, parts = 2, join([bytes(w.binary)])
-        metric = self.key_index(w.metric or f"WS send {w.conn or DEFAULT_CONN}")
+        metric = self.key_index(w.metric or f"WS send {w.conn or DEFAULT_CONN}", timed=False)
         self.b.ws_send(conn, metric, opcode, parts)
 
     def _ws_recv(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
@@ -307,17 +328,17 @@ class StepCompiler:
             slot = self.names.slot(name, where)
             parts = self.names.render(step.assign.values[name], where, self.config)
             # Its metric only ever counts errors (a template's variable was unset).
-            self.b.assign(slot, parts, self.key_index(f"assign {name}"))
+            self.b.assign(slot, parts, self.key_index(f"assign {name}", timed=False))
 
     def _update_assign(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         u = step.update_assign
         slot = self.names.slot(u.name, f"{q}.name")
         if u.WhichOneof("change") == "add":
-            metric = self.key_index(f"update_assign {u.name}")  # errors only: not an integer
+            metric = self.key_index(f"update_assign {u.name}", timed=False)  # errors only
             self.b.update_add(slot, int(u.add), metric)
         else:  # set (a change: checked)
             parts = self.names.render(u.set, f"{q}.set", self.config)
-            self.b.assign(slot, parts, self.key_index(f"update_assign {u.name}"))
+            self.b.assign(slot, parts, self.key_index(f"update_assign {u.name}", timed=False))
 
     def _delete_assign(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         for k, name in enumerate(step.delete_assign.names):
@@ -335,7 +356,7 @@ class StepCompiler:
         # The reason shows in the report, where the error is counted.
         a = step.abort
         key = a.metric or (f"abort: {a.reason}" if a.reason else "abort")
-        self.b.abort(self.key_index(key))
+        self.b.abort(self.key_index(key, timed=False))
 
     def _python(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         spec = step.python.function
@@ -360,3 +381,47 @@ class StepCompiler:
                 self.steps(getattr(scenario, part), f"{prefix}.{part}")
         finally:
             self.config, self.base = saved
+
+
+def compile_entry(
+    backend: Backend,
+    lt: loadtest_pb2.LoadTest,
+    index: int,
+    closed_model_keys: frozenset[str] = frozenset(),
+) -> StepCompiler:
+    """Compile the steps of entry ``index`` (checked): its scenario's init, run and teardown,
+    or a sequence's. The returned compiler holds the ops, targets and metric keys.
+
+    ``closed_model_keys``, for an open-model entry: the keys the load test's closed-model
+    entries write (``keys.closed_model_keys``); the entry's own keys among them are kept
+    apart with ``OPEN_MODEL_SUFFIX``."""
+    entry = lt.scenarios[index]
+    p = f"scenarios[{index}]"
+    scenarios = entry_scenarios(entry)
+    inventory = Inventory.of(
+        (getattr(s, part) for s in scenarios for part in ("init", "run", "teardown")), lt
+    )
+    c = StepCompiler(backend, effective_config(lt, entry), lt, inventory)
+    if entry.session_name:
+        c.key_prefix = f"{entry.session_name}: "
+    c.closed_model_keys = closed_model_keys
+    c.b.init()
+    if entry.HasField("scenario"):
+        c.steps(entry.scenario.init, f"{p}.scenario.init")
+        c.b.run()
+        c.steps(entry.scenario.run, f"{p}.scenario.run")
+        c.b.teardown()
+        c.steps(entry.scenario.teardown, f"{p}.scenario.teardown")
+    else:
+        # A sequence: each scenario's init and run, in order, are the run; the teardowns run
+        # after, in the same order. Variables carry over from one to the next.
+        for k, scenario in enumerate(scenarios):
+            q = f"{p}.sequence.scenarios[{k}]"
+            c.b.run()
+            c.steps(scenario.init, f"{q}.init")
+            c.steps(scenario.run, f"{q}.run")
+        for k, scenario in enumerate(scenarios):
+            q = f"{p}.sequence.scenarios[{k}]"
+            c.b.teardown()
+            c.steps(scenario.teardown, f"{q}.teardown")
+    return c

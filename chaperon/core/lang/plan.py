@@ -19,13 +19,13 @@ from _fastpath.engine import Engine, EngineOptions, PlanBuilder
 from chaperon.core.durations import parse_duration_ns
 from chaperon.core.errors import InvalidArgument
 from chaperon.core.lang.check import check_entries
-from chaperon.core.lang.emit import Backend, StepCompiler, duration_ns
+from chaperon.core.lang.emit import Backend, compile_entry, duration_ns
+from chaperon.core.lang.keys import closed_model_entries, closed_model_keys
 from chaperon.core.lang.limits import (
     DEFAULT_CONNECT_TIMEOUT_NS,
     DEFAULT_MAX_CAPTURE,
     DEFAULT_REQUEST_TIMEOUT_NS,
 )
-from chaperon.core.loadtest import Inventory, effective_config, entry_scenarios
 from chaperon.v1 import loadtest_pb2, worker_pb2
 
 
@@ -92,38 +92,21 @@ def compile_assignment(assignment: worker_pb2.Assignment, backend: Backend) -> l
             raise InvalidArgument([(f"shares[{i}].entry_index", "out of range")])
         if share.sessions <= 0:
             raise InvalidArgument([(f"shares[{i}].sessions", "must be > 0")])
-    check_entries(lt, (share.entry_index for share in assignment.shares))
+    indexes = {share.entry_index for share in assignment.shares}
+    open_model = any(lt.scenarios[i].HasField("arrival_rate") for i in indexes)
+    if open_model:
+        # The keys the closed-model entries write decide an open-model entry's keys: those
+        # entries are compiled too (without the network) to find them, so check them too.
+        indexes |= closed_model_entries(lt)
+    check_entries(lt, indexes)
+    closed = closed_model_keys(lt) if open_model else frozenset()
     for i, share in enumerate(assignment.shares):
         entry = lt.scenarios[share.entry_index]
         p = f"scenarios[{share.entry_index}]"
         plan = EnginePlan(entry_index=share.entry_index, share_index=i)
-        scenarios = entry_scenarios(entry)
-        inventory = Inventory.of(
-            (getattr(s, part) for s in scenarios for part in ("init", "run", "teardown")), lt
-        )
-        config = effective_config(lt, entry)
-        c = StepCompiler(backend, config, lt, inventory)
-        if entry.session_name:
-            c.key_prefix = f"{entry.session_name}: "
-        c.b.init()
-        if entry.HasField("scenario"):
-            c.steps(entry.scenario.init, f"{p}.scenario.init")
-            c.b.run()
-            c.steps(entry.scenario.run, f"{p}.scenario.run")
-            c.b.teardown()
-            c.steps(entry.scenario.teardown, f"{p}.scenario.teardown")
-        else:
-            # A sequence: each scenario's init and run, in order, are the run; the teardowns
-            # run after, in the same order. Variables carry over from one to the next.
-            for k, scenario in enumerate(scenarios):
-                q = f"{p}.sequence.scenarios[{k}]"
-                c.b.run()
-                c.steps(scenario.init, f"{q}.init")
-                c.steps(scenario.run, f"{q}.run")
-            for k, scenario in enumerate(scenarios):
-                q = f"{p}.sequence.scenarios[{k}]"
-                c.b.teardown()
-                c.steps(scenario.teardown, f"{q}.teardown")
+        separate = closed if entry.HasField("arrival_rate") else frozenset()
+        c = compile_entry(backend, lt, share.entry_index, separate)
+        config = c.config
         plan.targets, plan.metric_keys, plan.builder = c.targets, c.metric_keys, c.b
         options: dict[str, Any] = {
             "sessions": int(share.sessions),

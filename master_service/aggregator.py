@@ -15,15 +15,27 @@ workers send their histograms in the Chaperon delta encoding (``Histogram.encode
 byte per non-zero slot, checked while it is added); HdrHistogram V2, either form, is still read
 (older workers, stored runs). A report with a malformed histogram raises ValueError and merges
 nothing. See ``bench/master_scale.py`` for the figures.
+
+Order: the metrics of progress and of the result come in the order of the load test's steps
+(``chaperon.core.lang.metric_keys``, computed once per run with the compiler's back end and
+no network), keys it did not foresee last, by name. The same pass says which keys measure no
+duration (``Metric.no_latency``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from _fastpath.histogram import DeltaMerger, Histogram, KeyTotals
+from chaperon.core.errors import ChaperonError
+from chaperon.core.lang import MetricKeys, metric_keys
+from chaperon.core.results import error_rate
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
+
+log = logging.getLogger(__name__)
 
 # Chaperon's percentile list.
 PERCENTILES = (10, 20, 30, 40, 50, 60, 75, 80, 85, 90, 95, 99, 99.9, 99.99, 99.999)
@@ -61,11 +73,22 @@ class _WorkerTotals:
 class Aggregator:
     """Thread-safe accumulator of WorkerReports for one run."""
 
-    def __init__(self) -> None:
+    def __init__(self, keys: MetricKeys | None = None) -> None:
+        self._keys = keys or MetricKeys()
+        self._order = _key_order(self._keys)
         self._lock = threading.Lock()
         self._merger = DeltaMerger(**_FIELDS)
         # Cumulative counters per (worker, assignment): a worker may also run a takeover.
         self._workers: dict[tuple[str, str], _WorkerTotals] = {}
+
+    @classmethod
+    def for_load_test(cls, lt: loadtest_pb2.LoadTest) -> Aggregator:
+        """An aggregator that orders the metrics by the steps of ``lt`` (checked)."""
+        try:
+            return cls(metric_keys(lt))
+        except ChaperonError as exc:  # a run stored by an older master: name order will do
+            log.warning("the metric keys of load test %r are not known: %s", lt.name, exc)
+            return cls()
 
     def add_report(
         self, worker_id: str, report: worker_pb2.WorkerReport, serialized: bytes | None = None
@@ -100,7 +123,7 @@ class Aggregator:
         """(key, count, errors, p50_us, p99_us) so far."""
         with self._lock:
             out = []
-            for agg in sorted(self._merger.totals(), key=_by_key):
+            for agg in sorted(self._merger.totals(), key=self._order):
                 p50, p99 = agg.hist.percentiles([50, 99])
                 out.append((agg.key, agg.count, agg.errors, float(p50), float(p99)))
             return out
@@ -118,13 +141,22 @@ class Aggregator:
                 workers=sorted({wid for wid, _ in self._workers}),
                 lost_workers=lost_workers or [],
             )
-            for agg in sorted(self._merger.totals(), key=_by_key):
-                res.metrics.append(_metric(agg, elapsed))
+            for agg in sorted(self._merger.totals(), key=self._order):
+                m = _metric(agg, elapsed)
+                m.no_latency = agg.key in self._keys.untimed
+                res.metrics.append(m)
             return res
 
 
-def _by_key(totals: KeyTotals) -> str:
-    return totals.key
+def _key_order(keys: MetricKeys) -> Callable[[KeyTotals], tuple[int, str]]:
+    """A sort key: the step order of ``keys``, then keys it does not know, by name."""
+    position = {key: i for i, key in enumerate(keys.order)}
+    last = len(position)
+
+    def order(totals: KeyTotals) -> tuple[int, str]:
+        return position.get(totals.key, last), totals.key
+
+    return order
 
 
 def _metric(agg: KeyTotals, elapsed_s: float) -> results_pb2.Metric:
@@ -167,32 +199,34 @@ def evaluate_thresholds(
 ) -> bool:
     """Fill ``result.thresholds``; latency stats are compared in milliseconds.
 
-    Returns True when every threshold passed. A threshold on a key that recorded nothing fails.
+    Returns True when every threshold passed. A threshold that cannot be measured fails, with
+    its reason: "no such metric" (no step recorded the key: a typo, a filtered key, a step
+    never reached), "no latency recorded" (the key has errors only).
     """
     by_key = {m.key: m for m in result.metrics}
     ok = True
     for th in thresholds:
         m = by_key.get(th.metric)
-        value = float("inf")
-        if m is not None:
-            if th.stat == "errors":
-                value = float(m.errors)
-            elif th.stat == "error_rate":
-                attempts = m.count + sum(
-                    n for k, n in m.errors_by_kind.items() if not k.startswith("http_")
-                )
-                value = m.errors / attempts if attempts else 0.0
-            elif th.stat in ("min", "mean", "max"):
-                value = getattr(m, f"{th.stat}_us") / 1000.0
-            else:
-                want = _LATENCY_STATS[th.stat]
-                value = next(
-                    (p.value_us / 1000.0 for p in m.percentiles if abs(p.percentile - want) < 1e-9),
-                    float("inf"),
-                )
-        passed = value <= th.max
+        value, reason = float("inf"), ""
+        if m is None:
+            reason = "no such metric"
+        elif th.stat == "errors":
+            value = float(m.errors)
+        elif th.stat == "error_rate":
+            value = error_rate(m)
+        elif not m.count:
+            reason = "no latency recorded"
+        elif th.stat in ("min", "mean", "max"):
+            value = getattr(m, f"{th.stat}_us") / 1000.0
+        else:
+            want = _LATENCY_STATS[th.stat]
+            value = next(
+                (p.value_us / 1000.0 for p in m.percentiles if abs(p.percentile - want) < 1e-9),
+                float("inf"),
+            )
+        passed = not reason and value <= th.max
         ok = ok and passed
         result.thresholds.append(
-            results_pb2.ThresholdResult(threshold=th, value=value, passed=passed)
+            results_pb2.ThresholdResult(threshold=th, value=value, passed=passed, reason=reason)
         )
     return ok

@@ -32,8 +32,8 @@ lost; the streams are ending) -> ENDED (every assignment's stream is over; from 
 directly when the run just completes) -> FINISHED (``finish`` decided the final state, in
 ``final_state``: INTERRUPTED if the master stopped, CANCELLED if a user cancelled in time,
 FAILED on timeout, errors without metrics, every worker lost, sessions or arrivals lost (a
-worker lost or stopped before its share was done) or failed thresholds, else SUCCEEDED).
-By phase:
+worker lost or stopped before its share was done), nothing sent or every request failed, or
+failed thresholds, else SUCCEEDED). By phase:
 
     event            RUNNING                              DRAINING            ENDED
     StreamOpened     keep the stream                      cut it at once      -
@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from chaperon.core import results
 from chaperon.core.durations import parse_duration_ns
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.accounting import Part, note_report, takeover_pieces, tally
@@ -241,7 +242,7 @@ class RunController:
         self._clock = clock
         self._started_s = clock()
         self.deadline_s = self._started_s + self.timeout_s
-        self._aggregator = Aggregator()
+        self._aggregator = Aggregator.for_load_test(run.load_test)
         self._cond = threading.Condition()
         self._phase = Phase.RUNNING
         self._flags = _Flags()
@@ -569,6 +570,7 @@ class RunController:
                 every_worker_lost=bool(lost) and len(lost) == len(self._workers),
                 thresholds_passed=passed,
                 sessions_lost=counted.sessions_lost,
+                requests_failed=results.requests_failed(result.metrics),
             )
             run.state = state
             run.error = "; ".join([*self._log.errors, why] if why else self._log.errors)
@@ -588,6 +590,7 @@ def final_state(
     every_worker_lost: bool,
     thresholds_passed: bool,
     sessions_lost: int = 0,
+    requests_failed: str = "",
 ) -> tuple[results_pb2.RunState, str]:
     """A finished run's state, and the reason to add to its error when the state needs one.
 
@@ -595,6 +598,8 @@ def final_state(
     end, it was interrupted); a user's cancel beats failures, unless the timeout came first.
     A run that lost sessions or arrivals (a worker lost or stopped before its share was
     done) did not run what was asked: it fails, whatever the metrics of the rest say.
+    ``requests_failed`` (``chaperon.core.results.requests_failed``) says why a run that sent
+    nothing, or whose every request failed, is FAILED.
     """
     if master_stopping:
         return results_pb2.INTERRUPTED, INTERRUPTED_BY_MASTER
@@ -608,6 +613,8 @@ def final_state(
         return results_pb2.FAILED, (
             f"{sessions_lost} sessions lost with lost or stopped workers (see the events)"
         )
+    if requests_failed:
+        return results_pb2.FAILED, requests_failed
     if not thresholds_passed:
         return results_pb2.FAILED, "thresholds failed"
     return results_pb2.SUCCEEDED, ""

@@ -18,8 +18,8 @@ from support.loadtests import minimal_load_test
 from _fastpath.histogram import Histogram
 from chaperon.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from chaperon.core.loadtest import load_test_from_dict
-from chaperon.v1 import results_pb2, worker_pb2
-from master_service.aggregator import PERCENTILES, Aggregator
+from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
+from master_service.aggregator import PERCENTILES, Aggregator, evaluate_thresholds
 from master_service.registry import WorkerRegistry
 from master_service.scheduler import Scheduler
 from master_service.store import SqliteStore
@@ -63,6 +63,33 @@ def test_aggregator_merges_exactly() -> None:
     assert [p.percentile for p in m.percentiles] == list(PERCENTILES)
     assert Histogram.decode(m.hdr).total_count == 6
     assert res.workers == ["a", "b"]
+
+
+def test_thresholds_on_a_missing_key_or_a_key_without_latency_fail_with_a_reason() -> None:
+    agg = Aggregator()
+    agg.add_report("a", _report(1, [1000, 3000], final=True, errors=1))
+    res = agg.result()
+    res.metrics.add(key="assign token", errors=2, errors_by_kind={"extract": 2})
+    thresholds = [
+        loadtest_pb2.Threshold(metric="GET /", stat="max", max=5),
+        loadtest_pb2.Threshold(metric="GET /", stat="error_rate", max=0.25),
+        loadtest_pb2.Threshold(metric="GET /nope", stat="p99", max=5),
+        loadtest_pb2.Threshold(metric="GET /nope", stat="errors", max=5),
+        loadtest_pb2.Threshold(metric="assign token", stat="p50", max=5),
+        loadtest_pb2.Threshold(metric="assign token", stat="errors", max=5),
+    ]
+    assert not evaluate_thresholds(res, thresholds)
+    got = [(t.passed, t.reason) for t in res.thresholds]
+    assert got == [
+        (True, ""),
+        (False, ""),  # 1 error in 2 responses
+        (False, "no such metric"),
+        (False, "no such metric"),
+        (False, "no latency recorded"),
+        (True, ""),
+    ]
+    assert res.thresholds[0].value == pytest.approx(3.0, rel=1e-3)  # milliseconds
+    assert res.thresholds[1].value == 0.5
 
 
 def test_store_round_trip_and_order(tmp_path: Any) -> None:

@@ -569,6 +569,67 @@ def test_failed_thresholds_fail_the_run() -> None:
     assert not run.result.thresholds[0].passed
 
 
+def _errors_only(kind: str, n: int) -> worker_pb2.WorkerReport:
+    delta = worker_pb2.MetricDelta(
+        key="GET /", hdr=Histogram().encode(), errors=n, errors_by_kind={kind: n}
+    )
+    return worker_pb2.WorkerReport(
+        final=True, sessions_started=5, sessions_completed=5, elapsed_s=1.0, metrics=[delta]
+    )
+
+
+def test_a_run_whose_every_request_failed_fails_and_says_why() -> None:
+    lt = {**CLOSED, "thresholds": [{"metric": "GET /", "stat": "p99", "max": 100}]}
+    controller, _ = _controller(lt, workers=1)
+    _open(controller, "run-1/w0")
+    controller.handle(ReportStored("run-1/w0", _errors_only("connect", 7)))
+    controller.handle(StreamEnded("run-1/w0"))
+    run = controller.finish()
+    assert run.state == results_pb2.FAILED
+    assert run.error == "every request failed (7 errors: connect=7)"
+    (threshold,) = run.result.thresholds
+    assert not threshold.passed and threshold.reason == "no latency recorded"
+
+
+def test_a_run_that_sent_nothing_fails_and_says_why() -> None:
+    controller, _ = _controller(workers=1)
+    _open(controller, "run-1/w0")
+    _complete(controller, "run-1/w0", 0)
+    run = controller.finish()
+    assert run.state == results_pb2.FAILED
+    assert run.error == "no request was sent (no step recorded anything)"
+
+
+def test_metrics_come_in_the_order_of_the_steps() -> None:
+    lt = minimal_load_test("http://127.0.0.1:8080", concurrency=1, duration="1s")
+    lt["scenarios"][0]["scenario"]["run"] = [
+        {"http": {"method": "POST", "path": "/z"}},
+        {"ws_connect": {"path": "/ws"}},
+        {"ws_send": {"text": "x"}},
+        {"http": {"method": "GET", "path": "/a"}},
+    ]
+    controller, _ = _controller(lt, workers=1)
+    _open(controller, "run-1/w0")
+    h = Histogram()
+    h.record(100)
+    # The worker's report lists the keys in another order, and one key nobody foresaw.
+    keys = ["unforeseen", "GET /a", "WS send default", "WS connect /ws", "POST /z"]
+    report = worker_pb2.WorkerReport(
+        final=True,
+        sessions_started=1,
+        sessions_completed=1,
+        elapsed_s=1.0,
+        metrics=[worker_pb2.MetricDelta(key=k, hdr=h.encode(), count=1) for k in keys],
+    )
+    controller.handle(ReportStored("run-1/w0", report))
+    order = ["POST /z", "WS connect /ws", "WS send default", "GET /a", "unforeseen"]
+    assert [key for key, *_ in controller.progress()[1]] == order
+    controller.handle(StreamEnded("run-1/w0"))
+    run = controller.finish()
+    assert [m.key for m in run.result.metrics] == order
+    assert [m.key for m in run.result.metrics if m.no_latency] == ["WS send default"]
+
+
 def test_a_worker_error_with_metrics_does_not_fail_the_run() -> None:
     controller, _ = _controller(workers=1)
     _open(controller, "run-1/w0")
@@ -615,6 +676,8 @@ def test_events_after_the_end_change_nothing() -> None:
         ({"thresholds_passed": False}, results_pb2.FAILED),
         ({"sessions_lost": 3}, results_pb2.FAILED),
         ({"sessions_lost": 3, "cancelled": True}, results_pb2.CANCELLED),
+        ({"requests_failed": "every request failed"}, results_pb2.FAILED),
+        ({"requests_failed": "no request was sent", "cancelled": True}, results_pb2.CANCELLED),
     ],
 )
 def test_final_state(flags: dict[str, Any], want: int) -> None:
@@ -627,8 +690,10 @@ def test_final_state(flags: dict[str, Any], want: int) -> None:
         "every_worker_lost": False,
         "thresholds_passed": True,
     }
-    state, _ = final_state(**{**args, **flags})
+    state, why = final_state(**{**args, **flags})
     assert state == want
+    if "requests_failed" in flags and want == results_pb2.FAILED:
+        assert why == flags["requests_failed"]
 
 
 def test_run_timeout() -> None:

@@ -296,7 +296,7 @@ class RunQueue(Generic[H]):
                 with self._cond:
                     self._fail_unreadable(exc, 0.0)
         for _, run in runs:
-            agg = Aggregator()
+            agg = Aggregator.for_load_test(run.load_test)
             for worker_id, _seq, blob in self._store.deltas(run.id):
                 try:
                     agg.add_report(worker_id, worker_pb2.WorkerReport.FromString(blob), blob)

@@ -10,7 +10,8 @@ the output and, beside it, ``<same stem>.load_test.json`` holding the run's ``Lo
 it. Existing files are never overwritten unless asked: both paths are checked before either
 is written, and files are opened in exclusive-create mode.
 
-CSV layout (one header row, then one row per metric key, sorted by key):
+CSV layout (one header row, then one row per metric key, in the result's order: the order of
+the steps, as the master computed it):
 
 - ``key, count, errors, rate_per_s, min_us, mean_us, max_us, stddev_us``;
 - one ``p<percentile>_us`` column per percentile of Chaperon's list (``p10_us`` ..
@@ -154,7 +155,7 @@ def _csv_row(m: results_pb2.Metric) -> list[_Cell]:
 
 
 def to_csv(run: results_pb2.LoadTestRun) -> str:
-    """The run's metrics as CSV: a header, then one row per metric key sorted by key.
+    """The run's metrics as CSV: a header, then one row per metric key in the result's order.
 
     Columns: ``key, count, errors, rate_per_s, min_us, mean_us, max_us, stddev_us``, then
     ``p10_us`` .. ``p99.999_us`` (Chaperon's percentile list; empty when absent), then
@@ -170,7 +171,7 @@ def to_csv(run: results_pb2.LoadTestRun) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(_HEADER)
-    for m in sorted(run.result.metrics, key=lambda m: m.key):
+    for m in run.result.metrics:
         writer.writerow(_csv_row(m))
     return out.getvalue()
 

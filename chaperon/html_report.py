@@ -6,15 +6,18 @@ returning a list of lines:
 
 - the title: load test name, run id, state, duration, submitted/started/finished (UTC);
 - the summary: session counts, workers, lost workers, cluster events, the run's error and
-  the thresholds with their verdicts;
-- the metrics table, sorted by key, latencies in readable units (``format_latency_us``, as
-  the text report); an open-model metric (``service_time.count > 0``) gets a "service time"
-  sub-row under its corrected latency, as in the text report;
+  the thresholds with their verdicts, in the stat's unit (``format_threshold_value``), or
+  why one could not be measured;
+- the metrics table, in the result's order (the steps'), latencies in readable units
+  (``format_latency_us``, as the text report; "–" for a key that measures no duration or
+  recorded errors only); an open-model metric (``service_time.count > 0``) gets a "service
+  time" sub-row under its corrected latency, as in the text report;
 - the errors by kind of each key;
 - one inline SVG chart per metric: latency against percentile, the x axis at
   ``-log10(1 - p/100)`` (the HdrHistogram percentile plot: 90%, 99%, 99.9% ... one step
   apart), a polyline through the percentiles the metric carries, and a dashed one for the
-  service time when there is one. Each point has a ``<title>``, the browser's own tooltip.
+  service time when there is one (none for a key that measures no duration). Each point has
+  a ``<title>``, the browser's own tooltip.
 
 Self-contained: the style sheet is inline, fonts are the system's, there is no script and
 no ``src``/``href`` to anything; a Content-Security-Policy ``<meta>`` tells the browser to
@@ -38,7 +41,7 @@ from datetime import timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from chaperon._version import __version__
-from chaperon.report import format_latency_us
+from chaperon.report import format_latency_us, format_threshold_value
 from chaperon.v1 import results_pb2
 
 __all__ = ["to_html"]
@@ -216,8 +219,10 @@ def _summary(run: results_pb2.LoadTestRun) -> list[str]:
                     (
                         f'<span class="key">{_text(th.threshold.metric)}</span>',
                         _text(th.threshold.stat),
-                        f"{th.threshold.max:g}",
-                        f"{th.value:.3f}",
+                        format_threshold_value(th.threshold.stat, th.threshold.max),
+                        _text(th.reason)
+                        if th.reason
+                        else format_threshold_value(th.threshold.stat, th.value),
                         verdict,
                     )
                 )
@@ -227,6 +232,16 @@ def _summary(run: results_pb2.LoadTestRun) -> list[str]:
         lines.append("<p>None.</p>")
     lines.append("</section>")
     return lines
+
+
+_NO_VALUE = "–"  # as a missing percentile
+# min, mean, the table's percentiles, max
+_LATENCY_COLUMNS = 3 + len(TABLE_PERCENTILES)
+
+
+def _measured(m: results_pb2.Metric) -> bool:
+    """Whether the key has latencies to show: it measures a duration and recorded some."""
+    return m.count > 0 and not m.no_latency
 
 
 def _latency_cells(stats: _Stats) -> list[str]:
@@ -253,12 +268,12 @@ def _metrics(metrics: Sequence[results_pb2.Metric]) -> list[str]:
                     f"{m.count:,}",
                     f"{m.errors:,}",
                     _rate(m.rate_per_s),
-                    *_latency_cells(m),
+                    *(_latency_cells(m) if _measured(m) else [_NO_VALUE] * _LATENCY_COLUMNS),
                 )
             )
         )
         st = m.service_time
-        if st.count > 0:
+        if st.count > 0 and not m.no_latency:
             lines.append(
                 _row(("service time", f"{st.count:,}", "", "", *_latency_cells(st)), "service-time")
             )
@@ -417,7 +432,8 @@ def _charts(metrics: Sequence[results_pb2.Metric]) -> list[str]:
     if not metrics:
         return [*lines, "<p>No metrics were recorded.</p>", "</section>"]
     for i, m in enumerate(metrics):
-        lines += [f'<h3><span class="key">{_text(m.key)}</span></h3>', *_chart(m, i)]
+        if not m.no_latency:
+            lines += [f'<h3><span class="key">{_text(m.key)}</span></h3>', *_chart(m, i)]
     return [*lines, "</section>"]
 
 
@@ -425,12 +441,12 @@ def to_html(run: results_pb2.LoadTestRun) -> str:
     """The run as one self-contained HTML page (no script, nothing loaded from elsewhere).
 
     Sections: a title (name, run id, state, duration, times), ``#summary`` (sessions,
-    workers, events, the run's error, thresholds), ``#metrics`` (one row per key sorted by
-    key, plus a "service time" row for open-model metrics), ``#errors`` (errors by kind)
+    workers, events, the run's error, thresholds), ``#metrics`` (one row per key in the
+    result's order, plus a "service time" row for open-model metrics), ``#errors`` (errors by kind)
     and ``#charts`` (an inline SVG latency-by-percentile chart per metric). Everything the
     user gave is HTML-escaped.
     """
-    metrics = sorted(run.result.metrics, key=lambda m: m.key)
+    metrics = list(run.result.metrics)
     page_title = f"{run.load_test.name or 'load test'} [{run.id}] – Chaperon report"
     body = [
         *_title(run),

@@ -199,9 +199,10 @@ def test_every_section_is_present() -> None:
     assert "<li>worker-b lost: its share moved to worker-a</li>" in page
     assert '<pre class="error">thresholds failed</pre>' in page
     thresholds = _table_with(page, "metric", "stat")
-    assert thresholds[1] == ["GET /", "p99", "5000", "1.500", "passed"]
-    assert thresholds[2] == ["POST /login", "error_rate", "0.01", "0.150", "FAILED"]
-    # Metrics, sorted by key, in readable units.
+    # In the stat's unit: milliseconds, a percentage.
+    assert thresholds[1] == ["GET /", "p99", "5000ms", "1.5ms", "passed"]
+    assert thresholds[2] == ["POST /login", "error_rate", "1%", "15%", "FAILED"]
+    # Metrics, in the result's order, in readable units.
     metrics = _table_with(page, "key", "count")
     assert metrics[0] == [
         "key",
@@ -254,9 +255,37 @@ def test_missing_percentile_shows_a_dash_and_matches_with_tolerance() -> None:
     assert row[6:11] == ["–", "–", "–", "–", "2.50ms"]
 
 
-def test_order_of_metrics_does_not_change_the_page() -> None:
-    a, b = _metric("GET /a"), _metric("GET /b")
-    assert to_html(_run(a, b)) == to_html(_run(b, a))
+def test_metrics_keep_the_results_order() -> None:
+    # The master orders them by the steps; the page does not sort them again.
+    page = to_html(_run(_metric("GET /b"), _metric("GET /a")))
+    assert [row[0] for row in _table_with(page, "key", "count")[1:]] == ["GET /b", "GET /a"]
+    titles = [svg.findtext("title") for svg in _svgs(page)]
+    assert titles == ["Latency by percentile of GET /b", "Latency by percentile of GET /a"]
+
+
+def test_a_key_that_measures_no_duration_shows_no_latency() -> None:
+    sent = _metric("WS send default")
+    sent.no_latency = True
+    only_errors = results_pb2.Metric(key="assign token", errors=2)
+    only_errors.errors_by_kind["extract"] = 2
+    page = to_html(_run(_metric("GET /"), sent, only_errors))
+    rows = _table_with(page, "key", "count")
+    assert rows[2][:2] == ["WS send default", "20"] and rows[2][4:] == ["–"] * 8
+    assert rows[3][:3] == ["assign token", "0", "2"] and rows[3][4:] == ["–"] * 8
+    titles = [svg.findtext("title") for svg in _svgs(page)]
+    assert "Latency by percentile of WS send default" not in titles
+
+
+def test_a_threshold_that_could_not_be_measured_says_why() -> None:
+    run = _run(_metric("GET /"))
+    run.result.thresholds.add(
+        threshold=loadtest_pb2.Threshold(metric="GET /nope", stat="p95", max=200),
+        value=float("inf"),
+        passed=False,
+        reason="no such metric",
+    )
+    rows = _table_with(to_html(run), "metric", "stat")
+    assert rows[1] == ["GET /nope", "p95", "200ms", "no such metric", "FAILED"]
 
 
 # -- open model ------------------------------------------------------------------------------

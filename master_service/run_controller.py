@@ -570,7 +570,7 @@ class RunController:
                 every_worker_lost=bool(lost) and len(lost) == len(self._workers),
                 thresholds_passed=passed,
                 sessions_lost=counted.sessions_lost,
-                requests_failed=results.requests_failed(result.metrics),
+                requests_failed=results.requests_failed(run.result),
             )
             run.state = state
             run.error = "; ".join([*self._log.errors, why] if why else self._log.errors)

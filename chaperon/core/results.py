@@ -61,11 +61,17 @@ def totals(metrics: Iterable[results_pb2.Metric]) -> Totals:
     return Totals(count, errors, tried, rate, by_kind)
 
 
-def requests_failed(metrics: Iterable[results_pb2.Metric]) -> str:
-    """Why the run did nothing useful, or "": no step recorded anything, or every attempt
-    failed (the reason names the error kinds, most frequent first)."""
-    t = totals(metrics)
+def requests_failed(result: results_pb2.Result) -> str:
+    """Why the run did nothing useful, or "": no step recorded anything (nothing was sent, or
+    every run of the scenario overran its ``scenario_timeout``), or every attempt failed (the
+    reason names the error kinds, most frequent first)."""
+    t = totals(result.metrics)
     if t.attempts == 0 and t.errors == 0:
+        if result.sessions_timed_out:
+            return (
+                "no request completed: every run of the scenario overran its timeout "
+                f"({result.sessions_timed_out} timed out)"
+            )
         return "no request was sent (no step recorded anything)"
     if t.errors >= t.attempts:
         kinds = sorted(t.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))

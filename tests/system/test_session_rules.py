@@ -88,8 +88,12 @@ def test_scenario_timeout_ends_slow_runs_and_counts_them(master_stub, workers) -
                 ],
             },
         )
-    assert run.state == results_pb2.SUCCEEDED, run.error
-    assert run.result.sessions_timed_out == 6  # every run of the scenario overran
+    # Every run of the scenario overran: nothing completed, so the run failed, saying why.
+    assert run.state == results_pb2.FAILED, run.error
+    assert run.error == (
+        "no request completed: every run of the scenario overran its timeout (6 timed out)"
+    )
+    assert run.result.sessions_timed_out == 6
     assert run.result.sessions_completed == 2
     assert all(m.count == 0 and m.errors == 0 for m in run.result.metrics)
     assert run.result.duration_s < 3

@@ -92,14 +92,19 @@ def test_attempts_count_http_errors_once_and_the_others_on_top() -> None:
 
 
 def test_a_run_that_sent_nothing_or_whose_every_request_failed() -> None:
-    assert requests_failed([]) == "no request was sent (no step recorded anything)"
-    assert requests_failed([metric("GET /", 0)]) == requests_failed([])
+    def why(*metrics: results_pb2.Metric, timed_out: int = 0) -> str:
+        result = results_pb2.Result(metrics=metrics, sessions_timed_out=timed_out)
+        return requests_failed(result)
+
+    assert why() == "no request was sent (no step recorded anything)"
+    assert why(metric("GET /", 0)) == why()
+    assert why(metric("GET /", 0), timed_out=6) == (
+        "no request completed: every run of the scenario overran its timeout (6 timed out)"
+    )
     refused = metric("GET /", 0, errors={"connect": 4})
     answered_500 = metric("GET /b", 3, errors={"http_5xx": 3})
-    assert requests_failed([refused, answered_500]) == (
-        "every request failed (7 errors: connect=4, http_5xx=3)"
-    )
-    assert requests_failed([refused, metric("GET /ok", 1)]) == ""
+    assert why(refused, answered_500) == "every request failed (7 errors: connect=4, http_5xx=3)"
+    assert why(refused, metric("GET /ok", 1)) == ""
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -2,9 +2,15 @@
 
 ``run`` and ``demo`` start a master and a worker inside this process on loopback (the
 embedded default), run one load test through the real gRPC API and print the report.
+``run`` takes a load-test file, or a URL and a few options as hey and wrk do (``chaperon run
+http://127.0.0.1:8080/ -c 50 -d 10s``): the one-liner builds a one-step load test.
 ``master`` and ``worker`` start the long-running services; ``submit``, ``status``,
-``workers``, ``cancel`` and ``delete`` talk to a running master. Errors the user can fix print
-one line on stderr and exit with status 2; a run that ends other than SUCCEEDED exits with 1.
+``workers``, ``cancel`` and ``delete`` talk to a running master.
+
+Exit status (``EXIT_STATUS``, shown by ``--help``): 0 the run passed; 1 it did not (a state
+other than SUCCEEDED, or more errors than ``--max-error-rate`` allows: by default any);
+2 bad usage or input, printed as one line on stderr; 130 interrupted; 141 the reader of the
+output went away.
 """
 
 from __future__ import annotations
@@ -18,23 +24,47 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from urllib.parse import unquote, urlsplit
 
 import grpc
 from google.protobuf import json_format
 
 from chaperon._version import __version__
 from chaperon.client import Client
-from chaperon.core.loadtest import LoadTestFileError, load_file, load_test_from_dict
+from chaperon.core.durations import DurationError, parse_duration_ns
+from chaperon.core.loadtest import (
+    HTTP_METHODS,
+    LoadTestFileError,
+    load_file,
+    load_test_from_dict,
+)
 from chaperon.exporters import FORMATS, export
-from chaperon.report import format_report
+from chaperon.report import error_rate_line, format_report
 from chaperon.rpc.channels import TlsConfigError
 from chaperon.rpc.status import field_violations
-from chaperon.v1 import results_pb2
+from chaperon.v1 import loadtest_pb2, results_pb2
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 # Killed by SIGPIPE, as a shell reports it (128 + 13): the reader of our output went away.
 EXIT_BROKEN_PIPE = 141
+
+EXIT_STATUS = """\
+exit status:
+  0    the run passed: SUCCEEDED, with no more errors than --max-error-rate allows
+  1    the run failed: FAILED (a threshold, every request failed or none was sent, the
+       timeout, every worker lost), CANCELLED or INTERRUPTED, or its error rate is above
+       --max-error-rate (default 0: any error); the report says why
+  2    bad usage or input: an unknown option, a file or load test that cannot run, a
+       master that cannot be reached (one line on stderr says what to fix)
+  130  interrupted (Ctrl-C)
+  141  the output pipe was closed (e.g. `chaperon status | head`)
+"""
+
+# The one-liner's defaults (`chaperon run URL`).
+URL_CONCURRENCY = 10
+URL_DURATION = "10s"
 
 
 class CliError(Exception):
@@ -68,12 +98,26 @@ def _embedded(threads: int, db_path: str | None = None) -> Iterator[str]:
         raise CliError(str(exc)) from None
 
 
-def _print_run(run: results_pb2.LoadTestRun, as_json: bool) -> int:
+def _print_run(
+    run: results_pb2.LoadTestRun, as_json: bool, max_error_rate: float | None = None
+) -> int:
+    """Print the run (the report, or JSON); its exit status: 0 passed, 1 failed.
+
+    With ``max_error_rate`` (``run``, ``submit --wait``), a SUCCEEDED run whose error rate is
+    above it fails too; the report says so (with ``--json``, one line on stderr)."""
     if as_json:
         print(json_format.MessageToJson(run))
     else:
-        print(format_report(run))
-    return 0 if run.state == results_pb2.SUCCEEDED else EXIT_FAILED_RUN
+        print(format_report(run, max_error_rate=max_error_rate))
+    if run.state != results_pb2.SUCCEEDED:
+        return EXIT_FAILED_RUN
+    if max_error_rate is not None:
+        why = error_rate_line(run, max_error_rate)
+        if why:
+            if as_json:
+                print(f"chaperon: {why}", file=sys.stderr)
+            return EXIT_FAILED_RUN
+    return 0
 
 
 def _format_of(path: str | None) -> str:
@@ -96,26 +140,109 @@ def _export(
         print(f"wrote {item}", file=sys.stderr)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+_URL_OPTIONS = (
+    ("concurrency", "-c"),
+    ("duration", "-d"),
+    ("rate", "--rate"),
+    ("method", "-m"),
+    ("header", "-H"),
+    ("body", "--body"),
+)
+
+
+def _is_url(target: str) -> bool:
+    return "://" in target
+
+
+def _url_load_test(args: argparse.Namespace) -> loadtest_pb2.LoadTest:
+    """The one-liner's load test: one request to ``args.target``, as -c/-d/--rate say."""
+    from chaperon.builder import LoadTest, Scenario
+
+    url = urlsplit(args.target)
+    scheme = url.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise CliError(f"{args.target}: only http:// and https:// URLs can be run")
     try:
-        load_test = load_file(args.file)
-    except LoadTestFileError as exc:
-        return _fail(str(exc))
+        port = url.port
+    except ValueError as exc:
+        raise CliError(f"{args.target}: {exc}") from None
+    if not url.hostname:
+        raise CliError(f"{args.target}: the URL has no host")
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    netloc = host if port is None else f"{host}:{port}"
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    method = (args.method or "GET").upper()
+    if method not in HTTP_METHODS:
+        raise CliError(
+            f"-m {args.method}: not an HTTP method (use one of {', '.join(HTTP_METHODS)})"
+        )
+    headers: dict[str, str] = {}
+    for item in args.header or ():
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise CliError(f"-H {item!r}: write a header as 'Name: value'")
+        headers[name.strip()] = value.strip()
+    duration = args.duration or URL_DURATION
+    try:
+        if parse_duration_ns(duration) <= 0:
+            raise CliError(f"-d {duration}: the duration must be more than 0")
+    except DurationError as exc:
+        raise CliError(f"-d {duration}: {exc}") from None
+    if args.concurrency is not None and args.concurrency < 1:
+        raise CliError(f"-c {args.concurrency}: at least one session is needed")
+    auth = None
+    if url.username is not None:
+        auth = (unquote(url.username), unquote(url.password or ""))
+    scenario = Scenario("url").request(
+        method, path, headers=headers or None, body=args.body, auth=auth
+    )
+    load_test = LoadTest(netloc, base_url=f"{scheme}://{netloc}")
+    if args.rate is not None:
+        if not args.rate > 0:
+            raise CliError(f"--rate {args.rate:g}: the arrival rate must be more than 0")
+        # -c caps the sessions in flight (max_sessions); by default the load test's own cap.
+        load_test = load_test.add(
+            scenario, arrival_rate=args.rate, duration=duration, max_sessions=args.concurrency
+        )
+    else:
+        load_test = load_test.add(
+            scenario, concurrency=args.concurrency or URL_CONCURRENCY, duration=duration
+        )
+    try:
+        return load_test.to_proto()
+    except ValueError as exc:
+        raise CliError(f"{args.target}: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         return _fail("--threads must be >= 1")
-    # python steps ("module:function") are imported by the embedded worker: modules beside
-    # the load-test file are found, as they would be by `python` run in that directory.
-    folder = os.path.dirname(os.path.abspath(args.file))
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    if _is_url(args.target):
+        load_test = _url_load_test(args)
+    else:
+        given = [flag for name, flag in _URL_OPTIONS if getattr(args, name) is not None]
+        if given:
+            return _fail(
+                f"{'/'.join(given)}: only with a URL (`chaperon run URL {given[0]} ...`); "
+                "a load-test file says all this itself"
+            )
+        try:
+            load_test = load_file(args.target)
+        except LoadTestFileError as exc:
+            return _fail(str(exc))
+        # python steps ("module:function") are imported by the embedded worker: modules beside
+        # the load-test file are found, as they would be by `python` run in that directory.
+        folder = os.path.dirname(os.path.abspath(args.target))
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     with _embedded(args.threads or 0, args.db) as address, Client(address) as client:
         try:
             run = client.run(load_test)
         except grpc.RpcError as exc:
-            return _fail(f"{args.file}: {_rpc_message(exc)}")
+            return _fail(f"{args.target}: {_rpc_message(exc)}")
     if args.output or args.format:
         _export(run, args.format or _format_of(args.output), args.output)
-    return _print_run(run, args.json)
+    return _print_run(run, args.json, args.max_error_rate)
 
 
 DEMO_SECONDS = 3
@@ -268,7 +395,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     with Client(args.master, args.token, args.tls_ca) as client:
         if args.wait:
-            return _print_run(client.run(load_test), args.json)
+            return _print_run(client.run(load_test), args.json, args.max_error_rate)
         run = client.submit(load_test)
     if args.json:
         print(json_format.MessageToJson(run))
@@ -376,16 +503,79 @@ def _tls_args(p: argparse.ArgumentParser, serve: bool, ca_help: str) -> None:
     p.add_argument("--tls-ca", help=f"PEM file: {ca_help}")
 
 
+def _error_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a fraction from 0 to 1 (0.01 allows 1% of requests to fail)"
+        )
+    return value
+
+
+def _max_error_rate_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-error-rate",
+        type=_error_rate,
+        default=0.0,
+        metavar="FRACTION",
+        help="exit 1 when more than this fraction of the requests failed, even if the run "
+        "SUCCEEDED (default 0: any error; 1: errors alone never fail the run)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="chaperon", description="Distributed HTTP load testing (master, workers, engine)."
+        prog="chaperon",
+        description="Distributed HTTP load testing (master, workers, engine).",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"chaperon {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run a load test file on an embedded master and worker")
-    p.add_argument("file", help="load test: .json, .yaml/.yml, or .py")
+    p = sub.add_parser(
+        "run",
+        help="run a load test file, or a URL, on an embedded master and worker",
+        description="Run a load test on a master and a worker started in this process\n"
+        "(loopback only). TARGET is a load-test file (.json, .yaml/.yml, .py), or an\n"
+        "http(s) URL: then -c, -d, --rate, -m, -H and --body describe the load, as hey\n"
+        f"and wrk do (default: -c {URL_CONCURRENCY} -d {URL_DURATION}, GET).",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", metavar="TARGET", help="a load-test file, or an http(s):// URL")
+    url = p.add_argument_group("with a URL (the one-liner)")
+    url.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help=f"sessions sending requests one after the other (default {URL_CONCURRENCY}); "
+        "with --rate, the most sessions in flight",
+    )
+    url.add_argument(
+        "-d", "--duration", metavar="DURATION", help=f"how long (default {URL_DURATION})"
+    )
+    url.add_argument(
+        "--rate",
+        type=float,
+        metavar="R",
+        help="open model: R new sessions (one request each) per second, whatever the "
+        "server's speed; latencies corrected for coordinated omission",
+    )
+    url.add_argument("-m", "--method", help="HTTP method (default GET)")
+    url.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable)",
+    )
+    url.add_argument("--body", help="the request body, as given")
     p.add_argument("--json", action="store_true", help="print the run as proto3 JSON only")
     p.add_argument("--threads", type=int, help="engine threads (default: number of cores)")
     p.add_argument("--db", help="SQLite file for the embedded master (default: temporary)")
@@ -396,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exporter: csv, json or html (default: the --output file's extension, else csv); "
         "the default path is results/<date>/<load test>/<tag>-<timestamp>.<ext>",
     )
+    _max_error_rate_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run a built-in load test against a local target")
@@ -465,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--wait", action="store_true", help="wait for the end and print the report")
     p.add_argument("--json", action="store_true")
+    _max_error_rate_arg(p)
     p.set_defaults(func=cmd_submit)
 
     p = client_cmd("status", "list runs, or show one")
@@ -518,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         return _fail(_rpc_message(exc))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -61,8 +61,10 @@ def chaperon_run(path: Path, *args: str, env: dict[str, str] | None = None) -> A
     crashed = "Traceback" in done.stderr and "chaperon.engine: python step" not in done.stderr
     assert not crashed, describe(done)
     run = json_format.Parse(done.stdout, results_pb2.LoadTestRun())
-    # Exit code 0 is SUCCEEDED, anything else a failed run (checked by the caller).
-    assert (done.returncode == 0) == (run.state == results_pb2.SUCCEEDED), describe(done)
+    # Exit code 0 is SUCCEEDED without an error (--max-error-rate is 0 by default), anything
+    # else a failed run (checked by the caller).
+    passed = run.state == results_pb2.SUCCEEDED and not any(m.errors for m in run.result.metrics)
+    assert (done.returncode == 0) == passed, describe(done)
     return run
 
 

@@ -166,3 +166,45 @@ def test_a_closed_pipe_ends_a_command_quietly(cluster, tmp_path: Path) -> None:
         err = proc.stderr.read().decode()
     assert proc.wait(60) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_submit_wait_exits_as_run_does(cluster, nginx, tmp_path: Path) -> None:
+    master, _ = cluster
+    # One request in four answers 500: SUCCEEDED, with errors.
+    load_test = minimal_load_test(nginx.base_url, concurrency=1, duration=None, iterations=4)
+    load_test["scenarios"][0]["scenario"]["run"] = [
+        {"http": {"method": "GET", "path": "/status/500"}},
+        *[{"http": {"method": "GET", "path": "/"}}] * 3,
+    ]
+    spec = tmp_path / "errors.json"
+    spec.write_text(json.dumps(load_test))
+
+    strict = chaperon("submit", str(spec), "--wait", "--master", master.address, cwd=tmp_path)
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "SUCCEEDED" in strict.stdout.splitlines()[0]
+    assert strict.stdout.splitlines()[-1] == (
+        "  FAILED: 4 errors in 16 requests (25.0%), above --max-error-rate 0 (0%)"
+    )
+
+    tolerant = chaperon(
+        "submit", str(spec), "--wait", "--max-error-rate", "0.25", "--master", master.address,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert tolerant.returncode == 0, tolerant.stdout + tolerant.stderr
+    # `status` shows the run as it ended: the error rate is the submitter's business.
+    run_id = tolerant.stdout.split("[", 1)[1].split("]", 1)[0]
+    status = chaperon("status", run_id, "--master", master.address, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+
+    # Every request fails: FAILED, whatever --max-error-rate allows.
+    load_test["scenarios"][0]["scenario"]["run"] = [
+        {"http": {"method": "GET", "path": "/status/503"}}
+    ]
+    spec.write_text(json.dumps(load_test))
+    failed = chaperon(
+        "submit", str(spec), "--wait", "--max-error-rate", "1", "--master", master.address,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "FAILED" in failed.stdout.splitlines()[0]
+    assert "every request failed (4 errors: http_5xx=4)" in failed.stdout

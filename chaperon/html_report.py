@@ -220,9 +220,7 @@ def _summary(run: results_pb2.LoadTestRun) -> list[str]:
                         f'<span class="key">{_text(th.threshold.metric)}</span>',
                         _text(th.threshold.stat),
                         format_threshold_value(th.threshold.stat, th.threshold.max),
-                        _text(th.reason)
-                        if th.reason
-                        else format_threshold_value(th.threshold.stat, th.value),
+                        _threshold_value(th),
                         verdict,
                     )
                 )
@@ -232,6 +230,16 @@ def _summary(run: results_pb2.LoadTestRun) -> list[str]:
         lines.append("<p>None.</p>")
     lines.append("</section>")
     return lines
+
+
+def _threshold_value(th: results_pb2.ThresholdResult) -> str:
+    """The value in the stat's unit, or why there is none (a run stored before
+    ``ThresholdResult.reason`` has only an infinite value to say it)."""
+    if th.reason:
+        return _text(th.reason)
+    if not math.isfinite(th.value):
+        return "not measured"
+    return format_threshold_value(th.threshold.stat, th.value)
 
 
 _NO_VALUE = "–"  # as a missing percentile

@@ -29,6 +29,7 @@ Latencies show three significant digits, what the histograms hold.
 from __future__ import annotations
 
 import difflib
+import math
 import shutil
 import textwrap
 from collections.abc import Sequence
@@ -218,8 +219,9 @@ def format_threshold(th: results_pb2.ThresholdResult, keys: Sequence[str] = ()) 
     the nearest of ``keys`` when the metric does not exist)."""
     t = th.threshold
     head = f"{t.metric} {t.stat} <= {format_threshold_value(t.stat, t.max)}"
-    if th.reason:
-        why = th.reason
+    # A run stored before ThresholdResult.reason has only an infinite value to say it.
+    why = th.reason or ("not measured" if not math.isfinite(th.value) else "")
+    if why:
         if why == "no such metric":
             near = difflib.get_close_matches(t.metric, list(keys), n=1)
             if near:

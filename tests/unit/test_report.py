@@ -246,6 +246,11 @@ def test_a_threshold_on_a_missing_key_says_no_such_metric() -> None:
     )
 
 
+def test_a_threshold_stored_without_a_reason_shows_no_inf() -> None:
+    old = threshold("GET /x", "p99", 200, float("inf"))
+    assert format_threshold(old) == "GET /x p99 <= 200ms: FAILED, not measured"
+
+
 def test_errors_above_the_max_error_rate_are_said() -> None:
     run = run_of(metric("GET /", 990, errors={"timeout": 10}))
     assert error_rate_line(run, 0.0) == (

@@ -213,6 +213,7 @@ SCHEMA = Schema(
         "chaperon.v1.GetLoadTestRunRequest.id": RUN_IDS,
         "chaperon.v1.WatchLoadTestRunRequest.id": RUN_IDS,
         "chaperon.v1.CancelLoadTestRunRequest.id": RUN_IDS,
+        "chaperon.v1.DeleteLoadTestRunRequest.id": RUN_IDS,
         "chaperon.v1.CancelAllRequest.scheduled_only": st.just(True),
         "chaperon.v1.RegisterWorkerRequest.address": WORKER_ADDRESSES,
         "chaperon.v1.RegisterWorkerRequest.worker_id": WORKER_IDS,
@@ -289,6 +290,7 @@ RPCS = [
     Rpc("WatchLoadTestRun", "WatchLoadTestRunRequest", server_streaming=True),
     Rpc("CancelLoadTestRun", "CancelLoadTestRunRequest"),
     Rpc("CancelAll", "CancelAllRequest"),
+    Rpc("DeleteLoadTestRun", "DeleteLoadTestRunRequest"),
     Rpc("RegisterWorker", "RegisterWorkerRequest"),
     Rpc("Heartbeat", "HeartbeatRequest"),
     Rpc("ListWorkers", "ListWorkersRequest"),
@@ -401,6 +403,7 @@ def _valid_payloads() -> dict[str, bytes]:
         ).SerializeToString(),
         "WatchLoadTestRun": master_pb2.WatchLoadTestRunRequest(id="run-0").SerializeToString(),
         "CancelLoadTestRun": master_pb2.CancelLoadTestRunRequest(id="run-0").SerializeToString(),
+        "DeleteLoadTestRun": master_pb2.DeleteLoadTestRunRequest(id="run-0").SerializeToString(),
         "CancelAll": master_pb2.CancelAllRequest(scheduled_only=True).SerializeToString(),
         "RegisterWorker": master_pb2.RegisterWorkerRequest(
             worker_id="w-fuzz-1",

@@ -47,10 +47,14 @@ def struct_to_dict(struct: Any) -> dict[str, Any]:
 
 
 def effective_config(
-    load_test: loadtest_pb2.LoadTest, entry: loadtest_pb2.ScenarioEntry
+    load_test: loadtest_pb2.LoadTest,
+    entry: loadtest_pb2.ScenarioEntry,
+    base: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The config a session of ``entry`` sees: the entry's config over the load test's."""
-    base = struct_to_dict(load_test.config) if load_test.HasField("config") else {}
+    """The config a session of ``entry`` sees: the entry's config over the load test's
+    (``base``, when the caller has it already as a dict)."""
+    if base is None:
+        base = struct_to_dict(load_test.config) if load_test.HasField("config") else {}
     over = struct_to_dict(entry.config) if entry.HasField("config") else {}
     return deep_merge(base, over)
 
@@ -145,6 +149,8 @@ def split_template(text: str) -> list[str | Placeholder]:
     ValueError for a ``{{`` that is never closed or a name that is not an identifier. A lone
     ``}}`` is literal text (JSON bodies are full of them).
     """
+    if "{{" not in text:  # most text: no placeholder, nothing to look for
+        return [text] if text else []
     out: list[str | Placeholder] = []
     pos = 0
     for match in _PLACEHOLDER.finditer(text):
@@ -236,6 +242,20 @@ def find_scenario(load_test: loadtest_pb2.LoadTest, name: str) -> loadtest_pb2.S
     return None
 
 
+ScenarioIndex = dict[str, loadtest_pb2.Scenario]
+
+
+def scenario_index(load_test: loadtest_pb2.LoadTest) -> ScenarioIndex:
+    """Every scenario name of the load test -> its first scenario (``find_scenario`` of each
+    name, from one pass)."""
+    index: ScenarioIndex = {}
+    for entry in load_test.scenarios:
+        for scenario in entry_scenarios(entry):
+            if scenario.name:
+                index.setdefault(scenario.name, scenario)
+    return index
+
+
 def entry_scenarios(entry: loadtest_pb2.ScenarioEntry) -> list[loadtest_pb2.Scenario]:
     """The scenario of an entry, or the scenarios of its sequence, in order."""
     if entry.HasField("scenario"):
@@ -244,35 +264,48 @@ def entry_scenarios(entry: loadtest_pb2.ScenarioEntry) -> list[loadtest_pb2.Scen
 
 
 def walk_steps(
-    steps: Any, load_test: loadtest_pb2.LoadTest, _seen: frozenset[str] = frozenset()
+    steps: Any,
+    load_test: loadtest_pb2.LoadTest,
+    _seen: frozenset[str] = frozenset(),
+    index: ScenarioIndex | None = None,
 ) -> Iterator[loadtest_pb2.Step]:
     """Every step of ``steps`` and, depth first, of the bodies and scenarios they run
     (``run_scenario`` inline or by name, ``async`` by scenario name; a name already being
-    walked is not walked again, so a recursive reference ends)."""
+    walked is not walked again, so a recursive reference ends). ``index`` is the load
+    test's ``scenario_index``, when the caller has it. As many steps as the scenarios
+    expand to: the compiler's first pass (``lang.shape``) bounds that before anyone walks."""
+    if index is None:
+        index = scenario_index(load_test)
     for step in steps:
         yield step
         action = step.WhichOneof("action")
         if action in BODY_ACTIONS:
-            yield from walk_steps(getattr(step, action).steps, load_test, _seen)
+            yield from walk_steps(getattr(step, action).steps, load_test, _seen, index)
         if action == "async" and getattr(step, "async").scenario:
-            yield from _walk_named(getattr(step, "async").scenario, ("run",), load_test, _seen)
+            name = getattr(step, "async").scenario
+            yield from _walk_named(name, ("run",), load_test, _seen, index)
         elif action == "run_scenario":
             rs = step.run_scenario
             if rs.WhichOneof("which") == "scenario":
                 for part in ("init", "run", "teardown"):
-                    yield from walk_steps(getattr(rs.scenario, part), load_test, _seen)
+                    yield from walk_steps(getattr(rs.scenario, part), load_test, _seen, index)
             elif rs.WhichOneof("which") == "name":
-                yield from _walk_named(rs.name, ("init", "run", "teardown"), load_test, _seen)
+                parts = ("init", "run", "teardown")
+                yield from _walk_named(rs.name, parts, load_test, _seen, index)
 
 
 def _walk_named(
-    name: str, parts: tuple[str, ...], load_test: loadtest_pb2.LoadTest, seen: frozenset[str]
+    name: str,
+    parts: tuple[str, ...],
+    load_test: loadtest_pb2.LoadTest,
+    seen: frozenset[str],
+    index: ScenarioIndex,
 ) -> Iterator[loadtest_pb2.Step]:
-    scenario = find_scenario(load_test, name)
+    scenario = index.get(name)
     if scenario is None or name in seen:
         return
     for part in parts:
-        yield from walk_steps(getattr(scenario, part), load_test, seen | {name})
+        yield from walk_steps(getattr(scenario, part), load_test, seen | {name}, index)
 
 
 @dataclass
@@ -289,10 +322,17 @@ class Inventory:
     spread_children: int = 0
 
     @classmethod
-    def of(cls, step_lists: Iterable[Any], load_test: loadtest_pb2.LoadTest) -> Inventory:
+    def of(
+        cls,
+        step_lists: Iterable[Any],
+        load_test: loadtest_pb2.LoadTest,
+        index: ScenarioIndex | None = None,
+    ) -> Inventory:
         inv = cls()
+        if index is None:
+            index = scenario_index(load_test)
         for steps in step_lists:
-            for step in walk_steps(steps, load_test):
+            for step in walk_steps(steps, load_test, index=index):
                 inv._see(step)
         return inv
 
@@ -344,8 +384,15 @@ def target_hosts(load_test: loadtest_pb2.LoadTest) -> list[tuple[str, str]]:
     """Every (field path, host) a load test sends requests to; unparseable URLs are skipped
     (validation reports them)."""
     out: list[tuple[str, str]] = []
+    try:
+        config = struct_to_dict(load_test.config) if load_test.HasField("config") else {}
+    except ValueError:  # NaN or infinity: refused by validation
+        config = {}
     for i, entry in enumerate(load_test.scenarios):
-        base = effective_config(load_test, entry).get("base_url")
+        try:
+            base = effective_config(load_test, entry, config).get("base_url")
+        except ValueError:
+            base = None
         if isinstance(base, str) and base:
             where = (
                 f"scenarios[{i}].config.base_url" if entry.HasField("config") else "config.base_url"

@@ -96,3 +96,44 @@ def assert_hdr_matches(m: Any) -> HdrHistogram:
             mismatches.append(f"p{p}: reported {reported} us, hdrh {reference} us")
     assert not mismatches, f"{m.key!r}: " + "; ".join(mismatches)
     return histogram
+
+
+def many_entries(target_bytes: int, base_url: str = "http://127.0.0.1:9") -> bytes:
+    """A serialized ``LoadTest`` of about ``target_bytes`` made of copies of one small valid
+    entry (each a few dozen bytes, so 16 MiB is some 700k entries), built as bytes: the
+    repeated field is the same entry's bytes again and again, so building it costs nothing
+    and parsing it costs the parser only."""
+    from chaperon.v1 import loadtest_pb2
+
+    lt = to_proto(minimal_load_test(base_url, concurrency=1, duration="1s", name="heavy"))
+    entry = lt.scenarios[0].SerializeToString()
+    head = loadtest_pb2.LoadTest(name=lt.name, config=lt.config).SerializeToString()
+    # Field 3 (scenarios), wire type 2: tag 0x1a, the length as a varint, the entry.
+    assert len(entry) < 128
+    one = b"\x1a" + bytes([len(entry)]) + entry
+    return head + one * max(1, (target_bytes - len(head)) // len(one))
+
+
+def nested(depth: int, key: str = "a") -> Any:
+    """``{"a": {"a": ... 1}}`` with ``depth`` objects."""
+    value: Any = 1
+    for _ in range(depth):
+        value = {key: value}
+    return value
+
+
+def deepest_load_test(struct_depth: int, base_url: str = "http://127.0.0.1:9") -> dict[str, Any]:
+    """The deepest load test the language allows: ``run_scenario`` inline to its limit,
+    blocks to theirs inside, and there a json body of ``struct_depth`` objects."""
+    from chaperon.core.lang.limits import MAX_NESTING, MAX_SCENARIO_DEPTH
+
+    step: dict[str, Any] = {"http": {"method": "POST", "path": "/", "json": nested(struct_depth)}}
+    for _ in range(MAX_NESTING):
+        step = {"repeat": {"count": 1, "steps": [step]}}
+    for _ in range(MAX_SCENARIO_DEPTH):
+        step = {"run_scenario": {"scenario": {"run": [step]}}}
+    data = minimal_load_test(base_url, concurrency=1, duration="1s", name="deepest")
+    entry = data["scenarios"][0]
+    entry.pop("scenario")
+    entry["sequence"] = {"scenarios": [{"name": "s", "run": [step]}]}
+    return data

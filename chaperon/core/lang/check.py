@@ -8,6 +8,11 @@ engine does not run (none today) would answer ``UNIMPLEMENTED`` naming the field
 themselves are checked by ``check_steps``. No DNS here: target hosts are only parsed (the
 allow-list is matched on their names or literals by ``check_targets``); workers resolve them.
 
+Before any rule, ``shape.weigh`` refuses a load test that weighs too much (bytes, counts,
+steps once scenarios run by name are inlined) or holds what nobody downstream can read (a
+Struct nested too deep, control characters in names), with work bounded by the limits: what
+a submission costs the master is bounded by them, not by what fits in a message.
+
 ``check_load_test`` is the master's check of a submission. ``check_entries`` is the part a
 worker runs on the entries of its assignment (their config and steps, not the load shape the
 master already split into shares), before ``plan.compile_assignment`` builds the engine plans.
@@ -21,20 +26,20 @@ from typing import Any
 
 from chaperon.core.allowlist import AllowList
 from chaperon.core.lang.check_steps import StepContext, check_entry_limits, check_steps
+from chaperon.core.lang.graph import ScenarioGraph
 from chaperon.core.lang.limits import (
-    MAX_ENTRIES,
     MAX_ITERATIONS,
     MAX_MAX_CAPTURE,
     MAX_NAME_LEN,
     MAX_RATE_PER_S,
     MAX_SESSIONS_PER_ENTRY,
     MAX_STAGES,
-    MAX_STEPS,
 )
 from chaperon.core.lang.problems import Collector
+from chaperon.core.lang.shape import weigh
 from chaperon.core.loadtest import (
     Inventory,
-    effective_config,
+    deep_merge,
     entry_scenarios,
     max_sessions,
     parse_target,
@@ -48,20 +53,18 @@ _CONFIG_DURATIONS = ("connect_timeout", "request_timeout")
 
 def check_load_test(lt: loadtest_pb2.LoadTest) -> None:
     """Raise InvalidArgument / ResourceExhausted / Unimplemented if ``lt`` cannot run."""
+    graph = weigh(lt)
     c = Collector()
     if len(lt.name) > MAX_NAME_LEN:
         c.bad("name", f"is longer than {MAX_NAME_LEN} characters")
     if lt.timeout:
         c.duration("timeout", lt.timeout)
-    _check_config(
-        c, "config", _config_dict(c, "config", lt.config) if lt.HasField("config") else {}
-    )
+    base = _config_dict(c, "config", lt.config) if lt.HasField("config") else {}
+    _check_config(c, "config", base)
     if not lt.scenarios:
         c.bad("scenarios", "needs at least one scenario entry")
-    if len(lt.scenarios) > MAX_ENTRIES:
-        c.too_big.append(f"scenarios: more than {MAX_ENTRIES} entries")
     for i, entry in enumerate(lt.scenarios):
-        _check_entry(c, lt, i, entry)
+        _check_entry(c, lt, graph, base, i, entry)
     for i, th in enumerate(lt.thresholds):
         _check_threshold(c, f"thresholds[{i}]", th)
     c.raise_if_any("load test")
@@ -69,12 +72,12 @@ def check_load_test(lt: loadtest_pb2.LoadTest) -> None:
 
 def check_entries(lt: loadtest_pb2.LoadTest, indexes: Iterable[int]) -> None:
     """A worker's check of the entries it runs: config and steps, as the master checks them."""
+    graph = weigh(lt)
     c = Collector()
-    _check_config(
-        c, "config", _config_dict(c, "config", lt.config) if lt.HasField("config") else {}
-    )
+    base = _config_dict(c, "config", lt.config) if lt.HasField("config") else {}
+    _check_config(c, "config", base)
     for i in sorted(set(indexes)):
-        _check_entry(c, lt, i, lt.scenarios[i], shape=False)
+        _check_entry(c, lt, graph, base, i, lt.scenarios[i], shape=False)
     c.raise_if_any("load test")
 
 
@@ -133,6 +136,8 @@ def _check_config(c: Collector, path: str, cfg: dict[str, Any]) -> None:
 def _check_entry(
     c: Collector,
     lt: loadtest_pb2.LoadTest,
+    graph: ScenarioGraph,
+    base: dict[str, Any],
     i: int,
     e: loadtest_pb2.ScenarioEntry,
     *,
@@ -143,8 +148,10 @@ def _check_entry(
     spec = e.WhichOneof("spec")
     if spec is None:
         c.bad(f"{p}.scenario", "is required (an inline scenario)")
+    over: dict[str, Any] = {}
     if e.HasField("config"):
-        _check_config(c, f"{p}.config", _config_dict(c, f"{p}.config", e.config))
+        over = _config_dict(c, f"{p}.config", e.config)
+        _check_config(c, f"{p}.config", over)
     if shape:
         _check_entry_shape(c, p, e)
     for name in ("scenario_timeout", "delay", "random_delay"):
@@ -154,7 +161,7 @@ def _check_entry(
     if len(e.session_name) > MAX_NAME_LEN:
         c.bad(f"{p}.session_name", f"is longer than {MAX_NAME_LEN} characters")
     if spec is not None:
-        _check_scenarios(c, lt, p, e)
+        _check_scenarios(c, lt, graph, deep_merge(base, over), p, e)
 
 
 def _check_entry_shape(c: Collector, p: str, e: loadtest_pb2.ScenarioEntry) -> None:
@@ -208,11 +215,15 @@ def _check_arrival_rate(c: Collector, p: str, e: loadtest_pb2.ScenarioEntry) -> 
         c.too_big.append(f"{q}.max_sessions: more than {MAX_SESSIONS_PER_ENTRY}")
 
 
-def _check_scenarios(c: Collector, lt: loadtest_pb2.LoadTest, p: str, e: Any) -> None:
-    try:
-        cfg = effective_config(lt, e)
-    except ValueError:  # NaN/infinity, reported above
-        cfg = {}
+def _check_scenarios(
+    c: Collector,
+    lt: loadtest_pb2.LoadTest,
+    graph: ScenarioGraph,
+    cfg: dict[str, Any],
+    p: str,
+    e: Any,
+) -> None:
+    """The steps of entry ``e``, with the config in force for its sessions (``cfg``)."""
     scenarios = entry_scenarios(e)
     if e.HasField("scenario"):
         prefixes = [f"{p}.scenario"]
@@ -224,12 +235,8 @@ def _check_scenarios(c: Collector, lt: loadtest_pb2.LoadTest, p: str, e: Any) ->
             c.bad(f"{p}.sequence.scenarios", "needs at least one scenario")
         elif not any(s.init or s.run for s in scenarios):
             c.bad(f"{p}.sequence.scenarios[0].run", "the sequence needs at least one step")
-    total = sum(len(s.init) + len(s.run) + len(s.teardown) for s in scenarios)
-    if total > MAX_STEPS:
-        c.too_big.append(f"{p}: more than {MAX_STEPS} steps")
-        return
     parts = [getattr(s, part) for s in scenarios for part in ("init", "run", "teardown")]
-    inventory = Inventory.of(parts, lt)
+    inventory = Inventory.of(parts, lt, graph.by_name)
     # Every session carries its child slots (async names + cc_spread rates), in memory.
     sessions = e.concurrency
     if e.HasField("arrival_rate"):
@@ -244,7 +251,7 @@ def _check_scenarios(c: Collector, lt: loadtest_pb2.LoadTest, p: str, e: Any) ->
             f"{p}: {sessions} sessions x (1 + {children} child sessions) is more "
             f"than {MAX_SESSIONS_PER_ENTRY} session slots"
         )
-    ctx = StepContext(lt, inventory, cfg)
+    ctx = StepContext(lt, inventory, graph, cfg)
     for prefix, scenario in zip(prefixes, scenarios, strict=True):
         for part in ("init", "run", "teardown"):
             check_steps(c, f"{prefix}.{part}", getattr(scenario, part), ctx)

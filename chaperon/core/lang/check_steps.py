@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
+from chaperon.core.lang.graph import ASYNC_PARTS, ScenarioGraph
 from chaperon.core.lang.limits import (
     MAX_CHILDREN,
     MAX_CONNS,
@@ -39,18 +40,18 @@ from chaperon.core.lang.problems import (
     too_many_variables,
     unknown_name,
 )
+from chaperon.core.lang.templates import config_lookup, literal_text
 from chaperon.core.loadtest import (
     DEFAULT_CONN,
     HTTP_METHODS,
     Inventory,
     deep_merge,
-    find_scenario,
-    iter_steps,
     parse_target,
     split_template,
     struct_to_dict,
     template_names,
 )
+from chaperon.core.text import header_value_problem
 from chaperon.v1 import loadtest_pb2
 
 BUILTINS = ("session_id", "iteration")
@@ -66,19 +67,20 @@ _JSON_PATH_SEGMENT = re.compile(
 
 def check_template(
     c: Collector, ctx: StepContext, path: str, text: str, *, runtime: bool = True
-) -> None:
-    """``text`` is a well-formed template whose names all mean something."""
+) -> list[str]:
+    """``text`` is a well-formed template whose names all mean something; its names."""
     try:
         names = template_names(text)
     except ValueError as exc:
         c.bad(path, str(exc))
-        return
+        return []
     for name in names:
         meaning = ctx.meaning(name)
         if meaning is None:
             c.bad(path, unknown_name(name))
         elif meaning != "config" and not runtime:
             c.bad(path, not_a_config_value(name))
+    return names
 
 
 # The engine's per-session limits: (limit, what goes over it).
@@ -118,6 +120,7 @@ class StepContext:
 
     load_test: loadtest_pb2.LoadTest
     inventory: Inventory
+    graph: ScenarioGraph  # the load test's scenarios by name (shape.weigh made it)
     config: dict[str, Any] = field(default_factory=dict)
     depth: int = 0
     scenario_depth: int = 0
@@ -265,11 +268,13 @@ def _http(c: Collector, q: str, h: loadtest_pb2.HttpStep, ctx: StepContext) -> N
 
 
 def _path(c: Collector, path: str, text: str, ctx: StepContext) -> None:
-    literal = _literal_text(text)
+    """A path (and query) after the base URL: spaces and non-ASCII are fine (they are
+    percent-encoded when the request is rendered); control characters are refused by the
+    first pass (``shape``), a fragment here."""
     if not text.startswith("/"):
         c.bad(path, f"must start with '/' (got {text!r})")
-    elif any(ch in literal for ch in "\r\n\t #") or any(ord(ch) < 0x21 for ch in literal):
-        c.bad(path, "must not contain spaces, control characters or '#'")
+    elif "#" in _literal_text(text):
+        c.bad(path, "must not contain '#' (a fragment is not sent to the server)")
     check_template(c, ctx, path, text)
 
 
@@ -297,8 +302,8 @@ def _url(c: Collector, path: str, url: str, schemes: tuple[str, ...], ctx: StepC
     except ValueError as exc:
         c.bad(path, str(exc))
         return
-    if any(ch in _literal_text(rest) for ch in "\r\n\t #"):
-        c.bad(path, "must not contain spaces, control characters or '#'")
+    if "#" in _literal_text(rest):
+        c.bad(path, "must not contain '#' (a fragment is not sent to the server)")
     check_template(c, ctx, path, rest[len(netloc) :])
 
 
@@ -310,9 +315,16 @@ def _headers(
             c.bad(f"{q}.headers", f"bad header name {name!r}")
         elif name.lower() in reserved:
             c.bad(f"{q}.headers[{name}]", "is set by the engine")
-        if any(ch in value for ch in "\r\n\0"):
-            c.bad(f"{q}.headers[{name}]", "must not contain CR, LF or NUL")
-        check_template(c, ctx, f"{q}.headers[{name}]", value)
+        where = f"{q}.headers[{name}]"
+        problem = header_value_problem(value)
+        if problem:
+            c.bad(where, problem)
+        for name_ in check_template(c, ctx, where, value):
+            found, config_value = config_lookup(ctx.config, name_)
+            if found and ctx.meaning(name_) == "config":
+                problem = header_value_problem(literal_text(config_value))
+                if problem:
+                    c.bad(where, f"the config value '{{{{{name_}}}}}' {problem}")
 
 
 def _json(c: Collector, path: str, value: Any, ctx: StepContext) -> None:
@@ -481,10 +493,10 @@ def _async(c: Collector, q: str, a: loadtest_pb2.AsyncStep, ctx: StepContext) ->
     if a.scenario and a.steps:
         c.bad(f"{q}.scenario", "give either steps or scenario, not both")
     elif a.scenario:
-        found = find_scenario(ctx.load_test, a.scenario)
+        found = ctx.graph.find(a.scenario)
         if found is None:
             c.bad(f"{q}.scenario", f"no scenario of this load test is named {a.scenario!r}")
-        elif _starts_children(ctx.load_test, found.run):
+        elif ctx.graph.starts_children(a.scenario, ASYNC_PARTS):
             c.bad(f"{q}.scenario", "nested child sessions are not supported (it starts some)")
     else:
         _body(c, q, a.steps, ctx, child=True)
@@ -548,48 +560,16 @@ def _run_scenario(c: Collector, q: str, r: loadtest_pb2.RunScenarioStep, ctx: St
     if which is None:
         c.bad(f"{q}.name", "give a scenario (inline) or the name of one")
     elif which == "name":
-        found = find_scenario(ctx.load_test, r.name)
+        found = ctx.graph.find(r.name)
         if found is None:
             c.bad(f"{q}.name", f"no scenario of this load test is named {r.name!r}")
-        elif _name_depth(ctx.load_test, r.name, ctx.scenario_depth + 1) > MAX_SCENARIO_DEPTH:
+        elif ctx.scenario_depth + 1 + ctx.graph.height(r.name) > MAX_SCENARIO_DEPTH:
             c.bad(f"{q}.name", f"run_scenario nests at most {MAX_SCENARIO_DEPTH} deep")
-        elif ctx.in_child and any(
-            _starts_children(ctx.load_test, getattr(found, part))
-            for part in ("init", "run", "teardown")
-        ):
+        elif ctx.in_child and ctx.graph.starts_children(r.name):
             c.bad(f"{q}.name", "nested child sessions are not supported (it starts some)")
     else:
         for part in ("init", "run", "teardown"):
             check_steps(c, f"{q}.scenario.{part}", getattr(r.scenario, part), inner)
-
-
-def _starts_children(lt: loadtest_pb2.LoadTest, steps: Any, depth: int = 0) -> bool:
-    """Whether ``steps`` (or scenarios they run by name) start child sessions."""
-    for _, step in iter_steps(steps, ""):
-        action = step.WhichOneof("action")
-        if action in ("async", "cc_spread"):
-            return True
-        if action == "run_scenario" and step.run_scenario.name and depth < MAX_SCENARIO_DEPTH:
-            found = find_scenario(lt, step.run_scenario.name)
-            if found is not None and any(
-                _starts_children(lt, getattr(found, part), depth + 1)
-                for part in ("init", "run", "teardown")
-            ):
-                return True
-    return False
-
-
-def _name_depth(lt: loadtest_pb2.LoadTest, name: str, depth: int) -> int:
-    """How deep run_scenario-by-name goes from ``name`` (stops past the limit: cycles)."""
-    scenario = find_scenario(lt, name)
-    if scenario is None or depth > MAX_SCENARIO_DEPTH:
-        return depth
-    deepest = depth
-    for part in ("init", "run", "teardown"):
-        for _, step in iter_steps(getattr(scenario, part), part):
-            if step.WhichOneof("action") == "run_scenario" and step.run_scenario.name:
-                deepest = max(deepest, _name_depth(lt, step.run_scenario.name, depth + 1))
-    return deepest
 
 
 def _assign(c: Collector, q: str, a: loadtest_pb2.AssignStep, ctx: StepContext) -> None:

@@ -43,8 +43,8 @@ from chaperon.core.loadtest import (
     deep_merge,
     effective_config,
     entry_scenarios,
-    find_scenario,
     parse_target,
+    scenario_index,
     struct_to_dict,
 )
 from chaperon.v1 import loadtest_pb2
@@ -98,6 +98,7 @@ class StepCompiler:
     ) -> None:
         self.backend = backend
         self.lt = load_test
+        self.scenarios = scenario_index(load_test)
         self.names = Names(inventory)
         # The plan's tables: targets and metric keys (ops hold their indexes).
         self.targets: list[tuple[Any, ...]] = []
@@ -244,7 +245,7 @@ class StepCompiler:
     def _async(self, step: loadtest_pb2.Step, p: str, q: str) -> None:
         a = getattr(step, "async")
         self.b.spawn(self._children[a.name])
-        scenario = find_scenario(self.lt, a.scenario) if a.scenario else None
+        scenario = self.scenarios.get(a.scenario) if a.scenario else None
         if scenario is not None:
             self._body(scenario.run, f"{q}(scenario={a.scenario}).run")
         else:
@@ -368,7 +369,7 @@ class StepCompiler:
         # A scenario, found, no deeper than MAX_SCENARIO_DEPTH, a finite config: checked.
         scenario, prefix = rs.scenario, f"{q}.scenario"
         if rs.WhichOneof("which") == "name":
-            found = find_scenario(self.lt, rs.name)
+            found = self.scenarios.get(rs.name)
             assert found is not None
             scenario, prefix = found, f"{q}(name={rs.name})"
         saved = self.config, self.base

@@ -6,11 +6,11 @@ constructor, so it is ready before the test goes on, serves from daemon or joine
 stops in ``stop()``/``close()`` (the context managers and fixtures call it in a ``finally``).
 :class:`HttpServer` is a keep-alive HTTP/1.1 server on one selector thread whose answer each
 test picks (:class:`Reply`: data, close, reset, silence) and which counts requests and
-connections; :class:`LogServer` runs a thread per connection, logs each request's connection
-and arrival time, and answers late where asked; :class:`TlsServer` is a Python ``ssl`` server
-(answer, close during the handshake, answer in plain HTTP) recording the SNI it saw; and
-:class:`HandshakeSpoiler` spoils the TLS handshake (close, reset, silence). The last two share
-one accept loop (:class:`_Listener`).
+connections and keeps each request's head as it arrived; :class:`LogServer` runs a thread
+per connection, logs each request's connection and arrival time, and answers late where
+asked; :class:`TlsServer` is a Python ``ssl`` server (answer, close during the handshake,
+answer in plain HTTP) recording the SNI it saw; and :class:`HandshakeSpoiler` spoils the TLS
+handshake (close, reset, silence). The last two share one accept loop (:class:`_Listener`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class HttpServer:
         self.requests = 0
         self.connections = 0
         self.body_sizes: list[int] = []
+        self.heads: list[bytes] = []  # each request's head as received (request line, headers)
         self._lock = threading.Lock()
         self._stop = False
         self._listener = socket.socket()
@@ -124,6 +125,7 @@ class HttpServer:
             with self._lock:
                 self.requests += 1
                 self.body_sizes.append(len(body))
+                self.heads.append(b"\r\n".join(head))
             reply = self.handler(method, path, body)
             if reply.silent:
                 continue

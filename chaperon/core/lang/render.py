@@ -12,6 +12,17 @@ which replace a default of the same name.
 A ws_connect step becomes ``PlanBuilder.ws_connect`` with the upgrade request's head; the
 engine adds Sec-WebSocket-Key and the blank line.
 
+Non-ASCII on the wire. The request target (the base URL's path, the step's path or URL path
+and query, config values put in them) is UTF-8, percent-encoded as RFC 3986 says
+(``percent_encode_target``): unreserved and reserved characters (but ``#``) and a valid
+``%XX`` stay as they are, anything else (a space, a non-ASCII character, a control, a ``#``
+from a config value) becomes ``%XX`` per byte.
+Header values are sent as their UTF-8 bytes, unchanged; a control character in one (CR, LF,
+NUL, any C0 but the tab, DEL) is refused, here too for the config values put in it (a config
+a ``run_scenario`` gives is only known here). The Host header holds the IDNA (ASCII) form of
+the host. Values a session sets at run time (variables) are copied by the engine as they are,
+in the target and in headers alike.
+
 The steps were checked (``check_steps``) before they get here, so this module does not check
 again; what it needs of the compiler (``emit.StepCompiler``) is the ``RenderContext`` protocol
 below, so neither imports the other in a circle.
@@ -20,6 +31,7 @@ below, so neither imports the other in a circle.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any, Protocol
 from urllib.parse import quote_plus, urlsplit
 
@@ -43,6 +55,7 @@ from chaperon.core.loadtest import (
     parse_target,
     ws_metric_path,
 )
+from chaperon.core.text import HEADER_CTL_BYTES
 from chaperon.v1 import loadtest_pb2
 
 USER_AGENT = f"chaperon/{__version__}"
@@ -56,6 +69,59 @@ _EXTRACT_KINDS = {
     "body": EX_BODY,
 }
 _LATIN1 = "latin-1"
+# RFC 3986: unreserved and reserved characters stay as they are in a request target, but
+# '#' (what follows it would be a fragment, never sent; a literal one is refused earlier).
+_TARGET_SAFE = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?[]@!$&'()*+,;="
+)
+_PERCENT = re.compile(rb"%[0-9A-Fa-f]{2}")
+
+
+def percent_encode_target(text: str) -> str:
+    """A path (with its query) as it goes on the request line: UTF-8, every byte that is not
+    an unreserved or reserved character (``#`` is not kept), nor part of a valid ``%XX``,
+    written ``%XX``.
+
+    ``"/café menu?q=a b"`` -> ``"/caf%C3%A9%20menu?q=a%20b"``; ``"/a%2Fb"`` stays; ``"/100%"``
+    -> ``"/100%25"``.
+    """
+    data = text.encode("utf-8", "surrogatepass")
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        byte = data[i]
+        if byte == 0x25 and _PERCENT.match(data, i):  # '%' of a valid %XX
+            out += data[i : i + 3]
+            i += 3
+            continue
+        if byte in _TARGET_SAFE:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+        i += 1
+    return out.decode("ascii")
+
+
+def _host_header(target: Target) -> bytes:
+    """The Host header's value: the host's IDNA (ASCII) form, and the port unless default."""
+    try:
+        return target.host_header.encode("idna")
+    except UnicodeError:  # an IP literal with a zone id, say: checked already, ASCII
+        return target.host_header.encode("utf-8", "surrogatepass")
+
+
+def _header_value(c: RenderContext, text: str, field_path: str) -> Parts:
+    """A header value template as parts: UTF-8, no control character in its literal text or
+    in the config values put in it."""
+    parts = c.names.render(text, field_path, c.config)
+    for part in parts:
+        if isinstance(part, bytes) and HEADER_CTL_BYTES.search(part):
+            raise invalid(
+                field_path,
+                "must not contain control characters (CR, LF, NUL ...), here or in"
+                " the config values put in it",
+            )
+    return parts
 
 
 class RenderContext(Protocol):
@@ -108,8 +174,8 @@ def http_op(c: RenderContext, b: PlanBuilder, h: loadtest_pb2.HttpStep, q: str) 
             raise invalid("config.base_url", f"is required by {q}.path")
         target, path_text = c.base, h.path
         prefix, target_field, path_field = c.base.base_path, "config.base_url", f"{q}.path"
-    path: Parts = [prefix.encode(_LATIN1, "replace")]
-    path += names.render(path_text, path_field, config, encoding=_LATIN1)
+    path: Parts = [percent_encode_target(prefix).encode()]
+    path += names.render(path_text, path_field, config, escape=percent_encode_target)
     if h.query:
         path.append(b"&" if "?" in path_text else b"?")
         for i, name in enumerate(sorted(h.query)):
@@ -117,7 +183,7 @@ def http_op(c: RenderContext, b: PlanBuilder, h: loadtest_pb2.HttpStep, q: str) 
             path += names.render(h.query[name], f"{q}.query[{name}]", config, escape=quote_plus)
     body, content_type = _payload(c, h, q)
     headers: dict[str, Parts] = {
-        "Host": [target.host_header.encode(_LATIN1, "replace")],
+        "Host": [_host_header(target)],
         "User-Agent": [USER_AGENT.encode()],
     }
     if content_type:
@@ -125,7 +191,7 @@ def http_op(c: RenderContext, b: PlanBuilder, h: loadtest_pb2.HttpStep, q: str) 
     if h.HasField("basic_auth"):
         headers["Authorization"] = [_basic_auth(c, h.basic_auth, f"{q}.basic_auth")]
     for name, value in h.headers.items():
-        rendered = names.render(value, f"{q}.headers[{name}]", config, encoding=_LATIN1)
+        rendered = _header_value(c, value, f"{q}.headers[{name}]")
         for default in list(headers):
             if default.lower() == name.lower():
                 del headers[default]
@@ -202,17 +268,17 @@ def ws_connect_op(
         target, prefix = c.base, c.base.base_path  # https: wss
         path_text = w.path or ("" if prefix else "/")
         target_field, path_field = "config.base_url", f"{q}.path"
-    path: Parts = [prefix.encode(_LATIN1, "replace")]
-    path += c.names.render(path_text, path_field, c.config, encoding=_LATIN1)
+    path: Parts = [percent_encode_target(prefix).encode()]
+    path += c.names.render(path_text, path_field, c.config, escape=percent_encode_target)
     headers: dict[str, Parts] = {
-        "Host": [target.host_header.encode(_LATIN1, "replace")],
+        "Host": [_host_header(target)],
         "User-Agent": [USER_AGENT.encode()],
         "Upgrade": [b"websocket"],
         "Connection": [b"Upgrade"],
         "Sec-WebSocket-Version": [b"13"],
     }
     for name, value in w.headers.items():
-        headers[name] = c.names.render(value, f"{q}.headers[{name}]", c.config, encoding=_LATIN1)
+        headers[name] = _header_value(c, value, f"{q}.headers[{name}]")
     head = join([b"GET ", *path, b" HTTP/1.1\r\n"] + _header_lines(headers))
     metric = c.key_index(w.metric or f"WS connect {ws_metric_path(w, c.strip_query)}")
     b.ws_connect(conn, c.target_index(target, target_field), metric, head)

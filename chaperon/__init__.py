@@ -25,7 +25,7 @@ _EXPORTS = {
     "format_report": "chaperon.report",
     "header": "chaperon.builder",
     "json_path": "chaperon.builder",
-    "load_file": "chaperon.core.loadtest",
+    "load_file": "chaperon.core.files",
     "load_test_from_dict": "chaperon.core.loadtest",
     "regex": "chaperon.builder",
     "response_body": "chaperon.builder",

@@ -8,8 +8,8 @@ from chaperon.builder import regex as regex
 from chaperon.builder import response_body as response_body
 from chaperon.builder import status_code as status_code
 from chaperon.client import Client as Client
+from chaperon.core.files import load_file as load_file
 from chaperon.core.loadtest import LoadTestFileError as LoadTestFileError
-from chaperon.core.loadtest import load_file as load_file
 from chaperon.core.loadtest import load_test_from_dict as load_test_from_dict
 from chaperon.exporters import default_path as default_path
 from chaperon.exporters import export as export

@@ -32,12 +32,8 @@ from google.protobuf import json_format
 from chaperon._version import __version__
 from chaperon.client import Client
 from chaperon.core.durations import DurationError, parse_duration_ns
-from chaperon.core.loadtest import (
-    HTTP_METHODS,
-    LoadTestFileError,
-    load_file,
-    load_test_from_dict,
-)
+from chaperon.core.files import load_file
+from chaperon.core.loadtest import HTTP_METHODS, LoadTestFileError, load_test_from_dict
 from chaperon.exporters import FORMATS, export
 from chaperon.report import error_rate_line, format_report
 from chaperon.rpc.channels import TlsConfigError

@@ -1,7 +1,7 @@
 """Load-test helpers shared by the client, the master's validation and the worker's compiler.
 
-Pure functions over the protobuf messages: reading load-test files (JSON, YAML or a Python
-script that builds one), the effective config of a scenario entry (entry config deep-merged
+Pure functions over the protobuf messages: a load test from its JSON form (the files are read
+by ``files``), the effective config of a scenario entry (entry config deep-merged
 over the load test's default), target URLs, ``{{name}}`` templates (their syntax only: what a
 name means is the worker's business), walking nested steps, and metric keys. Nothing here does
 I/O on the network.
@@ -10,10 +10,7 @@ I/O on the network.
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import re
-import runpy
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -470,61 +467,8 @@ def load_test_from_dict(data: Any, source: str = "load test") -> loadtest_pb2.Lo
         # protobuf's message spans lines (it lists the known fields); keep one line.
         text = " ".join(str(exc).split())
         raise LoadTestFileError(f"{source}: {text}") from None
+    except Exception as exc:  # noqa: BLE001 - what no JSON holds: a lone surrogate in a key
+        # (SystemError from upb), a set or a date from YAML tags, a Python object from a script
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise LoadTestFileError(f"{source}: not a load test in its JSON form ({text})") from None
     return message
-
-
-def load_file(path: str) -> loadtest_pb2.LoadTest:
-    """Read a load test from a .json, .yaml/.yml or .py file; LoadTestFileError on any problem.
-
-    A Python file must leave a ``LoadTest`` message (or a dict of its JSON form, or an object
-    with ``to_proto()``) in a module-level variable named ``load_test`` or ``LOAD_TEST``.
-    """
-    if not os.path.exists(path):
-        raise LoadTestFileError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise LoadTestFileError(f"{path}: is a directory, not a load-test file")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".py":
-        return _load_python(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LoadTestFileError(f"{path}: cannot read ({exc})") from None
-    if ext in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise LoadTestFileError(f"{path}: not valid YAML{where}") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LoadTestFileError(
-                f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-            ) from None
-    return load_test_from_dict(data, path)
-
-
-def _load_python(path: str) -> loadtest_pb2.LoadTest:
-    try:
-        namespace = runpy.run_path(path, run_name="__chaperon_load_test__")
-    except SystemExit:
-        raise LoadTestFileError(f"{path}: the script exited while building the load test") from None
-    except Exception as exc:  # noqa: BLE001 - user code; report it in one line
-        raise LoadTestFileError(f"{path}: {type(exc).__name__}: {exc}") from None
-    for name in ("load_test", "LOAD_TEST"):
-        if name in namespace:
-            value = namespace[name]
-            break
-    else:
-        raise LoadTestFileError(f"{path}: define a module-level variable 'load_test'")
-    if isinstance(value, loadtest_pb2.LoadTest):
-        return value
-    if hasattr(value, "to_proto"):
-        return value.to_proto()  # type: ignore[no-any-return]
-    return load_test_from_dict(value, path)

@@ -29,7 +29,8 @@ import pytest
 import yaml
 
 from chaperon.builder import LoadTest, Scenario
-from chaperon.core.loadtest import load_file, load_test_from_dict
+from chaperon.core.files import load_file
+from chaperon.core.loadtest import load_test_from_dict
 from chaperon.v1 import loadtest_pb2, worker_pb2
 from master_service.validation import validate_load_test
 from worker_service.plan import compile_assignment

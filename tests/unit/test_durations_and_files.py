@@ -9,11 +9,11 @@ import pytest
 from support.loadtests import minimal_load_test
 
 from chaperon.core.durations import DurationError, parse_duration_ns
+from chaperon.core.files import load_file
 from chaperon.core.loadtest import (
     LoadTestFileError,
     deep_merge,
     effective_config,
-    load_file,
     metric_key,
     parse_target,
 )

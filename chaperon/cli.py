@@ -34,6 +34,7 @@ from chaperon.client import Client
 from chaperon.core.durations import DurationError, parse_duration_ns
 from chaperon.core.files import load_file
 from chaperon.core.loadtest import HTTP_METHODS, LoadTestFileError, load_test_from_dict
+from chaperon.core.text import PrintableFormatter, json_printable, printable, printable_lines
 from chaperon.exporters import FORMATS, export
 from chaperon.report import error_rate_line, format_report
 from chaperon.rpc.channels import TlsConfigError
@@ -68,7 +69,8 @@ class CliError(Exception):
 
 
 def _fail(message: str) -> int:
-    print(f"chaperon: {message}", file=sys.stderr)
+    # Messages quote the master's and the user's text: no control character gets through.
+    print(f"chaperon: {printable_lines(message)}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -102,7 +104,7 @@ def _print_run(
     With ``max_error_rate`` (``run``, ``submit --wait``), a SUCCEEDED run whose error rate is
     above it fails too; the report says so (with ``--json``, one line on stderr)."""
     if as_json:
-        print(json_format.MessageToJson(run))
+        print(json_printable(json_format.MessageToJson(run)))
     else:
         print(format_report(run, max_error_rate=max_error_rate))
     if run.state != results_pb2.SUCCEEDED:
@@ -133,7 +135,7 @@ def _export(
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
     for item in written:
-        print(f"wrote {item}", file=sys.stderr)
+        print(f"wrote {printable(str(item))}", file=sys.stderr)
 
 
 _URL_OPTIONS = (
@@ -394,9 +396,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return _print_run(client.run(load_test), args.json, args.max_error_rate)
         run = client.submit(load_test)
     if args.json:
-        print(json_format.MessageToJson(run))
+        print(json_printable(json_format.MessageToJson(run)))
     else:
-        print(f"{run.id} {results_pb2.RunState.Name(run.state)}")
+        print(f"{printable(run.id)} {results_pb2.RunState.Name(run.state)}")
     return 0
 
 
@@ -405,7 +407,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.id:
             return _print_run(client.get(args.id), args.json)
         for run in client.runs():
-            print(f"{run.id}  {results_pb2.RunState.Name(run.state):<11}  {run.load_test.name}")
+            state = results_pb2.RunState.Name(run.state)
+            print(f"{printable(run.id)}  {state:<11}  {printable(run.load_test.name)}")
     return 0
 
 
@@ -417,11 +420,13 @@ def cmd_workers(args: argparse.Namespace) -> int:
             state = worker_pb2.WorkerState.Name(w.state).removeprefix("WORKER_")
             flags = (" ignored" if w.ignored else "") + ("" if w.healthy else " UNHEALTHY")
             run = (
-                f" run={w.current_run_id} sessions={w.sessions_active}" if w.current_run_id else ""
+                f" run={printable(w.current_run_id)} sessions={w.sessions_active}"
+                if w.current_run_id
+                else ""
             )
             print(
-                f"{w.worker_id}  {w.address}  {state}  capacity={w.capacity}  "
-                f"load={w.load_1m:.2f}{run}{flags}"
+                f"{printable(w.worker_id)}  {printable(w.address)}  {state}  "
+                f"capacity={w.capacity}  load={w.load_1m:.2f}{run}{flags}"
             )
     return 0
 
@@ -448,7 +453,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     with Client(args.master, args.token, args.tls_ca) as client:
         run = client.cancel(args.id)
-    print(f"{run.id} {results_pb2.RunState.Name(run.state)}")
+    print(f"{printable(run.id)} {results_pb2.RunState.Name(run.state)}")
     return 0
 
 
@@ -688,10 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log = logging.StreamHandler()  # logs quote workers' and users' text: escaped
+    log.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[log])
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, so that a closed pipe is seen below and not at exit

@@ -24,6 +24,11 @@ Two forms of the table: from 100 columns on, the latencies are mean, p50, p90, p
 max; narrower, p50, p95, p99 and max. The key column takes what the other columns leave
 (at least ``MIN_KEY_WIDTH``); a key too long for it is shortened in the middle with "…".
 Latencies show three significant digits, what the histograms hold.
+
+Every text in the report that came from elsewhere (the load test's name, metric keys, error
+kinds, worker names, events, the run's error) goes through ``chaperon.core.text.printable``:
+a control character in one is shown as an escape such as ``\x1b``, never sent to the
+terminal.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import textwrap
 from collections.abc import Sequence
 
 from chaperon.core.results import Totals, error_rate, totals
+from chaperon.core.text import printable
 from chaperon.v1 import results_pb2
 
 __all__ = [
@@ -141,7 +147,7 @@ def _metric_rows(m: results_pb2.Metric, latencies: Sequence[str]) -> list[list[s
     measured = m.count > 0 and not m.no_latency
     rows = [
         [
-            m.key,
+            printable(m.key),
             str(m.count),
             str(m.errors),
             _percent(error_rate(m)),
@@ -218,7 +224,7 @@ def format_threshold(th: results_pb2.ThresholdResult, keys: Sequence[str] = ()) 
     """``GET / p99 <= 200ms: 153.2ms passed``; one that could not be measured says why (and
     the nearest of ``keys`` when the metric does not exist)."""
     t = th.threshold
-    head = f"{t.metric} {t.stat} <= {format_threshold_value(t.stat, t.max)}"
+    head = f"{printable(t.metric)} {printable(t.stat)} <= {format_threshold_value(t.stat, t.max)}"
     # A run stored before ThresholdResult.reason has only an infinite value to say it.
     why = th.reason or ("not measured" if not math.isfinite(th.value) else "")
     if why:
@@ -259,7 +265,11 @@ def _sessions(res: results_pb2.Result) -> str:
             else ""
         )
         + (f", workers: {len(res.workers)}" if res.workers else "")
-        + (f", lost workers: {', '.join(res.lost_workers)}" if res.lost_workers else "")
+        + (
+            f", lost workers: {', '.join(printable(w) for w in res.lost_workers)}"
+            if res.lost_workers
+            else ""
+        )
     )
 
 
@@ -278,18 +288,18 @@ def format_report(
     width = terminal_width() if width is None else width
     res = run.result
     state = results_pb2.RunState.Name(run.state)
-    title = run.load_test.name or "load test"
-    lines = _wrap(f"{title}  [{run.id}]  {state}  in {res.duration_s:.2f}s", width, "")
+    title = printable(run.load_test.name) or "load test"
+    lines = _wrap(f"{title}  [{printable(run.id)}]  {state}  in {res.duration_s:.2f}s", width, "")
     if run.error:
-        lines += _wrap(f"note: {run.error}", width)
+        lines += _wrap(f"note: {printable(run.error)}", width)
     if res.metrics:
         lines += _table(res.metrics, width)
     else:
         lines.append(f"{_INDENT}no metrics were recorded")
     for m in res.metrics:
         if m.errors_by_kind:
-            kinds = ", ".join(f"{k}={v}" for k, v in sorted(m.errors_by_kind.items()))
-            lines += _wrap(f"errors of {m.key}: {kinds}", width)
+            kinds = ", ".join(f"{printable(k)}={v}" for k, v in sorted(m.errors_by_kind.items()))
+            lines += _wrap(f"errors of {printable(m.key)}: {kinds}", width)
     if any(m.service_time.count for m in res.metrics):
         lines += _wrap(
             "open model: latencies are corrected (from each session's intended start); "
@@ -306,7 +316,7 @@ def format_report(
             width,
         )
     for event in res.events:
-        lines += _wrap(f"event: {event}", width)
+        lines += _wrap(f"event: {printable(event)}", width)
     keys = [m.key for m in res.metrics]
     for th in res.thresholds:
         lines += _wrap(f"threshold {format_threshold(th, keys)}", width)

@@ -9,6 +9,8 @@ message (no background refresh thread: the picture only changes when a message a
 elsewhere (a pipe, a file, CI logs) it prints one plain line per message, so the log stays
 readable. When the stream ends it prints the final report (``chaperon.report``) and returns
 the final run, or None if the stream ended without one (e.g. the connection dropped).
+Ids and keys go through ``chaperon.core.text.printable``: a control character in one is
+shown escaped, never sent to the terminal (rich leaves ESC alone).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from chaperon.core.text import printable
 from chaperon.report import format_latency_us, format_report
 from chaperon.v1 import master_pb2, results_pb2
 
@@ -48,7 +51,7 @@ def render_progress(progress: master_pb2.RunProgress) -> Table:
     table = Table(
         # Text, not str: ids and keys are data, and "[...]" in them must not be read as markup.
         title=Text(
-            f"{progress.id}  {_state_name(progress.state)}  "
+            f"{printable(progress.id)}  {_state_name(progress.state)}  "
             f"elapsed {_format_elapsed(progress.elapsed_s)}"
         ),
         title_justify="left",
@@ -58,7 +61,7 @@ def render_progress(progress: master_pb2.RunProgress) -> Table:
         table.add_column(name, justify="right", no_wrap=True)
     for m in progress.metrics:
         table.add_row(
-            Text(m.key),
+            Text(printable(m.key)),
             str(m.count),
             str(m.errors),
             f"{m.rate_per_s:.0f}",
@@ -70,10 +73,13 @@ def render_progress(progress: master_pb2.RunProgress) -> Table:
 
 def format_progress_line(progress: master_pb2.RunProgress) -> str:
     """One progress message as a single plain line, for output that is not a terminal."""
-    parts = [f"{progress.id} {_state_name(progress.state)} {_format_elapsed(progress.elapsed_s)}"]
+    parts = [
+        f"{printable(progress.id)} {_state_name(progress.state)} "
+        f"{_format_elapsed(progress.elapsed_s)}"
+    ]
     for m in progress.metrics:
         parts.append(
-            f"{m.key}: count={m.count} errors={m.errors} rate={m.rate_per_s:.0f}/s "
+            f"{printable(m.key)}: count={m.count} errors={m.errors} rate={m.rate_per_s:.0f}/s "
             f"p50={format_latency_us(m.p50_us)} p99={format_latency_us(m.p99_us)}"
         )
     return " | ".join(parts)

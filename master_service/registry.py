@@ -5,7 +5,9 @@ Workers register with an address and a capacity (engine threads) and heartbeat e
 no new load (it comes back with its next heartbeat or registration), and one silent for
 ``forget_after_s`` is removed from the list. Registering again from
 the same address reuses the worker's id, so a worker that re-registers after a master restart
-or a network blip never shows up twice. The clock is injectable for tests.
+or a network blip never shows up twice. What a worker registers with is shown to operators
+(``chaperon workers``, reports): a control character in it is refused (INVALID_ARGUMENT).
+The clock is injectable for tests.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from chaperon.core.errors import NotFound
+from chaperon.core.errors import InvalidArgument, NotFound
+from chaperon.core.text import control_char_problem
 from chaperon.v1 import worker_pb2
 
 
@@ -62,6 +65,7 @@ class WorkerRegistry:
         worker_id: str = "",
         tls: bool = False,
     ) -> str:
+        _check_text(address, labels or {}, version, worker_id)
         now = self._clock()
         with self._lock:
             existing = self._workers.get(worker_id) if worker_id else None
@@ -162,3 +166,17 @@ class WorkerRegistry:
             for w in self.snapshot()
             if not w.ignored and w.healthy and w.state != worker_pb2.WORKER_LOST
         ]
+
+
+def _check_text(address: str, labels: dict[str, str], version: str, worker_id: str) -> None:
+    """InvalidArgument naming each registration field that holds a control character."""
+    fields = [("address", address), ("version", version), ("worker_id", worker_id)]
+    for key, value in labels.items():
+        fields += [(f"labels[{key!r}]", key), (f"labels[{key!r}]", value)]
+    violations = []
+    for name, text in fields:
+        problem = control_char_problem(text)
+        if problem:
+            violations.append((name, problem))
+    if violations:
+        raise InvalidArgument(violations, "worker registration")

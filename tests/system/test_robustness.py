@@ -573,19 +573,28 @@ def test_oversized_message_is_resource_exhausted(lone_master, stub, where):
     assert_serving(lone_master)
 
 
-def test_large_message_under_the_limit_is_refused_cleanly(lone_master, stub):
+@pytest.mark.parametrize(
+    ("mib", "code", "needle"),
+    [
+        # Under the load-test size limit (4 MiB): the rules run and name the field.
+        (3, grpc.StatusCode.INVALID_ARGUMENT, "name"),
+        # Received (under gRPC's 16 MiB), then refused for its weight before any rule runs.
+        (15, grpc.StatusCode.RESOURCE_EXHAUSTED, "too large"),
+    ],
+)
+def test_large_message_under_the_limit_is_refused_cleanly(lone_master, stub, mib, code, needle):
     from chaperon.v1 import master_pb2
 
     lt = _valid_load_test()
-    lt.name = "x" * (MAX_RECEIVE_BYTES - 1024 * 1024)  # 15 MiB: received, then refused
+    lt.name = "x" * (mib * 1024 * 1024)
     before = stub.GetServerInfo(master_pb2.GetServerInfoRequest(), timeout=RPC_TIMEOUT_S)
 
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitLoadTest(master_pb2.SubmitLoadTestRequest(load_test=lt), timeout=RPC_TIMEOUT_S)
 
-    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
-    assert "name" in info.value.details()
-    assert len(info.value.details()) < 4096, "the message echoes the 15 MiB name back"
+    assert info.value.code() is code, info.value.details()
+    assert needle in info.value.details()
+    assert len(info.value.details()) < 4096, "the message echoes the name back"
     after = stub.GetServerInfo(master_pb2.GetServerInfoRequest(), timeout=RPC_TIMEOUT_S)
     assert after.runs_total == before.runs_total, "a refused load test was stored"
 

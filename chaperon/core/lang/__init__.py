@@ -1,7 +1,9 @@
 """The one compiler of the session language (``docs/language.md``).
 
 Front end, run by the master on every submission and by a worker on the entries of its
-assignment: ``check`` (a whole load test: config, load shape, thresholds) and ``check_steps``
+assignment: ``shape`` first (what the load test weighs, before any rule: sizes, counts, Struct
+depth, control characters in names; ``graph``, the scenarios run by name, worked out once),
+then ``check`` (a whole load test: config, load shape, thresholds) and ``check_steps``
 (every step, field by field), which collect every problem with its field path into a
 ``problems.Collector`` and raise one domain error (``InvalidArgument`` with all the field
 violations, else ``ResourceExhausted``, else ``Unimplemented``). No DNS: hosts are parsed,
@@ -19,8 +21,8 @@ is kept apart (``emit.OPEN_MODEL_SUFFIX``), on the workers and in that order ali
 
 Every limit is in ``limits`` (the engine's are ``_fastpath.engine``'s constants); messages
 that more than one rule writes are in ``problems``. Module dependencies point one way:
-limits <- problems <- templates <- render <- emit <- keys <- plan, and
-check_steps <- check <- plan.
+limits <- problems <- templates <- render <- emit <- keys <- plan,
+graph <- shape <- check <- plan, and graph, templates <- check_steps <- check.
 """
 
 from __future__ import annotations

@@ -479,7 +479,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 _fail(f"{run_id}: {_rpc_message(exc)}")
                 failed += 1
                 continue
-            print(f"{deleted.id} deleted (was {results_pb2.RunState.Name(deleted.state)})")
+            state = results_pb2.RunState.Name(deleted.state)
+            print(f"{printable(deleted.id)} deleted (was {state})")
     return EXIT_USAGE if failed else 0
 
 

@@ -74,6 +74,7 @@ def _hostile_run() -> results_pb2.LoadTestRun:
     m.errors_by_kind["kind" + HOSTILE] = 1
     m.service_time.count = 3
     run.result.lost_workers.append("w" + HOSTILE)
+    run.result.events.append("worker w stopped: " + HOSTILE)
     th = run.result.thresholds.add(value=1.0, passed=False)
     th.threshold.metric = "GET /" + HOSTILE
     th.threshold.stat = "p99" + HOSTILE

@@ -27,6 +27,7 @@ from chaperon.core.lang.limits import (
     MAX_STRUCT_DEPTH,
 )
 from chaperon.core.loadtest import load_test_from_dict
+from chaperon.core.text import printable
 from chaperon.v1 import loadtest_pb2, master_pb2, results_pb2, worker_pb2
 
 BASE = "http://127.0.0.1:9"
@@ -198,7 +199,7 @@ def test_control_characters_in_names_keys_and_reasons_are_refused(
     data = _lt()
     change(data, bad)
     exc, _ = _refusal(data)
-    field = field.replace("{s}", bad)
+    field = field.replace("{s}", printable(bad))  # escaped in a path too
     assert field in _fields(exc), exc
     assert "control characters" in dict(exc.violations)[field]  # type: ignore[attr-defined]
 

@@ -42,7 +42,7 @@ from chaperon.core.lang.limits import (
 )
 from chaperon.core.lang.problems import Collector
 from chaperon.core.loadtest import entry_scenarios
-from chaperon.core.text import control_char_problem
+from chaperon.core.text import control_char_problem, printable
 from chaperon.v1 import loadtest_pb2
 
 # Text fields that are data, sent or matched as they are: any character may be in them.
@@ -166,13 +166,14 @@ def _walk(c: Collector, lt: loadtest_pb2.LoadTest) -> None:
                 if elements > MAX_ELEMENTS:
                     raise _too_many_elements(where)
                 for key in value:
-                    _text(c, f"{where}[{key}]", key)
+                    at = f"{where}[{printable(key)}]"  # a path goes to terminals too
+                    _text(c, at, key)
                     item = value[key]
                     if isinstance(item, str):
                         if not payload:
-                            _text(c, f"{where}[{key}]", item)
+                            _text(c, at, item)
                     elif not isinstance(item, (int, float, bytes)):
-                        children.append((item, f"{where}[{key}]", depth))
+                        children.append((item, at, depth))
             elif repeated:
                 if message:
                     children += [(item, f"{where}[{k}]", depth) for k, item in enumerate(value)]
@@ -214,7 +215,7 @@ def _struct(
         return
     if kind == _STRUCT:
         for key, value in msg.fields.items():
-            stack.append((value, f"{path}.{key}", depth))
+            stack.append((value, f"{path}.{printable(key)}", depth))
     else:
         for k, value in enumerate(msg.values):
             stack.append((value, f"{path}[{k}]", depth))

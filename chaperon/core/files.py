@@ -21,6 +21,11 @@ The YAML check reads libyaml's events (``yaml.parse``, no recursion, stopping at
 limit passed), then the file is loaded with the safe loader, which now meets nothing it could
 choke on. JSON has no aliases: its depth is checked on the parsed value, with an explicit
 stack. A Python file is the user's code: it runs as it is (``runpy``), without these limits.
+
+A JSON or YAML file that is not a load test's form is refused with a line per problem: the
+file, the line, the field path and what to write instead (``jsonform`` says what, and
+``positions.Positions`` finds the line, only once there is a problem). ``read_load_test``
+hands the positions on, so that what the master refuses in the file can be given its line too.
 """
 
 from __future__ import annotations
@@ -29,14 +34,26 @@ import json
 import os
 import runpy
 import stat
+from dataclasses import dataclass
 from typing import Any
 
-from chaperon.core.loadtest import LoadTestFileError, load_test_from_dict
+from chaperon.core.loadtest import LoadTestFileError, load_test_from_dict, unwrap_request
+from chaperon.core.positions import Positions
 from chaperon.v1 import loadtest_pb2
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_FILE_DEPTH = 100
 MAX_EXPANDED_SIZE = 16 * 1024 * 1024  # values + scalar characters, every alias written out
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    """A load test read from a file, and where its fields are written in it (None for a
+    Python file): ``positions.line_of_field(path)`` is the line of a field the master
+    refuses."""
+
+    load_test: loadtest_pb2.LoadTest
+    positions: Positions | None
 
 
 def load_file(path: str) -> loadtest_pb2.LoadTest:
@@ -45,6 +62,11 @@ def load_file(path: str) -> loadtest_pb2.LoadTest:
     A Python file must leave a ``LoadTest`` message (or a dict of its JSON form, or an object
     with ``to_proto()``) in a module-level variable named ``load_test`` or ``LOAD_TEST``.
     """
+    return read_load_test(path).load_test
+
+
+def read_load_test(path: str) -> LoadedFile:
+    """``load_file``, with the positions of the fields of a JSON or YAML file."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -55,10 +77,15 @@ def load_file(path: str) -> loadtest_pb2.LoadTest:
         raise LoadTestFileError(f"{path}: is a directory, not a load-test file")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".py":
-        return _load_python(path)
+        return LoadedFile(_load_python(path), None)
     text = read_text(path)
-    data = load_yaml(text, path) if ext in (".yaml", ".yml") else load_json(text, path)
-    return load_test_from_dict(data, path)
+    if ext in (".yaml", ".yml"):
+        data, positions = load_yaml(text, path), Positions(text, "yaml")
+    else:
+        data, positions = load_json(text, path), Positions(text, "json")
+    load_test = load_test_from_dict(data, path, positions.line)
+    positions.prefix = unwrap_request(data)[1]
+    return LoadedFile(load_test, positions)
 
 
 def read_text(path: str) -> str:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
+from chaperon.core.jsonform import form_problems
+from chaperon.core.text import printable
 from chaperon.v1 import loadtest_pb2
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -25,7 +27,16 @@ METHODS_WITHOUT_BODY = ("HEAD",)
 
 
 class LoadTestFileError(ValueError):
-    """A load-test file that cannot be read; the message is one line for the user."""
+    """A load-test file that cannot be read; the message is one line for the user.
+
+    ``problems`` has a line for each problem (the file, the line, the field, what to fix) when
+    several were found; the message is the first, with how many more there are.
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        self.problems = list(problems) or [message]
+        more = len(self.problems) - 1
+        super().__init__(f"{message} (and {more} more)" if more > 0 else message)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +187,11 @@ def _literal(out: list[str | Placeholder], text: str) -> None:
 def template_names(text: str) -> list[str]:
     """The placeholder names in ``text`` (ValueError if it is not a well-formed template)."""
     return [p.name for p in split_template(text) if isinstance(p, Placeholder)]
+
+
+def placeholder_names(text: str) -> list[str]:
+    """The names in ``text``'s placeholders, well-formed or not (never raises)."""
+    return [m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1)]
 
 
 def display_template(text: str) -> str:
@@ -452,23 +468,48 @@ def max_sessions(rate: loadtest_pb2.ArrivalRate) -> int:
     return max(DEFAULT_MAX_SESSIONS_MIN, min(DEFAULT_MAX_SESSIONS_MAX, guess))
 
 
-def load_test_from_dict(data: Any, source: str = "load test") -> loadtest_pb2.LoadTest:
-    """Build a LoadTest from its proto3-JSON form (snake_case or lowerCamelCase)."""
+def unwrap_request(data: Any) -> tuple[Any, tuple[str, ...]]:
+    """The load test of a file's value and its path in it: a SubmitLoadTestRequest body
+    (``{"load_test": {...}}``) works as a file too."""
+    if (
+        isinstance(data, dict)
+        and "load_test" in data
+        and "scenarios" not in data
+        and isinstance(data["load_test"], dict)
+    ):
+        return data["load_test"], ("load_test",)
+    return data, ()
+
+
+def load_test_from_dict(
+    data: Any,
+    source: str = "load test",
+    line_of: Callable[[tuple[str | int, ...]], int | None] | None = None,
+) -> loadtest_pb2.LoadTest:
+    """Build a LoadTest from its proto3-JSON form (snake_case or lowerCamelCase).
+
+    What the form gets wrong is said as what to fix (``jsonform``): a line per problem, with
+    the line in the file that ``line_of`` finds for the keys as written, when it is given.
+    """
     if not isinstance(data, dict):
         raise LoadTestFileError(
             f"{source}: expected an object with 'scenarios', got {type(data).__name__}"
         )
-    if "load_test" in data and "scenarios" not in data and isinstance(data["load_test"], dict):
-        data = data["load_test"]  # a SubmitLoadTestRequest body works too
+    data, prefix = unwrap_request(data)
     message = loadtest_pb2.LoadTest()
     try:
         json_format.ParseDict(data, message)
-    except json_format.ParseError as exc:
-        # protobuf's message spans lines (it lists the known fields); keep one line.
-        text = " ".join(str(exc).split())
-        raise LoadTestFileError(f"{source}: {text}") from None
-    except Exception as exc:  # noqa: BLE001 - what no JSON holds: a lone surrogate in a key
-        # (SystemError from upb), a set or a date from YAML tags, a Python object from a script
-        text = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise LoadTestFileError(f"{source}: not a load test in its JSON form ({text})") from None
+    except Exception as exc:  # noqa: BLE001 - ParseError, and what no JSON holds: a lone
+        # surrogate in a key (SystemError from upb), a set or a date from YAML tags
+        problems = form_problems(data, loadtest_pb2.LoadTest.DESCRIPTOR)
+        if not problems:  # the rules of jsonform missed one: still no parser text
+            text = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise LoadTestFileError(
+                f"{source}: not a load test in its JSON form ({printable(text)})"
+            ) from None
+        lines = []
+        for problem in problems:
+            line = line_of((*prefix, *problem.where)) if line_of is not None else None
+            lines.append(f"{source}: line {line}: {problem}" if line else f"{source}: {problem}")
+        raise LoadTestFileError(lines[0], lines) from None
     return message

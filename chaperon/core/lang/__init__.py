@@ -20,9 +20,10 @@ metrics by the steps with it. An open-model entry's key that a closed-model entr
 is kept apart (``emit.OPEN_MODEL_SUFFIX``), on the workers and in that order alike.
 
 Every limit is in ``limits`` (the engine's are ``_fastpath.engine``'s constants); messages
-that more than one rule writes are in ``problems``. Module dependencies point one way:
+that more than one rule writes are in ``problems``; the config keys the language reads, and
+the rule that refuses a misspelt one, are in ``config``. Module dependencies point one way:
 limits <- problems <- templates <- render <- emit <- keys <- plan,
-graph <- shape <- check <- plan, and graph, templates <- check_steps <- check.
+graph <- shape <- check <- plan, and graph, templates, config <- check_steps <- check.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from typing import Any
 
 from chaperon.core.allowlist import AllowList
 from chaperon.core.lang.check_steps import StepContext, check_entry_limits, check_steps
+from chaperon.core.lang.config import TemplateNames, misspelt_keys
 from chaperon.core.lang.graph import ScenarioGraph
 from chaperon.core.lang.limits import (
     MAX_ITERATIONS,
@@ -59,12 +60,13 @@ def check_load_test(lt: loadtest_pb2.LoadTest) -> None:
         c.bad("name", f"is longer than {MAX_NAME_LEN} characters")
     if lt.timeout:
         c.duration("timeout", lt.timeout)
+    read = TemplateNames(lt)
     base = _config_dict(c, "config", lt.config) if lt.HasField("config") else {}
-    _check_config(c, "config", base)
+    _check_config(c, "config", base, read)
     if not lt.scenarios:
         c.bad("scenarios", "needs at least one scenario entry")
     for i, entry in enumerate(lt.scenarios):
-        _check_entry(c, lt, graph, base, i, entry)
+        _check_entry(c, lt, graph, base, read, i, entry)
     for i, th in enumerate(lt.thresholds):
         _check_threshold(c, f"thresholds[{i}]", th)
     c.raise_if_any("load test")
@@ -74,10 +76,11 @@ def check_entries(lt: loadtest_pb2.LoadTest, indexes: Iterable[int]) -> None:
     """A worker's check of the entries it runs: config and steps, as the master checks them."""
     graph = weigh(lt)
     c = Collector()
+    read = TemplateNames(lt)
     base = _config_dict(c, "config", lt.config) if lt.HasField("config") else {}
-    _check_config(c, "config", base)
+    _check_config(c, "config", base, read)
     for i in sorted(set(indexes)):
-        _check_entry(c, lt, graph, base, i, lt.scenarios[i], shape=False)
+        _check_entry(c, lt, graph, base, read, i, lt.scenarios[i], shape=False)
     c.raise_if_any("load test")
 
 
@@ -98,7 +101,8 @@ def _config_dict(c: Collector, path: str, struct: Any) -> dict[str, Any]:
         return {}
 
 
-def _check_config(c: Collector, path: str, cfg: dict[str, Any]) -> None:
+def _check_config(c: Collector, path: str, cfg: dict[str, Any], read: TemplateNames) -> None:
+    misspelt_keys(c, path, cfg, read)
     if "base_url" in cfg:
         if not isinstance(cfg["base_url"], str):
             c.bad(f"{path}.base_url", "must be a string URL")
@@ -138,6 +142,7 @@ def _check_entry(
     lt: loadtest_pb2.LoadTest,
     graph: ScenarioGraph,
     base: dict[str, Any],
+    read: TemplateNames,
     i: int,
     e: loadtest_pb2.ScenarioEntry,
     *,
@@ -151,7 +156,7 @@ def _check_entry(
     over: dict[str, Any] = {}
     if e.HasField("config"):
         over = _config_dict(c, f"{p}.config", e.config)
-        _check_config(c, f"{p}.config", over)
+        _check_config(c, f"{p}.config", over, read)
     if shape:
         _check_entry_shape(c, p, e)
     for name in ("scenario_timeout", "delay", "random_delay"):

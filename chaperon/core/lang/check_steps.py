@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
+from chaperon.core.lang.config import TemplateNames, misspelt_keys
 from chaperon.core.lang.graph import ASYNC_PARTS, ScenarioGraph
 from chaperon.core.lang.limits import (
     MAX_CHILDREN,
@@ -548,6 +549,7 @@ def _run_scenario(c: Collector, q: str, r: loadtest_pb2.RunScenarioStep, ctx: St
         except ValueError:
             c.bad(f"{q}.config", "must not contain NaN or infinite numbers")
             over = {}
+        misspelt_keys(c, f"{q}.config", over, TemplateNames(ctx.load_test))
         base = over.get("base_url")
         if base is not None:
             try:

@@ -32,12 +32,12 @@ from google.protobuf import json_format
 from chaperon._version import __version__
 from chaperon.client import Client
 from chaperon.core.durations import DurationError, parse_duration_ns
-from chaperon.core.files import load_file
+from chaperon.core.files import LoadedFile, read_load_test
 from chaperon.core.loadtest import HTTP_METHODS, LoadTestFileError, load_test_from_dict
 from chaperon.core.text import PrintableFormatter, json_printable, printable, printable_lines
 from chaperon.exporters import FORMATS, export
 from chaperon.report import error_rate_line, format_report
-from chaperon.rpc.channels import TlsConfigError
+from chaperon.rpc.channels import DEFAULT_MASTER_PORT, TlsConfigError, with_default_port
 from chaperon.rpc.status import field_violations
 from chaperon.v1 import loadtest_pb2, results_pb2
 
@@ -74,14 +74,59 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _rpc_message(exc: grpc.RpcError) -> str:
+def _fail_lines(lines: list[str]) -> int:
+    """One problem a line, each as ``_fail`` writes it."""
+    for line in lines:
+        _fail(line)
+    return EXIT_USAGE
+
+
+NO_MASTER_HINT = "start one with: chaperon master, or use chaperon run FILE for a local run"
+# What gRPC says when nothing listens at the address: then that is all there is to say.
+_REFUSED = ("Connection refused", "failed to connect to all addresses")
+
+
+def _rpc_message(exc: grpc.RpcError, master: str | None = None) -> str:
+    """One line for a failed call; ``master`` (the address dialled) turns UNAVAILABLE into
+    "no master answers at ..." with how to start one, and gRPC's reason when it is more than
+    a refused connection (a name that does not resolve, a TLS handshake)."""
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and master is not None:
+        message = f"no master answers at {master} ({NO_MASTER_HINT})"
+        if details and not any(text in details for text in _REFUSED):
+            message += f"\n  gRPC said: {details}"
+        return message
     violations = field_violations(exc) if code == grpc.StatusCode.INVALID_ARGUMENT else []
     if violations:
         details = "; ".join(f"{f}: {d}" for f, d in violations)
     name = code.name if code is not None else "ERROR"
     return f"{name}: {details}"
+
+
+def _refusal_lines(exc: grpc.RpcError, loaded: LoadedFile, source: str) -> list[str] | None:
+    """The master's INVALID_ARGUMENT about a load test from a file, a line per bad field
+    with its line in the file (``smoke.yaml: line 3: config.x: ...``); None for anything
+    else."""
+    if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
+        return None
+    violations = field_violations(exc)
+    if not violations:
+        return None
+    found = []
+    for field, description in violations:
+        line = loaded.positions.line_of_field(field) if loaded.positions is not None else None
+        where = f"line {line}: " if line else ""
+        found.append((line or sys.maxsize, f"{source}: {where}{field}: {description}"))
+    return [text for _, text in sorted(found, key=lambda item: item[0])]  # in file order
+
+
+def _master_address(text: str) -> str:
+    """--master: HOST[:PORT] (port 50051 when not given), or a gRPC target with a scheme."""
+    try:
+        return with_default_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -215,6 +260,7 @@ def _url_load_test(args: argparse.Namespace) -> loadtest_pb2.LoadTest:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         return _fail("--threads must be >= 1")
+    loaded: LoadedFile | None = None
     if _is_url(args.target):
         load_test = _url_load_test(args)
     else:
@@ -225,9 +271,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "a load-test file says all this itself"
             )
         try:
-            load_test = load_file(args.target)
+            loaded = read_load_test(args.target)
         except LoadTestFileError as exc:
-            return _fail(str(exc))
+            return _fail_lines(exc.problems)
+        load_test = loaded.load_test
         # python steps ("module:function") are imported by the embedded worker: modules beside
         # the load-test file are found, as they would be by `python` run in that directory.
         folder = os.path.dirname(os.path.abspath(args.target))
@@ -237,7 +284,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             run = client.run(load_test)
         except grpc.RpcError as exc:
-            return _fail(f"{args.target}: {_rpc_message(exc)}")
+            lines = _refusal_lines(exc, loaded, args.target) if loaded is not None else None
+            return _fail_lines(lines) if lines else _fail(f"{args.target}: {_rpc_message(exc)}")
     if args.output or args.format:
         _export(run, args.format or _format_of(args.output), args.output)
     return _print_run(run, args.json, args.max_error_rate)
@@ -388,13 +436,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     try:
-        load_test = load_file(args.file)
+        loaded = read_load_test(args.file)
     except LoadTestFileError as exc:
-        return _fail(str(exc))
+        return _fail_lines(exc.problems)
     with Client(args.master, args.token, args.tls_ca) as client:
-        if args.wait:
-            return _print_run(client.run(load_test), args.json, args.max_error_rate)
-        run = client.submit(load_test)
+        try:
+            if args.wait:
+                run = client.run(loaded.load_test)
+                return _print_run(run, args.json, args.max_error_rate)
+            run = client.submit(loaded.load_test)
+        except grpc.RpcError as exc:
+            lines = _refusal_lines(exc, loaded, args.file)
+            if lines is None:
+                raise  # main() says it
+            return _fail_lines(lines)
     if args.json:
         print(json_printable(json_format.MessageToJson(run)))
     else:
@@ -632,7 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_master)
 
     p = sub.add_parser("worker", help="start a worker that joins a master")
-    p.add_argument("--master", required=True, help="HOST:PORT of the master")
+    p.add_argument(
+        "--master",
+        required=True,
+        type=_master_address,
+        metavar="HOST[:PORT]",
+        help=f"the master to join (port {DEFAULT_MASTER_PORT} when only HOST is given)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--threads", type=int, help="engine threads (default: number of cores)")
@@ -649,7 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help_text)
-        q.add_argument("--master", default=os.environ.get("CHAPERON_MASTER", "127.0.0.1:50051"))
+        q.add_argument(
+            "--master",
+            type=_master_address,
+            default=os.environ.get("CHAPERON_MASTER", f"127.0.0.1:{DEFAULT_MASTER_PORT}"),
+            metavar="HOST[:PORT]",
+            help="the master (default: %(default)s, or $CHAPERON_MASTER; "
+            f"port {DEFAULT_MASTER_PORT} when only HOST is given)",
+        )
         q.add_argument("--token", default=None, help="bearer token (or CHAPERON_TOKEN)")
         _tls_args(q, serve=False, ca_help="CA that signed the master's certificate (turns TLS on)")
         return q
@@ -709,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, TlsConfigError) as exc:
         return _fail(str(exc))
     except grpc.RpcError as exc:
-        return _fail(_rpc_message(exc))
+        return _fail(_rpc_message(exc, getattr(args, "master", None)))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

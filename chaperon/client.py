@@ -19,7 +19,12 @@ from types import TracebackType
 import grpc
 
 from chaperon.rpc.auth import bearer_metadata
-from chaperon.rpc.channels import make_channel, message_size_options, read_ca
+from chaperon.rpc.channels import (
+    make_channel,
+    message_size_options,
+    read_ca,
+    with_default_port,
+)
 from chaperon.v1 import (
     loadtest_pb2,
     master_pb2,
@@ -32,7 +37,10 @@ _OPTIONS = message_size_options(64 * 1024 * 1024, 16 * 1024 * 1024)
 
 class Client:
     def __init__(self, address: str, token: str | None = None, tls_ca: str | None = None) -> None:
-        """``token`` defaults to $CHAPERON_TOKEN; ``tls_ca`` (a PEM file) turns TLS on."""
+        """``address`` is HOST[:PORT] (port 50051 when only HOST is given; ValueError when it
+        is not an address); ``token`` defaults to $CHAPERON_TOKEN; ``tls_ca`` (a PEM file)
+        turns TLS on."""
+        address = with_default_port(address)
         self.address = address
         token = token if token is not None else os.environ.get("CHAPERON_TOKEN")
         self._metadata = bearer_metadata(token)

@@ -8,6 +8,8 @@ host it is dialled by, e.g. an IP SAN of 127.0.0.1).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -75,6 +77,51 @@ def make_channel(
     if tls or ca is not None:
         return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca), list(options))
     return grpc.insecure_channel(address, list(options))
+
+
+DEFAULT_MASTER_PORT = 50051
+# gRPC targets with a scheme (dns:///host:port, unix:/path, ipv4:..., ...) are taken as given.
+_TARGET_SCHEME = re.compile(r"^(dns|unix|unix-abstract|ipv4|ipv6|vsock|xds|google-c2p):")
+_BRACKETED = re.compile(r"^\[([^\]]*)\](?::(.*))?$")
+
+
+def with_default_port(address: str, port: int = DEFAULT_MASTER_PORT) -> str:
+    """``address`` as a gRPC target, with ``port`` when it names none: ``host`` ->
+    ``host:50051``, ``[::1]`` and ``::1`` -> ``[::1]:50051``; ``host:port``, ``[v6]:port`` and
+    targets with a scheme (``dns:///``, ``unix:``) as given. ValueError saying what is wrong
+    for an empty host, an empty or bad port, or brackets around what is not an IPv6 address."""
+    text = address.strip()
+    if _TARGET_SCHEME.match(text) and not re.fullmatch(r"[\w.-]+:\d+", text):
+        return text  # (a host named "unix" with a port is a host)
+    bracketed = _BRACKETED.match(text)
+    if bracketed:
+        host, given = bracketed.group(1), bracketed.group(2)
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"{address!r}: [{host}] is not an IPv6 address") from None
+        host = f"[{host}]"
+    elif text.count(":") > 1:  # an IPv6 address without brackets, or nothing valid
+        try:
+            ipaddress.IPv6Address(text.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(
+                f"{address!r}: write HOST, HOST:PORT or [IPv6]:PORT "
+                f"(e.g. 127.0.0.1:{port} or [::1]:{port})"
+            ) from None
+        host, given = f"[{text}]", None
+    else:
+        host, _, given = text.partition(":")
+        given = given if ":" in text else None
+    if not host:
+        raise ValueError(f"{address!r}: the host is missing (e.g. 127.0.0.1:{port})")
+    if given is None:
+        return f"{host}:{port}"
+    if not given:
+        raise ValueError(f"{address!r}: the port is missing (HOST alone means port {port})")
+    if not given.isdigit() or not 0 < int(given) < 65536:
+        raise ValueError(f"{address!r}: {given!r} is not a port (1 to 65535)")
+    return f"{host}:{int(given)}"
 
 
 def host_port(host: str, port: int) -> str:

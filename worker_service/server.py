@@ -6,6 +6,13 @@ any more (it restarted) or heartbeats keep failing, the worker registers again b
 unexpected error in the loop does not end it: it is logged, the worker's health turns
 NOT_SERVING, and the loop starts again.
 
+The operator is told, without -v: a master that does not answer is a WARNING within a few
+seconds (``cannot reach the master at HOST:PORT yet (UNAVAILABLE: ...); retrying``) and again
+as long as it lasts, less and less often (``RetryNotices``: after 1 s of failing, then 5, 10
+and 20 s later, then every minute); a master that refuses the worker (its token) is an ERROR
+once, while the worker goes on trying quietly; registering, and losing the master after, are
+said once each.
+
 Stopping (``WorkerServer.stop``, on SIGTERM/SIGINT from ``chaperon worker``): health turns
 NOT_SERVING, every assignment in flight is stopped with the reason (its last report tells the
 master it stopped and what it did not run), and the server gives those streams ``grace_s`` to
@@ -19,6 +26,8 @@ import logging
 import os
 import random
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -44,6 +53,73 @@ log = logging.getLogger(__name__)
 
 # The name under which a failing membership loop is reported to the worker's health.
 MEMBERSHIP_COMPONENT = "the membership loop"
+# A master answers RegisterWorker at once; one that does not within this is not reachable.
+REGISTER_TIMEOUT_S = 3.0
+_TOKEN_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+_TOKEN_HINT = (
+    "give this worker the master's cluster token with --token or CHAPERON_TOKEN (the"
+    " master's --cluster-token, else its --token); "
+)
+
+
+class RetryNotices:
+    """When to tell the operator that something still fails: once it has failed for
+    ``first_s``, then ``gaps_s`` apart, then every ``every_s`` (a pure schedule; the clock is
+    injectable)."""
+
+    def __init__(
+        self,
+        first_s: float = 1.0,
+        gaps_s: tuple[float, ...] = (5.0, 10.0, 20.0),
+        every_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._first_s = first_s
+        self._gaps_s = gaps_s
+        self._every_s = every_s
+        self._clock = clock
+        self._since: float | None = None
+        self._next = 0.0
+        self._told = 0
+
+    def failed(self) -> bool:
+        """One more failure: whether to say so now."""
+        now = self._clock()
+        if self._since is None:
+            self._since = now
+            self._next = now + self._first_s
+        if now < self._next:
+            return False
+        gap = self._gaps_s[self._told] if self._told < len(self._gaps_s) else self._every_s
+        self._told += 1
+        self._next = now + gap
+        return True
+
+    @property
+    def failing_s(self) -> float:
+        """How long it has been failing (0 when it has not)."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
+    @property
+    def told(self) -> int:
+        """How many times the operator was told."""
+        return self._told
+
+
+def _reason(exc: grpc.RpcError) -> str:
+    """``UNAVAILABLE: failed to connect ...``: a failed call in one line."""
+    code = exc.code()  # type: ignore[attr-defined]
+    details = " ".join(str(exc.details() or "").split())  # type: ignore[attr-defined]
+    return f"{code.name}: {details}" if details else code.name
+
+
+# Codes of a master that answered and said no: trying again does not help by itself.
+_REFUSALS = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
 
 
 class Membership:
@@ -81,6 +157,8 @@ class Membership:
 
     def _register(self) -> float:
         backoff = 0.2
+        notices = RetryNotices()
+        refused = ""  # the refusal the operator was told of (once)
         while not self._stop.is_set():
             try:
                 resp = self._stub.RegisterWorker(
@@ -91,23 +169,41 @@ class Membership:
                         version=__version__,
                         tls=self._tls,
                     ),
-                    timeout=5,
+                    timeout=REGISTER_TIMEOUT_S,
                     metadata=self._metadata,
                 )
             except grpc.RpcError as exc:
                 code = exc.code()  # type: ignore[attr-defined]
-                if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                    # Retrying cannot help, but the operator may fix the master: say it loudly.
-                    log.error("the master %s refused this worker: %s", self._master, exc.details())  # type: ignore[attr-defined]
-                else:
-                    log.info("cannot register with %s yet: %s", self._master, code)
+                if code in _REFUSALS:
+                    if _reason(exc) != refused:
+                        # Retrying cannot help, but the operator may fix the master (or
+                        # restart this worker with the right token): say it once, loudly.
+                        refused = _reason(exc)
+                        log.error(
+                            "the master at %s refused this worker (%s); %strying again quietly",
+                            self._master,
+                            refused,
+                            _TOKEN_HINT if code in _TOKEN_CODES else "",
+                        )
+                elif notices.failed():
+                    log.warning(
+                        "cannot reach the master at %s yet (%s); retrying",
+                        self._master,
+                        _reason(exc),
+                    )
                 self._stop.wait(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue
             self._state.worker_id = resp.worker_id
             self._state.registered = True
             self.registered.set()
-            log.info("registered with %s as %s", self._master, resp.worker_id)
+            waited = f" after {notices.failing_s:.0f}s" if notices.told or refused else ""
+            log.info(
+                "registered with the master at %s as %s%s",
+                self._master,
+                resp.worker_id,
+                waited,
+            )
             return resp.heartbeat_interval_s or 1.0
         return 1.0
 
@@ -143,11 +239,19 @@ class Membership:
                 failures = 0
                 self._health.ok(MEMBERSHIP_COMPONENT)
                 if not resp.known:
+                    log.warning(
+                        "the master at %s does not know this worker any more (it restarted?);"
+                        " registering again",
+                        self._master,
+                    )
                     self._state.registered = False
                     interval = self._register()
-            except grpc.RpcError:
+            except grpc.RpcError as exc:
                 failures += 1
                 if failures >= 3:
+                    log.warning(
+                        "lost the master at %s (%s); registering again", self._master, _reason(exc)
+                    )
                     self._state.registered = False
                     interval = self._register()
                     failures = 0

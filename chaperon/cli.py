@@ -591,7 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"chaperon {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log more to stderr (master and worker log at INFO, other commands only "
+        "warnings; -v: DEBUG and INFO)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -760,11 +766,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The long-running services say what happens to them (workers joining and lost, runs
+# starting and ending) at INFO; a command that does one thing says only what went wrong.
+SERVICE_COMMANDS = ("master", "worker")
+
+
+def _log_level(args: argparse.Namespace) -> int:
+    """INFO for ``master`` and ``worker``, WARNING for the rest; -v: one step more."""
+    service = args.command in SERVICE_COMMANDS
+    if args.verbose:
+        return logging.DEBUG if service else logging.INFO
+    return logging.INFO if service else logging.WARNING
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = logging.StreamHandler()  # logs quote workers' and users' text: escaped
     log.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[log])
+    logging.basicConfig(level=_log_level(args), handlers=[log])
     try:
         code = int(args.func(args))
         sys.stdout.flush()  # here, so that a closed pipe is seen below and not at exit

@@ -8,10 +8,16 @@ the same address reuses the worker's id, so a worker that re-registers after a m
 or a network blip never shows up twice. What a worker registers with is shown to operators
 (``chaperon workers``, reports): a control character in it is refused (INVALID_ARGUMENT).
 The clock is injectable for tests.
+
+The registry tells the master's log what happens to its workers (INFO, visible by default):
+a worker that joins (``worker w-1 joined from 127.0.0.1:40001 (4 threads)``), is lost
+(WARNING, ``worker w-1 lost: no heartbeat for 3s``), comes back, or is forgotten. Losing is
+seen by ``sweep``, which the scheduler's runner calls about every second whatever it does.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -21,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from chaperon.core.errors import InvalidArgument, NotFound
 from chaperon.core.text import control_char_problem
 from chaperon.v1 import worker_pb2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +47,7 @@ class WorkerEntry:
     load_1m: float = 0.0
     healthy: bool = True
     sessions_active: int = 0
+    said_lost: bool = False  # the log was told it is lost (and is told when it is back)
 
 
 class WorkerRegistry:
@@ -80,8 +89,16 @@ class WorkerRegistry:
                 existing.last_heartbeat = now
                 existing.last_heartbeat_wall = time.time()
                 existing.state = worker_pb2.WORKER_IDLE
+                existing.said_lost = False
+                log.info(
+                    "worker %s joined again from %s (%s)",
+                    existing.worker_id,
+                    address,
+                    _threads(capacity),
+                )
                 return existing.worker_id
             new_id = worker_id or f"w-{uuid.uuid4().hex[:10]}"
+            log.info("worker %s joined from %s (%s)", new_id, address, _threads(capacity))
             self._workers[new_id] = WorkerEntry(
                 worker_id=new_id,
                 address=address,
@@ -106,6 +123,7 @@ class WorkerRegistry:
             w = self._workers.get(worker_id)
             if w is None:
                 return False
+            self._back(w)
             w.last_heartbeat = self._clock()
             w.last_heartbeat_wall = time.time()
             w.load_1m = load_1m
@@ -121,8 +139,39 @@ class WorkerRegistry:
         with self._lock:
             w = self._workers.get(worker_id)
             if w is not None:
+                self._back(w)
                 w.last_heartbeat = self._clock()
                 w.last_heartbeat_wall = time.time()
+
+    def _back(self, w: WorkerEntry) -> None:
+        """A sign of life from ``w`` (lock held): if the log was told it is lost, say it is
+        back."""
+        if w.said_lost:
+            w.said_lost = False
+            silent_s = self._clock() - w.last_heartbeat
+            log.info("worker %s is back (silent for %.0fs)", w.worker_id, silent_s)
+
+    def sweep(self) -> None:
+        """Tell the log of workers lost since the last sweep (each once), and forget the
+        long-silent ones; cheap (no copies)."""
+        now = self._clock()
+        with self._lock:
+            self._forget(now)
+            for w in self._workers.values():
+                silent_s = now - w.last_heartbeat
+                if silent_s > self._lost_after_s and not w.said_lost:
+                    w.said_lost = True
+                    log.warning("worker %s lost: no heartbeat for %.0fs", w.worker_id, silent_s)
+
+    def _forget(self, now: float) -> None:
+        """Drop the workers silent for ``forget_after_s`` (lock held), saying so."""
+        for worker_id in [
+            w.worker_id
+            for w in self._workers.values()
+            if now - w.last_heartbeat > self._forget_after_s
+        ]:
+            silent_s = now - self._workers.pop(worker_id).last_heartbeat
+            log.info("worker %s forgotten: no heartbeat for %.0fs", worker_id, silent_s)
 
     def set_ignored(self, worker_id: str, ignored: bool) -> WorkerEntry:
         with self._lock:
@@ -145,12 +194,7 @@ class WorkerRegistry:
         with self._lock:
             # A worker silent for long (scaled down, host gone) is forgotten; it registers
             # again as new if it ever comes back.
-            for worker_id in [
-                w.worker_id
-                for w in self._workers.values()
-                if now - w.last_heartbeat > self._forget_after_s
-            ]:
-                del self._workers[worker_id]
+            self._forget(now)
             out = []
             for w in self._workers.values():
                 copy = replace(w)
@@ -166,6 +210,10 @@ class WorkerRegistry:
             for w in self.snapshot()
             if not w.ignored and w.healthy and w.state != worker_pb2.WORKER_LOST
         ]
+
+
+def _threads(capacity: int) -> str:
+    return f"{capacity} thread" if capacity == 1 else f"{capacity} threads"
 
 
 def _check_text(address: str, labels: dict[str, str], version: str, worker_id: str) -> None:

@@ -11,6 +11,10 @@ called whenever a run reaches its final state (the retention's cue to look again
 At start, ``recover`` turns runs left RUNNING by a master that died into INTERRUPTED runs with
 the partial metrics their stored deltas hold.
 
+Every run's end is told to the master's log (``ended``: ``run run-1 SUCCEEDED in 10.2s:
+12345 requests, 0 errors``; INFO when it succeeded, WARNING else, with the reason), as is a
+submission; the runner tells of the start, with the workers it got.
+
 A damaged row never stops the runner: one that does not decode is logged and stored again as
 a FAILED run that says so, and a store that cannot be read is logged and tried again, with
 the master's health NOT_SERVING (``chaperon.core.health``) until a read works again.
@@ -34,6 +38,7 @@ from typing import Generic, TypeVar
 from chaperon.core.allowlist import AllowList
 from chaperon.core.errors import FailedPrecondition, NotFound
 from chaperon.core.health import ServiceHealth
+from chaperon.core.results import totals
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.aggregator import Aggregator
 from master_service.store import Store, UnreadableRun
@@ -93,6 +98,7 @@ class RunQueue(Generic[H]):
         with self._cond:
             self._store.put_run(run)
             self._cond.notify_all()
+        log.info("run %s submitted: %s", run.id, load_test.name or "(unnamed)")
         return run
 
     def get(self, run_id: str) -> results_pb2.LoadTestRun:
@@ -138,6 +144,7 @@ class RunQueue(Generic[H]):
             self._store.put_run(run)
             self._cond.notify_all()
             self._on_end()
+            log.info("run %s CANCELLED before it started", run_id)
             return run
 
     def delete(self, run_id: str) -> int:
@@ -239,6 +246,7 @@ class RunQueue(Generic[H]):
             self._store.put_run(run)
             self._cond.notify_all()
             self._on_end()
+        log.warning("run %s FAILED before it started: %s", run.id, error)
 
     def finish(self, run: results_pb2.LoadTestRun) -> None:
         """Store the run's final state; it is no longer the running run."""
@@ -247,6 +255,7 @@ class RunQueue(Generic[H]):
             self._running = None
             self._cond.notify_all()
             self._on_end()
+        ended(run)
 
     def abandon(self, run_id: str, error: str) -> None:
         """The runner failed on this run: FAILED with ``error`` unless it already ended. Never
@@ -307,3 +316,20 @@ class RunQueue(Generic[H]):
             run.error = "the master stopped while this run was in flight"
             run.finished_at.GetCurrentTime()
             self._store.put_run(run)
+            log.warning("run %s INTERRUPTED: %s (its partial metrics are kept)", run.id, run.error)
+
+
+def ended(run: results_pb2.LoadTestRun) -> None:
+    """Tell the log how a run ended: its state, how long it ran, its requests and errors
+    (``chaperon.core.results.totals``), and why, when it did not succeed."""
+    took = ""
+    if run.HasField("started_at") and run.HasField("finished_at"):
+        seconds = (run.finished_at.ToNanoseconds() - run.started_at.ToNanoseconds()) / 1e9
+        took = f" in {seconds:.1f}s"
+    t = totals(run.result.metrics)
+    state = results_pb2.RunState.Name(run.state)
+    line = f"run {run.id} {state}{took}: {t.attempts} requests, {t.errors} errors"
+    if run.state == results_pb2.SUCCEEDED:
+        log.info("%s", line)
+    else:
+        log.warning("%s%s", line, f" ({run.error})" if run.error else "")

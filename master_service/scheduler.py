@@ -199,6 +199,7 @@ class Scheduler:
     def _loop(self) -> None:
         try:
             while not self._queue.closed:
+                self._registry.sweep()  # lost workers are told to the log, idle or not
                 run = self._queue.next_scheduled(wait_s=1.0)
                 if run is None:
                     continue
@@ -215,6 +216,7 @@ class Scheduler:
     def _wait_for_workers(self, run_id: str) -> list[WorkerEntry]:
         deadline = self._clock() + self._worker_wait_s
         while True:
+            self._registry.sweep()
             workers = self._registry.available()
             if workers or self._clock() >= deadline:
                 return workers
@@ -238,6 +240,14 @@ class Scheduler:
             return  # cancelled while it waited for workers, or the master is stopping
         for worker_id in controller.worker_ids:
             self._registry.set_run(worker_id, run.id)
+        count = len(controller.worker_ids)
+        log.info(
+            "run %s started: %s on %d worker%s",
+            run.id,
+            run.load_test.name or "(unnamed)",
+            count,
+            "" if count == 1 else "s",
+        )
         try:
             driver.run()
         finally:
@@ -279,6 +289,7 @@ class _RunDriver:
         controller = self.controller
         self._apply(controller.start())
         while not controller.wait_ended(POLL_S):
+            self._registry.sweep()
             if self._clock() > controller.deadline_s:
                 self.feed(DeadlinePassed())
             silent = {

@@ -6,6 +6,7 @@ plays the workers' report streams so the queue, the merging and the states can b
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -181,6 +182,32 @@ def test_run_is_split_merged_and_succeeds() -> None:
         assert m.count == 10 and len(run.result.workers) == 2
     finally:
         sched.stop()
+
+
+def test_the_master_log_tells_of_each_run_submitted_started_and_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="master_service"):
+        sched, _ = _scheduler(_FakeTransport())
+        try:
+            run = sched.wait(sched.submit(load_test_from_dict(LT)).id)
+        finally:
+            sched.stop()
+        sched, _ = _scheduler(_FakeTransport(), workers=0)
+        try:
+            failed = sched.wait(sched.submit(load_test_from_dict(LT)).id)
+        finally:
+            sched.stop()
+    lines = [r.getMessage() for r in caplog.records if not r.getMessage().startswith("worker")]
+    took = (run.finished_at.ToNanoseconds() - run.started_at.ToNanoseconds()) / 1e9
+    assert lines == [
+        f"run {run.id} submitted: smoke",
+        f"run {run.id} started: smoke on 2 workers",
+        f"run {run.id} SUCCEEDED in {took:.1f}s: 10 requests, 0 errors",
+        f"run {failed.id} submitted: smoke",
+        f"run {failed.id} FAILED before it started: no worker available after 1s"
+        " (start one with: chaperon worker --master HOST:PORT)",
+    ]
 
 
 def test_queue_is_fifo_and_scheduled_runs_cancel() -> None:

@@ -82,8 +82,9 @@ def _fail_lines(lines: list[str]) -> int:
 
 
 NO_MASTER_HINT = "start one with: chaperon master, or use chaperon run FILE for a local run"
-# What gRPC says when nothing listens at the address: then that is all there is to say.
-_REFUSED = ("Connection refused", "failed to connect to all addresses")
+# What gRPC says when nothing listens at the address: then that is all there is to say (not
+# so for a name that does not resolve, or a TLS handshake that failed: gRPC's words follow).
+_REFUSED = ("Connection refused",)
 
 
 def _rpc_message(exc: grpc.RpcError, master: str | None = None) -> str:

@@ -36,7 +36,7 @@
 
 from libc.stdio cimport snprintf
 from libc.stdlib cimport realloc, malloc, strtoll
-from libc.string cimport memmove
+from libc.string cimport memchr, memmove
 
 from _fastpath.extract cimport (
     json_path_find, json_unescape, find_head_end, find_header, is_chunked, dechunk,
@@ -99,8 +99,17 @@ cdef void sx_reset(thread_t* t, session_t* s) noexcept nogil:
     s.failed = 0
 
 
-cdef int render(thread_t* t, session_t* s, const tmpl_t* tp, size_t* pos) noexcept nogil:
-    """Append the template to ``wbuf`` at ``pos``: 0, -1 (an unset variable), -2 (memory)."""
+cdef inline bint breaks_head(const char* data, int64_t n) noexcept nogil:
+    """Whether a value would end a header line (CR, LF) or be cut at NUL in a request head."""
+    return (memchr(data, 13, <size_t>n) != NULL or memchr(data, 10, <size_t>n) != NULL
+            or memchr(data, 0, <size_t>n) != NULL)
+
+
+cdef int render(thread_t* t, session_t* s, const tmpl_t* tp, size_t* pos,
+                bint head=False) noexcept nogil:
+    """Append the template to ``wbuf`` at ``pos``: 0, -1 (an unset variable, or in a request
+    ``head`` a value with CR, LF or NUL: a value the target sent must not add header lines or
+    requests of its own), -2 (memory)."""
     cdef int32_t i
     cdef const part_t* part
     cdef const char* src
@@ -114,7 +123,7 @@ cdef int render(thread_t* t, session_t* s, const tmpl_t* tp, size_t* pos) noexce
             n = <size_t>part.len
         elif part.var >= 0:
             v = &s.x.vars[part.var]
-            if v.len < 0:
+            if v.len < 0 or (head and breaks_head(v.data, v.len)):
                 return -1
             src = v.data
             n = <size_t>v.len
@@ -143,7 +152,7 @@ cdef int render_request(thread_t* t, session_t* s, const op_t* op) noexcept nogi
     cdef size_t body_at, body_len
     cdef char cl[64]
     cdef size_t cl_len
-    cdef int rc = render(t, s, &op.head, &pos)
+    cdef int rc = render(t, s, &op.head, &pos, True)
     if rc != 0:
         return rc
     if op.cookies and s.x.jar_len > 0:

@@ -221,7 +221,7 @@ cdef int ws_connect_op(thread_t* t, session_t* s, const op_t* op, ws_conn_t* c,
     cdef int rc
     ws_drop(c)          # a connection still open under this name is replaced
     c.broken = 0
-    if render(t, s, &op.head, &pos) != 0:
+    if render(t, s, &op.head, &pos, True) != 0:
         sess_fail(t, s, op.metric, K_EXTRACT, now)
         return 1
     r = rng_next(t)

@@ -82,3 +82,77 @@ def test_paths_and_headers_go_out_as_utf8_percent_encoded_where_rfc_3986_says() 
     assert lines[2][0] == b"GET /b%C3%A4se/v/0/%C3%A4%20J%C3%BCrgen%20Z HTTP/1.1"
     for head in heads:
         assert all(byte < 0x80 for byte in head.split(b"\r\n")[0]), head
+
+
+def test_a_value_the_target_sent_cannot_add_lines_to_a_request_head() -> None:
+    """A response puts CR LF in a value that the next request's header (or path) uses: the
+    engine refuses to render it into the head (error kind ``extract``) and the server never
+    sees a header line, or a request, that the value would have injected. In a body the same
+    value is sent as it is."""
+    from support.threaded_servers import ok
+
+    evil = b"a\r\nX-Injected: yes\r\n\r\nGET /smuggled HTTP/1.1"
+
+    def handler(method: bytes, path: bytes, body: bytes):  # type: ignore[no-untyped-def]
+        return ok(b"token=" + evil + b";")
+
+    with http_server(handler) as server:
+        lt = load_test_from_dict(
+            {
+                "name": "inject",
+                "config": {"base_url": f"http://127.0.0.1:{server.port}"},
+                "scenarios": [
+                    {
+                        "concurrency": 1,
+                        "scenario": {
+                            "name": "s",
+                            "run": [
+                                {
+                                    "http": {
+                                        "method": "GET",
+                                        "path": "/token",
+                                        "extract": [{"var": "tok", "regex": "token=([^;]*);"}],
+                                    }
+                                },
+                                {
+                                    "http": {
+                                        "method": "POST",
+                                        "path": "/body",
+                                        "body": "{{tok}}",
+                                    }
+                                },
+                                {
+                                    "http": {
+                                        "method": "GET",
+                                        "path": "/header",
+                                        "headers": {"X-Token": "{{tok}}"},
+                                    }
+                                },
+                            ],
+                        },
+                    }
+                ],
+            }
+        )
+        assignment = worker_pb2.Assignment(
+            assignment_id="a",
+            load_test=lt,
+            shares=[worker_pb2.EntryShare(entry_index=0, sessions=1)],
+        )
+        (plan,) = compile_assignment(assignment)
+        engine = plan.engine(1)
+        try:
+            engine.start()
+            assert engine.wait(TIMEOUT_S), "the engine did not finish in time"
+            rows = {row[0]: row for row in engine.swap()}
+        finally:
+            engine.close()
+        heads = list(server.heads)
+    assert [h.split(b"\r\n")[0] for h in heads] == [
+        b"GET /token HTTP/1.1",
+        b"POST /body HTTP/1.1",
+    ]
+    assert not any(b"X-Injected" in h or b"smuggled" in h for h in heads)
+    _, _, count, errors, kinds, _ = rows["GET /header"]
+    assert (count, errors, kinds) == (0, 1, {"extract": 1})
+    assert rows["POST /body"][2:5] == (1, 0, {})  # in a body, the value is data

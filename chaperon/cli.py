@@ -11,6 +11,11 @@ Exit status (``EXIT_STATUS``, shown by ``--help``): 0 the run passed; 1 it did n
 other than SUCCEEDED, or more errors than ``--max-error-rate`` allows: by default any);
 2 bad usage or input, printed as one line on stderr; 130 interrupted; 141 the reader of the
 output went away.
+
+``run`` and ``submit --wait`` wait for the run with ``chaperon.interrupt``: the first Ctrl-C
+cancels the run and the command still prints the report and writes the outputs (then exits
+130); a second quits at once. ``run``'s outputs are checked before any load is sent, and
+written after the report is printed (``chaperon.outputs``: a write that fails saves the run).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import grpc
 from google.protobuf import json_format
 
+from chaperon import outputs
 from chaperon._version import __version__
 from chaperon.client import Client
 from chaperon.core.durations import DurationError, parse_duration_ns
@@ -36,6 +42,8 @@ from chaperon.core.files import LoadedFile, read_load_test
 from chaperon.core.loadtest import HTTP_METHODS, LoadTestFileError, load_test_from_dict
 from chaperon.core.text import PrintableFormatter, json_printable, printable, printable_lines
 from chaperon.exporters import FORMATS, export
+from chaperon.interrupt import GracefulInterrupt, run_to_end
+from chaperon.outputs import Output, OutputError
 from chaperon.report import error_rate_line, format_report
 from chaperon.rpc.channels import DEFAULT_MASTER_PORT, TlsConfigError, with_default_port
 from chaperon.rpc.status import field_violations
@@ -43,7 +51,7 @@ from chaperon.v1 import loadtest_pb2, results_pb2
 
 EXIT_FAILED_RUN = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # chaperon.interrupt.EXIT_INTERRUPTED
 # Killed by SIGPIPE, as a shell reports it (128 + 13): the reader of our output went away.
 EXIT_BROKEN_PIPE = 141
 
@@ -55,7 +63,8 @@ exit status:
        --max-error-rate (default 0: any error); the report says why
   2    bad usage or input: an unknown option, a file or load test that cannot run, a
        master that cannot be reached (one line on stderr says what to fix)
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C): `run` and `submit --wait` cancel the run at the first
+       Ctrl-C and still print the report and write the outputs; a second quits at once
   141  the output pipe was closed (e.g. `chaperon status | head`)
 """
 
@@ -258,6 +267,43 @@ def _url_load_test(args: argparse.Namespace) -> loadtest_pb2.LoadTest:
         raise CliError(f"{args.target}: {exc}") from None
 
 
+def _run_outputs(args: argparse.Namespace) -> list[Output]:
+    """The outputs ``run`` was asked for, each checked now, before any load is sent: a
+    refusal is a CliError (one line, exit 2)."""
+    if not (args.output or args.format):
+        return []
+    output = Output(args.format or _format_of(args.output), args.output, args.force)
+    try:
+        outputs.check(output)
+    except OutputError as exc:
+        raise CliError(str(exc)) from None
+    return [output]
+
+
+def _finish_run(
+    run: results_pb2.LoadTestRun,
+    args: argparse.Namespace,
+    wanted: list[Output],
+    interrupted: bool,
+) -> int:
+    """Print the run, then write its outputs (even if stdout went away); the exit status.
+
+    130 when interrupted; else the run's own status, or 2 when a passed run's output could
+    not be written (the run is then saved as JSON where the message says)."""
+    try:
+        code = _print_run(run, args.json, args.max_error_rate)
+        sys.stdout.flush()
+    finally:
+        written, problems = outputs.write(run, wanted)
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+        for problem in problems:
+            _fail(problem)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return code or (EXIT_USAGE if problems else 0)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         return _fail("--threads must be >= 1")
@@ -281,15 +327,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         folder = os.path.dirname(os.path.abspath(args.target))
         if folder not in sys.path:
             sys.path.insert(0, folder)
-    with _embedded(args.threads or 0, args.db) as address, Client(address) as client:
+    wanted = _run_outputs(args)
+    # The interrupt is outermost: a second Ctrl-C quits at once, even while the embedded
+    # master and worker stop.
+    with (
+        GracefulInterrupt() as interrupt,
+        _embedded(args.threads or 0, args.db) as address,
+        Client(address) as client,
+    ):
         try:
-            run = client.run(load_test)
+            run = run_to_end(client, load_test, interrupt)
         except grpc.RpcError as exc:
             lines = _refusal_lines(exc, loaded, args.target) if loaded is not None else None
             return _fail_lines(lines) if lines else _fail(f"{args.target}: {_rpc_message(exc)}")
-    if args.output or args.format:
-        _export(run, args.format or _format_of(args.output), args.output)
-    return _print_run(run, args.json, args.max_error_rate)
+        return _finish_run(run, args, wanted, interrupt.requested.is_set())
 
 
 DEMO_SECONDS = 3
@@ -440,11 +491,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         loaded = read_load_test(args.file)
     except LoadTestFileError as exc:
         return _fail_lines(exc.problems)
-    with Client(args.master, args.token, args.tls_ca) as client:
+    with GracefulInterrupt() as interrupt, Client(args.master, args.token, args.tls_ca) as client:
         try:
             if args.wait:
-                run = client.run(loaded.load_test)
-                return _print_run(run, args.json, args.max_error_rate)
+                run = run_to_end(client, loaded.load_test, interrupt)
+                code = _print_run(run, args.json, args.max_error_rate)
+                return EXIT_INTERRUPTED if interrupt.requested.is_set() else code
             run = client.submit(loaded.load_test)
         except grpc.RpcError as exc:
             lines = _refusal_lines(exc, loaded, args.file)
@@ -493,7 +545,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from chaperon.watch import watch
 
     with Client(args.master, args.token, args.tls_ca) as client:
-        run = watch(client.watch(args.id), Console())
+        try:
+            run = watch(client.watch(args.id), Console())
+        except KeyboardInterrupt:
+            # Only the watching stops: the run is the master's and goes on.
+            run_id = printable(args.id)
+            _fail(f"stopped watching; run {run_id} goes on (chaperon cancel {run_id} stops it)")
+            return EXIT_INTERRUPTED
     if run is None:
         return _fail(f"the progress stream of {args.id} ended without the final run")
     return 0 if run.state == results_pb2.SUCCEEDED else EXIT_FAILED_RUN
@@ -643,12 +701,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the run as proto3 JSON only")
     p.add_argument("--threads", type=int, help="engine threads (default: number of cores)")
     p.add_argument("--db", help="SQLite file for the embedded master (default: temporary)")
-    p.add_argument("--output", help="also write the result here (default path with --format)")
+    p.add_argument(
+        "--output",
+        help="also write the result here, and only here (default path with --format); "
+        "checked before the run starts",
+    )
     p.add_argument(
         "--format",
         choices=FORMATS,
         help="exporter: csv, json or html (default: the --output file's extension, else csv); "
         "the default path is results/<date>/<load test>/<tag>-<timestamp>.<ext>",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite --output if it exists (without it, an existing file is refused "
+        "before the run starts)",
     )
     _max_error_rate_arg(p)
     p.set_defaults(func=cmd_run)
@@ -799,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as exc:
         return _fail(_rpc_message(exc, getattr(args, "master", None)))
     except KeyboardInterrupt:
+        print("chaperon: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -5,10 +5,11 @@ self-contained page with tables and inline SVG charts) turn a run into text and 
 ``default_path`` computes Chaperon's default location,
 ``results/<date>/<load test>/<tag>-<timestamp>.<ext>``, from the run alone (its end time,
 name, tag and id), so exporting the same run twice names the same file; ``export`` writes
-the output and, beside it, ``<same stem>.load_test.json`` holding the run's ``LoadTest``
-(config and scenarios) as proto3 JSON, so a result file always travels with what produced
-it. Existing files are never overwritten unless asked: both paths are checked before either
-is written, and files are opened in exclusive-create mode.
+the output and, beside it (unless ``beside=False``: ``chaperon run --output PATH`` writes
+only the file it names), ``<same stem>.load_test.json`` holding the run's ``LoadTest``
+(config and scenarios) as proto3 JSON, so a result file travels with what produced it.
+Existing files are never overwritten unless asked: every path is checked before any is
+written, and files are opened in exclusive-create mode.
 
 CSV layout (one header row, then one row per metric key, in the result's order: the order of
 the steps, as the master computed it):
@@ -259,21 +260,23 @@ def export(
     path: str | os.PathLike[str] | None = None,
     *,
     overwrite: bool = False,
+    beside: bool = True,
 ) -> list[pathlib.Path]:
     """Write the run as ``fmt`` (``"csv"``, ``"json"`` or ``"html"``) and its load test beside it.
 
     The output goes to ``path``, or to ``default_path(run, fmt)`` when ``path`` is None;
     missing parent directories are created. Beside it goes ``<same stem>.load_test.json``,
-    the run's ``LoadTest`` (config and scenarios) as proto3 JSON. Returns the paths written,
-    output first. Raises ``ValueError`` for another format, and ``FileExistsError`` naming
-    the path when either file exists, unless ``overwrite`` is true; nothing is written then.
+    the run's ``LoadTest`` (config and scenarios) as proto3 JSON, unless ``beside`` is false
+    (then only the output is written). Returns the paths written, output first. Raises
+    ``ValueError`` for another format, and ``FileExistsError`` naming the path when a file
+    to write exists, unless ``overwrite`` is true; nothing is written then.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unsupported export format {fmt!r}: expected one of {', '.join(FORMATS)}")
     output = pathlib.Path(path) if path is not None else default_path(run, fmt)
-    beside = _load_test_path(output)
+    paths = [output, _load_test_path(output)] if beside else [output]
     if not overwrite:
-        _refuse_existing((output, beside))
+        _refuse_existing(paths)
     output.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
         text = to_csv(run)
@@ -282,5 +285,6 @@ def export(
     else:
         text = to_html(run)
     _write(output, text, overwrite)
-    _write(beside, _message_json(run.load_test), overwrite)
-    return [output, beside]
+    if beside:
+        _write(paths[1], _message_json(run.load_test), overwrite)
+    return paths

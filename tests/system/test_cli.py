@@ -134,7 +134,9 @@ def test_run_output_with_html_format(nginx, tmp_path):
 
     assert done.returncode == 0, output(done)
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
-    assert (tmp_path / "report.load_test.json").exists()
+    # A named output is the one file written: no load test beside it (that is the default
+    # path's, in the results tree), so outputs with the same stem never collide.
+    assert sorted(p.name for p in tmp_path.glob("report*")) == ["report.html"]
     # Without --format, the output's extension says which (CSV for anything else).
     guessed = tmp_path / "guessed.HTML"
     done = chaperon(tmp_path, "run", str(test_file), "--output", str(guessed))

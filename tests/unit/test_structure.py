@@ -34,6 +34,8 @@ CLIENT_SIDE = (
     "chaperon.html_report",
     "chaperon.watch",
     "chaperon.embedded",
+    "chaperon.interrupt",
+    "chaperon.outputs",
     "rich",
 )
 

@@ -9,13 +9,14 @@ never logged or echoed in messages.
 
 Two tokens can be told apart: the client token guards the control RPCs, the cluster token the
 RPCs workers use to join (``RegisterWorker``, ``Heartbeat``) and the Worker service itself.
-When only one is configured it serves both.
+When only one is configured it serves both. ``TokenAuthInterceptor`` is for a thread-pool
+server, ``AioTokenAuthInterceptor`` for a ``grpc.aio`` one; both make the same decision.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -33,21 +34,34 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
     def abort(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
+    return _handler_like(handler, abort)
+
+
+def _deny_async(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> Any:
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    return _handler_like(handler, abort)
+
+
+def _handler_like(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> Any:
+    """A handler of the same kind and (de)serializers as ``handler`` that runs ``behaviour``."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(behaviour, **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
+        return grpc.stream_unary_rpc_method_handler(behaviour, **kwargs)
     if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(behaviour, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(behaviour, **kwargs)
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
-    """Checks the bearer token of each call; see the module docstring."""
+class _TokenCheck:
+    """The decision, shared by the thread-pool and the asyncio interceptors: whether a call
+    passes, or with which status and message it is refused."""
 
     def __init__(
         self,
@@ -59,18 +73,15 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         self._cluster_token = (cluster_token or token or "").encode()
         self._cluster_methods = frozenset(cluster_methods)
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    def _refusal(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> tuple[grpc.StatusCode, str] | None:
         method = handler_call_details.method
-        handler = continuation(handler_call_details)
-        if handler is None or method.startswith(OPEN_PREFIXES):
-            return handler
+        if method.startswith(OPEN_PREFIXES):
+            return None
         expected = self._cluster_token if method in self._cluster_methods else self._token
         if not expected:
-            return handler
+            return None
         header = ""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
@@ -78,12 +89,41 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
                 break
         scheme, _, given = header.partition(" ")
         if not header or scheme.lower() != "bearer" or not given:
-            return _deny(
-                handler,
+            return (
                 grpc.StatusCode.UNAUTHENTICATED,
                 "this server requires a token: send metadata 'authorization: Bearer <token>' "
                 "(chaperon: --token or CHAPERON_TOKEN)",
             )
         if not hmac.compare_digest(given.strip().encode(), expected):
-            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, "the token is not valid")
-        return handler
+            return grpc.StatusCode.PERMISSION_DENIED, "the token is not valid"
+        return None
+
+
+class TokenAuthInterceptor(_TokenCheck, grpc.ServerInterceptor):
+    """Checks the bearer token of each call (a thread-pool server); see the module docstring."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return handler
+        refusal = self._refusal(handler_call_details)
+        return handler if refusal is None else _deny(handler, *refusal)
+
+
+class AioTokenAuthInterceptor(_TokenCheck, grpc.aio.ServerInterceptor):
+    """The same check for a ``grpc.aio`` server (the refusal is a coroutine)."""
+
+    async def intercept_service(  # type: ignore[override]
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        refusal = self._refusal(handler_call_details)
+        return handler if refusal is None else _deny_async(handler, *refusal)

@@ -4,6 +4,11 @@ Every process of the cluster opens its channels and ports here, so the TLS rules
 everywhere: a server given ``--tls-cert``/``--tls-key`` serves TLS only; a client given
 ``--tls-ca`` verifies the server's certificate against that CA (the certificate must name the
 host it is dialled by, e.g. an IP SAN of 127.0.0.1).
+
+Servers come in two kinds with the same options, health and reflection: ``build_server``
+(grpc's thread-pool server: each call holds a thread) and ``build_aio_server`` (grpc's asyncio
+server: a call that waits holds no thread; the master's, where thousands of streams stay
+open).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -29,6 +35,8 @@ class TlsConfigError(ValueError):
 # gRPC's channel-argument names, written once here for every channel and server we make.
 MAX_RECEIVE_BYTES_OPTION = "grpc.max_receive_message_length"
 MAX_SEND_BYTES_OPTION = "grpc.max_send_message_length"
+# What our servers may send in one message (a finished run with every histogram is large).
+SERVER_MAX_SEND_BYTES = 64 * 1024 * 1024
 
 
 def message_size_options(
@@ -191,14 +199,25 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_prefix),
         interceptors=list(interceptors),
-        options=[
-            *message_size_options(max_receive_bytes, 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=_server_options(max_receive_bytes),
     )
     add_service(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _add_reflection(server, service_name)
+    bound = add_port(server, host, port, creds)
+    return GrpcServer(server, bound, health_servicer, service_name)
+
+
+def _server_options(max_receive_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        *message_size_options(max_receive_bytes, SERVER_MAX_SEND_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _add_reflection(server: grpc.Server | grpc.aio.Server, service_name: str) -> None:
+    # grpc_reflection serves an asyncio servicer on a grpc.aio server, a plain one otherwise.
     reflection.enable_server_reflection(
         (
             service_name,
@@ -207,5 +226,48 @@ def build_server(
         ),
         server,
     )
-    bound = add_port(server, host, port, creds)
-    return GrpcServer(server, bound, health_servicer, service_name)
+
+
+@dataclass
+class AioGrpcServer:
+    """A ``grpc.aio`` server with health and reflection beside its one service; every method
+    runs on the event loop the server was built on."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health_async.HealthServicer
+    service_name: str
+
+    async def start(self) -> None:
+        """Start serving and report SERVING for the server and its service."""
+        await self.server.start()
+        for name in ("", self.service_name):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def build_aio_server(
+    service_name: str,
+    add_service: Callable[[grpc.aio.Server], None],
+    *,
+    host: str,
+    port: int,
+    creds: grpc.ServerCredentials | None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    max_receive_bytes: int,
+    sync_pool: futures.Executor | None = None,
+) -> AioGrpcServer:
+    """``build_server`` for grpc's asyncio server: call it on the event loop that will run
+    the server (grpc.aio objects belong to the loop they are made on). The same options,
+    health (its asyncio servicer) and reflection. ``sync_pool`` runs any servicer method
+    that is a plain function rather than a coroutine. OSError if the port cannot be bound."""
+    server = grpc.aio.server(
+        migration_thread_pool=sync_pool,
+        interceptors=list(interceptors),
+        options=_server_options(max_receive_bytes),
+    )
+    add_service(server)
+    health_servicer = health_async.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    _add_reflection(server, service_name)
+    bound = add_port(server, host, port, creds)  # type: ignore[arg-type]
+    return AioGrpcServer(server, bound, health_servicer, service_name)

@@ -4,13 +4,19 @@ Services raise plain domain exceptions from their domain code (which knows nothi
 ``grpc_errors`` wraps servicer methods and turns them into a gRPC status with a clear message
 and, for bad input, a ``google.rpc.BadRequest`` detail listing each bad field path. The client
 side reads them back with ``field_violations``.
+
+Each piece comes twice, once per kind of server: ``grpc_errors``, ``grpc_stream_errors`` and
+``DecodeErrorInterceptor`` for grpc's thread-pool server; ``aio_grpc_errors``,
+``aio_grpc_stream_errors`` (for coroutines and async generators) and
+``AioDecodeErrorInterceptor`` for its asyncio server. Both answer the same statuses.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -78,6 +84,14 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
 
+async def _abort_async(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, ChaperonError):
+        status = _to_status(exc)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    log.error("internal error", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
 def grpc_errors(fn: F) -> F:
     """Decorate a unary servicer method: domain errors become gRPC statuses."""
 
@@ -104,6 +118,46 @@ def grpc_stream_errors(fn: F) -> F:
             _abort(context, exc)
         except Exception as exc:  # noqa: BLE001
             _abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def aio_grpc_errors(fn: F) -> F:
+    """Decorate a unary servicer coroutine of a ``grpc.aio`` server, as ``grpc_errors``.
+
+    Cancellation (the client went away, the server is stopping) passes through untouched, and
+    so does grpc's own ``AbortError`` (the method aborted with a status itself).
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - domain errors map; a bug answers INTERNAL
+            await _abort_async(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def aio_grpc_stream_errors(fn: F) -> F:
+    """Decorate a server-streaming servicer of a ``grpc.aio`` server (an async generator)."""
+
+    @functools.wraps(fn)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        stream = fn(self, request, context)
+        try:
+            async for message in stream:
+                yield message
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _abort_async(context, exc)
+        finally:
+            await stream.aclose()  # at once, not when the collector gets to it
 
     return wrapper  # type: ignore[return-value]
 
@@ -154,6 +208,84 @@ class DecodeErrorInterceptor(grpc.ServerInterceptor):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             return behaviour(request, context)
 
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        return make(
+            checked,
+            request_deserializer=_safe_deserializer(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+
+class AioDecodeErrorInterceptor(grpc.aio.ServerInterceptor):
+    """``DecodeErrorInterceptor`` for a ``grpc.aio`` server.
+
+    grpc.aio fails a call whose deserializer raises with UNKNOWN "Unexpected <class ...>"; this
+    answers INVALID_ARGUMENT instead. The wrapper is of the same kind as the behaviour it wraps
+    (coroutine, async generator, or a plain function that the server runs on its thread pool),
+    because the server looks at that kind to decide how to run it.
+    """
+
+    def __init__(self) -> None:
+        # Per method: the last handler seen and its wrapper. The server hands out the same
+        # handler for a method every time, so a call costs a lookup, not a new wrapper.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(  # type: ignore[override]
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        if wrapped is not handler:
+            self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler: Any) -> Any:
+        behaviour = handler.unary_stream or handler.unary_unary
+        if behaviour is None:
+            return handler
+        streaming = handler.unary_stream is not None
+        checked: Callable[..., Any]
+        if inspect.isasyncgenfunction(behaviour):
+
+            async def checked_gen(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                stream = behaviour(request, context)
+                try:
+                    async for message in stream:
+                        yield message
+                finally:
+                    await stream.aclose()
+
+            checked = checked_gen
+        elif inspect.iscoroutinefunction(behaviour):
+
+            async def checked_coro(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                return await behaviour(request, context)
+
+            checked = checked_coro
+        else:
+
+            def checked_sync(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                return behaviour(request, context)
+
+            checked = checked_sync
         make = (
             grpc.unary_stream_rpc_method_handler
             if streaming

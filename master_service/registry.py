@@ -17,6 +17,7 @@ seen by ``sweep``, which the scheduler's runner calls about every second whateve
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -190,6 +191,27 @@ class WorkerRegistry:
 
     def snapshot(self) -> list[WorkerEntry]:
         """Copies of every worker, with LOST marked from the heartbeat age."""
+        return self._copies(lambda w, lost: True)
+
+    def available(self) -> list[WorkerEntry]:
+        """Workers that can take load: not ignored, not lost, healthy."""
+        return self._copies(lambda w, lost: not lost and not w.ignored and w.healthy)
+
+    def lost_ids(self) -> set[str]:
+        """The ids of the LOST workers, without copying the list."""
+        cutoff = self._clock() - self._lost_after_s
+        with self._lock:
+            return {w.worker_id for w in self._workers.values() if w.last_heartbeat < cutoff}
+
+    def live_count(self) -> int:
+        """How many workers are not LOST, without copying the list."""
+        cutoff = self._clock() - self._lost_after_s
+        with self._lock:
+            return sum(1 for w in self._workers.values() if w.last_heartbeat >= cutoff)
+
+    def _copies(self, keep: Callable[[WorkerEntry, bool], bool]) -> list[WorkerEntry]:
+        """Copies of the workers that ``keep(worker, lost)`` keeps, sorted by id. Only those
+        are copied: the lock (which heartbeats wait for) is held as briefly as it can be."""
         now = self._clock()
         with self._lock:
             # A worker silent for long (scaled down, host gone) is forgotten; it registers
@@ -197,19 +219,13 @@ class WorkerRegistry:
             self._forget(now)
             out = []
             for w in self._workers.values():
-                copy = replace(w)
-                if now - w.last_heartbeat > self._lost_after_s:
-                    copy.state = worker_pb2.WORKER_LOST
-                out.append(copy)
+                lost = now - w.last_heartbeat > self._lost_after_s
+                if keep(w, lost):
+                    entry = copy.copy(w)
+                    if lost:
+                        entry.state = worker_pb2.WORKER_LOST
+                    out.append(entry)
         return sorted(out, key=lambda w: w.worker_id)
-
-    def available(self) -> list[WorkerEntry]:
-        """Workers that can take load: not ignored, not lost, healthy."""
-        return [
-            w
-            for w in self.snapshot()
-            if not w.ignored and w.healthy and w.state != worker_pb2.WORKER_LOST
-        ]
 
 
 def _threads(capacity: int) -> str:

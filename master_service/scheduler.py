@@ -292,9 +292,7 @@ class _RunDriver:
             self._registry.sweep()
             if self._clock() > controller.deadline_s:
                 self.feed(DeadlinePassed())
-            silent = {
-                w.worker_id for w in self._registry.snapshot() if w.state == worker_pb2.WORKER_LOST
-            }
+            silent = self._registry.lost_ids()
             for worker_id in controller.worker_ids:
                 if worker_id in silent:
                     self.feed(WorkerSilent(worker_id))

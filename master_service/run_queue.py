@@ -22,7 +22,9 @@ the master's health NOT_SERVING (``chaperon.core.health``) until a read works ag
 Locking: one condition, ``_cond``, guards every check-then-write of a run's state, the handle
 of the running run (``_running``: set with the RUNNING state, cleared with the final one, so
 whoever sees RUNNING finds the handle), and ``_closed``. Waiters (``wait``, the runner when the
-queue is empty or it waits for workers) sleep on it; every change of state notifies it. The
+queue is empty or it waits for workers) sleep on it; every change of state notifies it, and
+tells the listeners registered with ``on_change`` (the master's run feeds, which wake the
+streams and calls waiting on that run without polling the store). The
 store has its own lock, always taken after this one. ``H`` is whatever the runner keeps per
 running run; the queue only hands it back.
 """
@@ -74,6 +76,21 @@ class RunQueue(Generic[H]):
         self._cond = threading.Condition()
         self._running: H | None = None
         self._closed = False
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(run_id)`` after each change of a run's state, on the thread that
+        made it and under the queue's lock: it must return at once (hand the news on)."""
+        self._listeners.append(listener)
+
+    def _changed(self, run_id: str) -> None:
+        """Wake whoever waits on the condition and tell the listeners (``_cond`` held)."""
+        self._cond.notify_all()
+        for listener in self._listeners:
+            try:
+                listener(run_id)
+            except Exception:  # noqa: BLE001 - a listener's fault never undoes a change
+                log.exception("a run-change listener failed")
 
     # -- submitting and reading (RPC threads) ---------------------------------------------------
 
@@ -97,7 +114,7 @@ class RunQueue(Generic[H]):
         run.submitted_at.GetCurrentTime()
         with self._cond:
             self._store.put_run(run)
-            self._cond.notify_all()
+            self._changed(run.id)
         log.info("run %s submitted: %s", run.id, load_test.name or "(unnamed)")
         return run
 
@@ -142,7 +159,7 @@ class RunQueue(Generic[H]):
             run.state = results_pb2.CANCELLED
             run.finished_at.GetCurrentTime()
             self._store.put_run(run)
-            self._cond.notify_all()
+            self._changed(run_id)
             self._on_end()
             log.info("run %s CANCELLED before it started", run_id)
             return run
@@ -166,7 +183,7 @@ class RunQueue(Generic[H]):
                 )
             if not self._store.delete_run(run_id):
                 raise NotFound(f"no load test run with id {run_id!r}")
-            self._cond.notify_all()
+            self._changed(run_id)
             return state
 
     def running(self) -> H | None:
@@ -230,7 +247,7 @@ class RunQueue(Generic[H]):
             run.started_at.GetCurrentTime()
             self._store.put_run(run)
             self._running = handle
-            self._cond.notify_all()
+            self._changed(run.id)
             return True
 
     def fail_scheduled(self, run: results_pb2.LoadTestRun, error: str) -> None:
@@ -244,7 +261,7 @@ class RunQueue(Generic[H]):
             run.error = error
             run.finished_at.GetCurrentTime()
             self._store.put_run(run)
-            self._cond.notify_all()
+            self._changed(run.id)
             self._on_end()
         log.warning("run %s FAILED before it started: %s", run.id, error)
 
@@ -253,7 +270,7 @@ class RunQueue(Generic[H]):
         with self._cond:
             self._store.put_run(run)
             self._running = None
-            self._cond.notify_all()
+            self._changed(run.id)
             self._on_end()
         ended(run)
 
@@ -272,6 +289,7 @@ class RunQueue(Generic[H]):
                     self._store.put_run(run)
             except Exception:  # noqa: BLE001 - the runner goes on to the next run
                 log.exception("could not mark run %s failed", run_id)
+            self._changed(run_id)
             self._on_end()
 
     def _fail_unreadable(self, exc: UnreadableRun, wait_s: float) -> None:
@@ -285,6 +303,7 @@ class RunQueue(Generic[H]):
         failed.finished_at.GetCurrentTime()
         try:
             self._store.put_run(failed)
+            self._changed(exc.run_id)
         except Exception:  # noqa: BLE001 - try again later; do not spin
             log.exception("could not mark run %s failed", exc.run_id)
             self._cond.wait(wait_s)

@@ -19,8 +19,10 @@ store's batch has committed hands it to the controller (which merges it: a figur
 saw is in the database and survives a crash of the master); the stream's end, or the
 transport's ``AssignmentRefused`` / ``WorkerLost``, becomes the stream's last event. Meanwhile
 the runner feeds the controller the deadline and the workers whose heartbeats stopped, until
-every stream is over; then it asks the controller for the final run and stores it. RPC threads
-call ``submit``, ``cancel``, ``wait``, ``progress`` and the queries.
+every stream is over; then it asks the controller for the final run and stores it. The
+master's RPCs call ``submit``, ``request_cancel``, ``progress`` and the queries from its
+executor's threads (``wait`` and ``cancel`` block until a run ends: for callers that can
+afford a thread); whoever must learn of a run's end at once registers ``on_run_change``.
 
 Actions are carried out by whichever thread got them from the controller, outside its lock:
 starting a stream thread, ``cancel_assignment`` on a worker, cancelling a stream (after a
@@ -147,13 +149,20 @@ class Scheduler:
 
     def cancel(self, run_id: str) -> results_pb2.LoadTestRun:
         """Cancel a scheduled run at once, or a running one (returns when it has ended)."""
+        run = self.request_cancel(run_id)
+        return run if run is not None else self._queue.wait(run_id)
+
+    def request_cancel(self, run_id: str) -> results_pb2.LoadTestRun | None:
+        """Cancel a scheduled run and return it; for a running one, ask its driver to stop
+        it and return None (it ends within the streams' grace: wait for that elsewhere).
+        NotFound for an unknown id, FailedPrecondition for a run that has ended."""
         run = self._queue.cancel_queued(run_id)
         if run is not None:
             return run
         driver = self._queue.running()
         if driver is not None and driver.run_id == run_id:
             driver.feed(CancelRequested(StopReason.CANCEL))
-            return self._queue.wait(run_id)
+            return None
         return self._queue.get(run_id)  # it ended meanwhile
 
     def delete(self, run_id: str) -> int:
@@ -169,6 +178,11 @@ class Scheduler:
     @property
     def retention(self) -> RetentionPolicy:
         return self._retention.policy
+
+    def on_run_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(run_id)`` after each change of a run's state (see
+        ``RunQueue.on_change``: from any thread, and it must return at once)."""
+        self._queue.on_change(listener)
 
     def list_runs(
         self, states: list[int], after_seq: int, limit: int

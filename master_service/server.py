@@ -1,18 +1,40 @@
-"""Start the Master: gRPC server with the Master service, health and server reflection."""
+"""Start the Master: gRPC server with the Master service, health and server reflection.
+
+Theory of operation. The master serves on grpc's asyncio server, so that an open call holds
+no thread: a thousand ``WatchLoadTestRun`` streams are a thousand suspended coroutines, and
+heartbeats keep being answered beside them. The server and everything of grpc.aio belong to
+one event loop, which runs on a thread of its own (``master-aio``) that ``start_master``
+starts; callers stay synchronous (the CLI, the embedded cluster, tests): ``start_master``
+returns once the port is bound and serving, and ``MasterServer.stop`` ends the server, then
+the loop, then the thread. Servicer methods that can block run on a bounded executor
+(``master-rpc-N`` threads, ``max_workers`` of them); see ``master_service/servicer.py``.
+The scheduler's own threads (runner, stream threads, store writer) are as before.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health
+from grpc_health.v1 import _async as health_async
 
 from chaperon.core.allowlist import AllowList
 from chaperon.core.health import ServiceHealth
-from chaperon.rpc.auth import TokenAuthInterceptor
-from chaperon.rpc.channels import build_server, host_port, read_ca, server_credentials
-from chaperon.rpc.status import DecodeErrorInterceptor
+from chaperon.rpc.auth import AioTokenAuthInterceptor
+from chaperon.rpc.channels import (
+    AioGrpcServer,
+    build_aio_server,
+    host_port,
+    read_ca,
+    server_credentials,
+)
+from chaperon.rpc.status import AioDecodeErrorInterceptor
 from chaperon.v1 import master_pb2, master_pb2_grpc
 from master_service.registry import WorkerRegistry
 from master_service.retention import RetentionPolicy
@@ -23,27 +45,91 @@ from master_service.worker_client import GrpcWorkerTransport
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# How long start-up and each step of stop may take on the loop before we give up on it.
+_LOOP_CALL_TIMEOUT_S = 30.0
+
+
+class _LoopThread:
+    """An asyncio event loop running on a thread of its own, driven from other threads."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            # Whatever is left (a take on its way back from the executor, say) is cancelled
+            # and given one turn of the loop to unwind, then the loop closes.
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = _LOOP_CALL_TIMEOUT_S) -> T:
+        """Run ``coro`` on the loop and wait for its result here."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:  # closed meanwhile
+                pass
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
 
 
 @dataclass
 class MasterServer:
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
     host: str
     scheduler: Scheduler
     store: SqliteStore
     transport: GrpcWorkerTransport
-    health: health.HealthServicer
+    health: health_async.HealthServicer
+    _loop_thread: _LoopThread = field(repr=False)
+    _executor: ThreadPoolExecutor = field(repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     @property
     def address(self) -> str:
         return host_port(self.host, self.port)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the server runs on (for code that must schedule work on it)."""
+        return self._loop_thread.loop
+
     def stop(self, grace_s: float = 2.0) -> None:
-        self.health.enter_graceful_shutdown()
+        """Stop serving: open calls get ``grace_s`` to end, then are cancelled; a run in
+        flight ends INTERRUPTED. Returns within about ``grace_s`` plus the scheduler's stop.
+        Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        loop = self._loop_thread
+        try:
+            loop.call(self.health.enter_graceful_shutdown())
+        except Exception:  # noqa: BLE001 - stopping goes on whatever health says
+            log.exception("health did not enter graceful shutdown")
         self.scheduler.stop()
-        self.server.stop(grace_s).wait(grace_s + 1)
+        try:
+            loop.call(self.server.stop(grace_s), grace_s + _LOOP_CALL_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - the loop's end cancels whatever is left
+            log.exception("the master's gRPC server did not stop cleanly")
+        loop.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self.transport.close()
         self.store.close()
 
@@ -68,7 +154,7 @@ def start_master(
     db_path: str = ":memory:",
     report_interval_s: float = 1.0,
     worker_wait_s: float = 30.0,
-    max_workers: int = 64,
+    max_workers: int = 16,
     token: str | None = None,
     cluster_token: str | None = None,
     allow_targets: list[str] | None = None,
@@ -87,6 +173,8 @@ def start_master(
     ``keep_runs`` / ``keep_days`` (default: keep everything) delete finished runs beyond the
     newest N or finished more than D days ago, at start, after each run and every
     ``retention_interval_s`` (``master_service/retention.py``); ValueError if not positive.
+    ``max_workers`` is the number of threads that run the RPCs' blocking work (store reads
+    and writes, validation); open calls hold none.
     """
     retention = RetentionPolicy(keep_runs, keep_days)
     _grow_heap_in_big_steps()
@@ -107,25 +195,46 @@ def start_master(
         retention=retention,
         retention_interval_s=retention_interval_s,
     )
-    servicer = MasterServicer(scheduler, registry, transport)
-    try:
-        grpc_server = build_server(
+    executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="master-rpc")
+    servicer = MasterServicer(scheduler, registry, transport, executor)
+    loop_thread = _LoopThread("master-aio")
+    servicer.feeds.bind(loop_thread.loop)
+
+    async def build() -> AioGrpcServer:
+        server = build_aio_server(
             master_pb2.DESCRIPTOR.services_by_name["Master"].full_name,
             lambda server: master_pb2_grpc.add_MasterServicer_to_server(servicer, server),
             host=host,
             port=port,
             creds=creds,
-            interceptors=[DecodeErrorInterceptor(), TokenAuthInterceptor(token, cluster_token)],
-            max_workers=max_workers,
+            interceptors=[
+                AioDecodeErrorInterceptor(),
+                AioTokenAuthInterceptor(token, cluster_token),
+            ],
             max_receive_bytes=MAX_MESSAGE_BYTES,
-            thread_prefix="master-rpc",
+            sync_pool=executor,
         )
-    except OSError:
+        await server.start()
+        server.follow(service_health)
+        return server
+
+    try:
+        grpc_server = loop_thread.call(build())
+    except BaseException:
+        loop_thread.stop()
+        executor.shutdown(wait=False)
+        transport.close()
         store.close()
         raise
-    grpc_server.start()
-    grpc_server.follow(service_health)
     scheduler.start()
     return MasterServer(
-        grpc_server.server, grpc_server.port, host, scheduler, store, transport, grpc_server.health
+        grpc_server.server,
+        grpc_server.port,
+        host,
+        scheduler,
+        store,
+        transport,
+        grpc_server.health,
+        loop_thread,
+        executor,
     )

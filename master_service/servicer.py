@@ -1,22 +1,48 @@
-"""The ``chaperon.v1.Master`` servicer: validate, call the domain objects, map to messages."""
+"""The ``chaperon.v1.Master`` servicer: validate, call the domain objects, map to messages.
+
+It runs on grpc's asyncio server (``master_service/server.py``): every method is a coroutine
+on the one event loop, so an open call that waits holds no thread. Two rules keep the loop
+free for everyone:
+
+- Work that can block (a store read or write, a lock the runner or the stream threads hold
+  for long, a call to a worker) goes to the bounded executor: ``await self._blocking(fn,
+  ...)``. Only quick in-memory work runs inline (``Heartbeat``, ``SetWorkerIgnored``: the
+  registry's lock is held for microseconds).
+- Waiting is asynchronous: ``WatchLoadTestRun`` is an async generator over the run's shared
+  feed (``master_service/run_feeds.py``: one snapshot per run per interval, whoever watches
+  it), and ``RunLoadTest`` and the cancels wait on that feed for the run's end.
+
+A new unary RPC is an ``async def`` decorated with ``aio_grpc_errors`` (domain errors become
+statuses): check the request inline, then ``return await self._blocking(domain_call, ...)``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 
 from chaperon._version import __version__
 from chaperon.core.errors import InvalidArgument
-from chaperon.rpc.status import grpc_errors, grpc_stream_errors
-from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2, worker_pb2
+from chaperon.rpc.status import aio_grpc_errors, aio_grpc_stream_errors
+from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2
 from master_service.registry import WorkerEntry, WorkerRegistry
+from master_service.run_feeds import RunFeeds
 from master_service.run_queue import TERMINAL
 from master_service.scheduler import Scheduler
 from master_service.worker_client import GrpcWorkerTransport
+
+T = TypeVar("T")
+
+# How often a watcher gets a message while its run is going (and how old the run's shared
+# snapshot may be).
+WATCH_INTERVAL_S = 1.0
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -54,48 +80,91 @@ def _worker_info(w: WorkerEntry) -> master_pb2.WorkerInfo:
     )
 
 
+def progress_message(scheduler: Scheduler, run_id: str) -> master_pb2.RunProgress:
+    """A run's ``RunProgress`` now: its state and figures so far, or, once it has ended, its
+    state and the whole run. Blocks (a store read): call it off the event loop."""
+    run = scheduler.get(run_id)
+    if run.state in TERMINAL:
+        return master_pb2.RunProgress(id=run_id, state=run.state, run=run)
+    msg = master_pb2.RunProgress(id=run_id, state=run.state)
+    progress = scheduler.progress(run_id)
+    if progress is not None:
+        elapsed, metrics = progress
+        msg.elapsed_s = elapsed
+        for key, count, errors, p50, p99 in metrics:
+            msg.metrics.append(
+                master_pb2.MetricProgress(
+                    key=key,
+                    count=count,
+                    errors=errors,
+                    rate_per_s=count / elapsed if elapsed > 0 else 0.0,
+                    p50_us=p50,
+                    p99_us=p99,
+                )
+            )
+    return msg
+
+
 class MasterServicer(master_pb2_grpc.MasterServicer):
     def __init__(
-        self, scheduler: Scheduler, registry: WorkerRegistry, transport: GrpcWorkerTransport
+        self,
+        scheduler: Scheduler,
+        registry: WorkerRegistry,
+        transport: GrpcWorkerTransport,
+        executor: Executor,
+        watch_interval_s: float = WATCH_INTERVAL_S,
     ) -> None:
         self._scheduler = scheduler
         self._registry = registry
         self._transport = transport
+        self._executor = executor
         self._started = time.monotonic()
+        self.feeds = RunFeeds(
+            lambda run_id: progress_message(scheduler, run_id), self._blocking, watch_interval_s
+        )
+        scheduler.on_run_change(self.feeds.changed)
 
-    @grpc_errors
-    def SubmitLoadTest(self, request, context):  # type: ignore[no-untyped-def]
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the executor, awaited: for anything that may block."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @aio_grpc_errors
+    async def SubmitLoadTest(self, request, context):  # type: ignore[no-untyped-def]
         if not request.HasField("load_test"):
             raise InvalidArgument([("load_test", "is required")])
-        return self._scheduler.submit(request.load_test)
+        return await self._blocking(self._scheduler.submit, request.load_test)
 
-    @grpc_errors
-    def SubmitLoadTests(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def SubmitLoadTests(self, request, context):  # type: ignore[no-untyped-def]
         if not request.load_tests:
             raise InvalidArgument([("load_tests", "needs at least one load test")])
-        for i, lt in enumerate(request.load_tests):
+        return await self._blocking(self._submit_all, request.load_tests)
+
+    def _submit_all(self, load_tests: Any) -> master_pb2.SubmitLoadTestsResponse:
+        for i, lt in enumerate(load_tests):
             try:
                 self._scheduler.check(lt)
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     [(f"load_tests[{i}].{f}", d) for f, d in exc.violations], "load test"
                 ) from None
-        runs = [self._scheduler.submit(lt) for lt in request.load_tests]
+        runs = [self._scheduler.submit(lt) for lt in load_tests]
         return master_pb2.SubmitLoadTestsResponse(runs=runs)
 
-    @grpc_errors
-    def RunLoadTest(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def RunLoadTest(self, request, context):  # type: ignore[no-untyped-def]
         if not request.HasField("load_test"):
             raise InvalidArgument([("load_test", "is required")])
-        run = self._scheduler.submit(request.load_test)
-        return self._scheduler.wait(run.id, still_wanted=context.is_active)
+        run = await self._blocking(self._scheduler.submit, request.load_test)
+        # Waits on the run's feed: no thread held, and a client that goes away cancels it.
+        return await self.feeds.until_ended(run.id)
 
-    @grpc_errors
-    def GetLoadTestRun(self, request, context):  # type: ignore[no-untyped-def]
-        return self._scheduler.get(_require_id(request.id))
+    @aio_grpc_errors
+    async def GetLoadTestRun(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._blocking(self._scheduler.get, _require_id(request.id))
 
-    @grpc_errors
-    def ListLoadTestRuns(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def ListLoadTestRuns(self, request, context):  # type: ignore[no-untyped-def]
         if request.page_size < 0:
             raise InvalidArgument([("page_size", "must be >= 0")])
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -112,65 +181,60 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         for i, state in enumerate(request.states):
             if state not in results_pb2.RunState.values() or state == 0:
                 raise InvalidArgument([(f"states[{i}]", f"unknown run state {state}")])
-        rows = self._scheduler.list_runs(list(request.states), after, size + 1)
+        states = list(request.states)
+        rows = await self._blocking(self._scheduler.list_runs, states, after, size + 1)
         token = ""
         if len(rows) > size:
             rows = rows[:size]
             token = base64.urlsafe_b64encode(str(rows[-1][0]).encode()).decode()
         return master_pb2.ListLoadTestRunsResponse(runs=[r for _, r in rows], next_page_token=token)
 
-    @grpc_stream_errors
-    def WatchLoadTestRun(self, request, context) -> Iterator[master_pb2.RunProgress]:  # type: ignore[no-untyped-def]
-        run_id = _require_id(request.id)
-        run = self._scheduler.get(run_id)
-        while run.state not in TERMINAL and context.is_active():
-            progress = self._scheduler.progress(run_id)
-            msg = master_pb2.RunProgress(id=run_id, state=run.state)
-            if progress is not None:
-                elapsed, metrics = progress
-                msg.elapsed_s = elapsed
-                for key, count, errors, p50, p99 in metrics:
-                    msg.metrics.append(
-                        master_pb2.MetricProgress(
-                            key=key,
-                            count=count,
-                            errors=errors,
-                            rate_per_s=count / elapsed if elapsed > 0 else 0.0,
-                            p50_us=p50,
-                            p99_us=p99,
-                        )
-                    )
-            yield msg
-            time.sleep(1.0)
-            run = self._scheduler.get(run_id)
-        yield master_pb2.RunProgress(id=run_id, state=run.state, run=run)
+    @aio_grpc_stream_errors
+    async def WatchLoadTestRun(  # type: ignore[no-untyped-def]
+        self, request, context
+    ) -> AsyncIterator[master_pb2.RunProgress]:
+        async for message in self.feeds.watch(_require_id(request.id)):
+            yield message
 
-    @grpc_errors
-    def CancelLoadTestRun(self, request, context):  # type: ignore[no-untyped-def]
-        return self._scheduler.cancel(_require_id(request.id))
-
-    @grpc_errors
-    def DeleteLoadTestRun(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def CancelLoadTestRun(self, request, context):  # type: ignore[no-untyped-def]
         run_id = _require_id(request.id)
-        state = self._scheduler.delete(run_id)
+        run = await self._blocking(self._scheduler.request_cancel, run_id)
+        if run is None:  # it was running: it ends within its streams' grace
+            run = await self.feeds.until_ended(run_id)
+        return run
+
+    @aio_grpc_errors
+    async def DeleteLoadTestRun(self, request, context):  # type: ignore[no-untyped-def]
+        run_id = _require_id(request.id)
+        state = await self._blocking(self._scheduler.delete, run_id)
         return master_pb2.DeleteLoadTestRunResponse(id=run_id, state=state)  # type: ignore[arg-type]
 
-    @grpc_errors
-    def CancelAll(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def CancelAll(self, request, context):  # type: ignore[no-untyped-def]
         states = [results_pb2.SCHEDULED]
         if not request.scheduled_only:
             states.append(results_pb2.RUNNING)
-        ids = []
+        ids, running = await self._blocking(self._cancel_all, states)
+        for run_id in running:
+            await self.feeds.until_ended(run_id)
+        return master_pb2.CancelAllResponse(cancelled_ids=ids)
+
+    def _cancel_all(self, states: list[int]) -> tuple[list[str], list[str]]:
+        """Cancel every run in ``states``: the ids cancelled, and those (running) still
+        ending."""
+        ids, running = [], []
         for _, run in self._scheduler.list_runs(states, 0, 1_000_000):
             try:
-                self._scheduler.cancel(run.id)
+                if self._scheduler.request_cancel(run.id) is None:
+                    running.append(run.id)
                 ids.append(run.id)
             except Exception:  # noqa: BLE001 - ended meanwhile
                 pass
-        return master_pb2.CancelAllResponse(cancelled_ids=ids)
+        return ids, running
 
-    @grpc_errors
-    def RegisterWorker(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def RegisterWorker(self, request, context):  # type: ignore[no-untyped-def]
         violations = []
         if not request.address or ":" not in request.address:
             violations.append(("address", "must be host:port where the master reaches the worker"))
@@ -190,8 +254,15 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             )
         if violations:
             raise InvalidArgument(violations)
+        # Off the loop: a changed TLS setting closes the worker's old channel.
+        worker_id = await self._blocking(self._register, request)
+        return master_pb2.RegisterWorkerResponse(
+            worker_id=worker_id, heartbeat_interval_s=self._registry.heartbeat_interval_s
+        )
+
+    def _register(self, request: master_pb2.RegisterWorkerRequest) -> str:
         self._transport.set_tls(request.address, request.tls)
-        worker_id = self._registry.register(
+        return self._registry.register(
             request.address,
             request.capacity or 1,
             dict(request.labels),
@@ -199,12 +270,10 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
             request.worker_id,
             request.tls,
         )
-        return master_pb2.RegisterWorkerResponse(
-            worker_id=worker_id, heartbeat_interval_s=self._registry.heartbeat_interval_s
-        )
 
-    @grpc_errors
-    def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
+        # Inline: the registry's lock is only ever held for an update or a copy of the list.
         load = request.load_1m if math.isfinite(request.load_1m) else 0.0
         known = self._registry.heartbeat(
             _require_id(request.worker_id, "worker_id"),
@@ -215,24 +284,32 @@ class MasterServicer(master_pb2_grpc.MasterServicer):
         )
         return master_pb2.HeartbeatResponse(known=known)
 
-    @grpc_errors
-    def ListWorkers(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def ListWorkers(self, request, context):  # type: ignore[no-untyped-def]
+        # Off the loop: a thousand workers take milliseconds to copy and convert.
+        return await self._blocking(self._list_workers)
+
+    def _list_workers(self) -> master_pb2.ListWorkersResponse:
         return master_pb2.ListWorkersResponse(
             workers=[_worker_info(w) for w in self._registry.snapshot()]
         )
 
-    @grpc_errors
-    def SetWorkerIgnored(self, request, context):  # type: ignore[no-untyped-def]
+    @aio_grpc_errors
+    async def SetWorkerIgnored(self, request, context):  # type: ignore[no-untyped-def]
         w = self._registry.set_ignored(_require_id(request.worker_id, "worker_id"), request.ignored)
         return _worker_info(w)
 
-    @grpc_errors
-    def GetServerInfo(self, request, context):  # type: ignore[no-untyped-def]
-        workers = self._registry.snapshot()
+    @aio_grpc_errors
+    async def GetServerInfo(self, request, context):  # type: ignore[no-untyped-def]
+        info = await self._blocking(self._server_info)
+        info.open_streams = self.feeds.readers  # read on the loop, where it changes
+        return info
+
+    def _server_info(self) -> master_pb2.ServerInfo:
         return master_pb2.ServerInfo(
             version=__version__,
             uptime_s=time.monotonic() - self._started,
-            workers=sum(1 for w in workers if w.state != worker_pb2.WORKER_LOST),
+            workers=self._registry.live_count(),
             queue_length=self._scheduler.queue_length(),
             running_run_id=self._scheduler.running_run_id(),
             runs_total=self._scheduler.runs_total(),

@@ -13,6 +13,7 @@ open).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
@@ -241,8 +242,28 @@ class AioGrpcServer:
     async def start(self) -> None:
         """Start serving and report SERVING for the server and its service."""
         await self.server.start()
+        await self._report(health_pb2.HealthCheckResponse.SERVING)
+
+    def follow(self, state: ServiceHealth) -> None:
+        """From now on, report SERVING or NOT_SERVING (server and service) as ``state`` says.
+        Call it on the server's loop; a change reported from another thread hops onto it."""
+        loop = asyncio.get_running_loop()
+
+        def report(serving: bool, _reason: str) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING
+            if not serving:
+                status = health_pb2.HealthCheckResponse.NOT_SERVING
+            try:
+                # The coroutine is made on the loop: none is left un-awaited if it has stopped.
+                loop.call_soon_threadsafe(lambda: loop.create_task(self._report(status)))
+            except RuntimeError:  # the loop has closed: the server is gone
+                pass
+
+        state.listen(report)
+
+    async def _report(self, status: int) -> None:
         for name in ("", self.service_name):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)  # type: ignore[arg-type]
 
 
 def build_aio_server(

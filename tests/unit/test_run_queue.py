@@ -203,3 +203,27 @@ def test_a_run_cancelled_while_waiting_for_workers_never_starts(store: SqliteSto
     finally:
         sched.stop()
     assert sched.get(run.id).state == results_pb2.CANCELLED and transport.assignments == []
+
+
+def test_every_change_of_state_tells_the_listeners(store: SqliteStore) -> None:
+    queue: RunQueue[str] = RunQueue(store)
+    told: list[tuple[str, int]] = []
+    # A listener sees the change already stored (it is told after the write).
+    queue.on_change(lambda run_id: told.append((run_id, store.get_run(run_id).state)))  # type: ignore[union-attr]
+    queue.on_change(lambda run_id: 1 / 0)  # a broken listener changes nothing
+    first, second, third = (queue.submit(LT) for _ in range(3))
+    assert queue.claim(first, "handle")
+    queue.cancel_queued(second.id)
+    queue.fail_scheduled(third, "no worker")
+    first.state = results_pb2.SUCCEEDED
+    queue.finish(first)
+    assert told == [
+        (first.id, results_pb2.SCHEDULED),
+        (second.id, results_pb2.SCHEDULED),
+        (third.id, results_pb2.SCHEDULED),
+        (first.id, results_pb2.RUNNING),
+        (second.id, results_pb2.CANCELLED),
+        (third.id, results_pb2.FAILED),
+        (first.id, results_pb2.SUCCEEDED),
+    ]
+    assert queue.running() is None

@@ -7,7 +7,7 @@ one event loop, which runs on a thread of its own (``master-aio``) that ``start_
 starts; callers stay synchronous (the CLI, the embedded cluster, tests): ``start_master``
 returns once the port is bound and serving, and ``MasterServer.stop`` ends the server, then
 the loop, then the thread. Servicer methods that can block run on a bounded executor
-(``master-rpc-N`` threads, ``max_workers`` of them); see ``master_service/servicer.py``.
+(``master-rpc_N`` threads, ``max_workers`` of them); see ``master_service/servicer.py``.
 The scheduler's own threads (runner, stream threads, store writer) are as before.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -10,7 +11,7 @@ import pytest
 from chaperon.core.allowlist import AllowList
 from chaperon.core.errors import PermissionDenied
 from chaperon.core.loadtest import load_test_from_dict, target_hosts
-from chaperon.rpc.auth import TokenAuthInterceptor
+from chaperon.rpc.auth import AioTokenAuthInterceptor, TokenAuthInterceptor
 
 
 def test_default_is_loopback_only() -> None:
@@ -87,7 +88,9 @@ class _Context:
         raise RuntimeError(message)
 
 
-def _call(interceptor: TokenAuthInterceptor, method: str, metadata: list[tuple[str, str]]) -> Any:
+def _call_sync(
+    interceptor: TokenAuthInterceptor, method: str, metadata: list[tuple[str, str]]
+) -> Any:
     real = grpc.unary_unary_rpc_method_handler(lambda req, ctx: "ok")
     handler = interceptor.intercept_service(lambda d: real, _Details(method, metadata))
     if handler is real:
@@ -98,8 +101,39 @@ def _call(interceptor: TokenAuthInterceptor, method: str, metadata: list[tuple[s
     return ctx.code
 
 
-def test_interceptor_codes() -> None:
-    auth = TokenAuthInterceptor("t1", cluster_token="c1")
+class _AioContext(_Context):
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:  # type: ignore[override]
+        self.code = code
+        raise RuntimeError(message)
+
+
+def _call_aio(
+    interceptor: AioTokenAuthInterceptor, method: str, metadata: list[tuple[str, str]]
+) -> Any:
+    async def ok(req: Any, ctx: Any) -> str:
+        return "ok"
+
+    real = grpc.unary_unary_rpc_method_handler(ok)
+
+    async def continuation(details: Any) -> Any:
+        return real
+
+    async def call() -> Any:
+        handler = await interceptor.intercept_service(continuation, _Details(method, metadata))
+        if handler is real:
+            return "passed"
+        ctx = _AioContext()
+        with pytest.raises(RuntimeError):
+            await handler.unary_unary(None, ctx)
+        return ctx.code
+
+    return asyncio.run(call())
+
+
+@pytest.mark.parametrize("kind", [TokenAuthInterceptor, AioTokenAuthInterceptor])
+def test_interceptor_codes(kind: type) -> None:
+    auth = kind("t1", cluster_token="c1")
+    _call = _call_aio if kind is AioTokenAuthInterceptor else _call_sync
     m = "/chaperon.v1.Master/ListWorkers"
     assert _call(auth, m, []) == grpc.StatusCode.UNAUTHENTICATED
     assert _call(auth, m, [("authorization", "Basic t1")]) == grpc.StatusCode.UNAUTHENTICATED
@@ -112,7 +146,7 @@ def test_interceptor_codes() -> None:
     assert _call(auth, register, [("authorization", "Bearer c1")]) == "passed"
     assert _call(auth, "/grpc.health.v1.Health/Check", []) == "passed"
     assert _call(auth, "/grpc.reflection.v1alpha.ServerReflection/X", []) == "passed"
-    assert _call(TokenAuthInterceptor(None), m, []) == "passed"
+    assert _call(kind(None), m, []) == "passed"
 
 
 class _RebindingResolver:

@@ -8,6 +8,7 @@ values: whatever the parser refuses, ``jsonform`` finds a problem in.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -322,7 +323,10 @@ def replaced(draw: Any) -> Any:
         parent = data
         for key in path[:-1]:
             parent = parent[key]
-        value = draw(json_values(depth=2) | ODD_VALUES)
+        # A copy: ODD_VALUES' lists and dicts are shared by every example, and a later
+        # replacement inside one would change what the next example draws (hypothesis then
+        # reports its strategy as flaky).
+        value = copy.deepcopy(draw(json_values(depth=2) | ODD_VALUES))
         if isinstance(parent, dict) and draw(st.booleans()):
             parent[draw(st.sampled_from(["sessionName", "scenario", "sequence", "add", "set",
                                           "x", "run", "statuss"]))] = value  # fmt: skip

@@ -737,16 +737,23 @@ cdef void on_event(thread_t* t, epoll_event* ev, int64_t now) noexcept nogil:
         on_idle_readable(t, s)
 
 
+cdef inline bint past_graceful_stop(thread_t* t, session_t* s, int64_t now) noexcept nogil:
+    """The op in flight outlived the graceful stop after the end of the run (not teardown's:
+    those have their own cut-off)."""
+    return now >= t.cfg.hard_end_ns and s.phase != PH_TEARDOWN
+
+
 cdef void scan_timeouts(thread_t* t, int64_t now) noexcept nogil:
     """In-flight ops past their deadline fail as ``timeout``; past the session's run deadline
-    (scenario timeout, teardown's cut-off) they are abandoned. Parked sessions need no scan:
+    (scenario timeout, teardown's cut-off) or the graceful stop after the end of the run
+    (``hard_end_ns``) they are abandoned (dropped, not counted). Parked sessions need no scan:
     they wake at their stop_ns at the latest."""
     cdef int32_t i
     cdef session_t* s
     for i in range(t.nslots):
         s = &t.sessions[i]
         if s.state == ST_CONNECTING or s.state == ST_WRITING or s.state == ST_READING:
-            if now >= s.run_deadline_ns:
+            if now >= s.run_deadline_ns or past_graceful_stop(t, s, now):
                 sess_abandon(t, s, now)
             elif now >= s.deadline_ns:
                 fail_op(t, s, K_TIMEOUT, now)

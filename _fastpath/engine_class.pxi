@@ -53,6 +53,9 @@ cdef class Engine:
                  model: an iteration, the first one with the init ops; open model: init +
                  run, from arrival + start delay). Overruns are ended and counted in
                  ``stats()["sessions_timed_out"]``; their in-flight op is not an error.
+    graceful_stop_ns  None (no cut), or how long ops in flight at the end of the duration may
+                 finish; past it they are abandoned (dropped, not counted, not errors) and their
+                 sessions end (teardown ops keep their own cut-off, end + request timeout).
     start_delay_ns, start_random_delay_ns  each session waits start_delay_ns + uniform
                  [0, start_random_delay_ns) before its first op (open model: after its
                  arrival; its latency counts from arrival + delay).
@@ -146,6 +149,8 @@ cdef class Engine:
         self.cfg.scenario_timeout_ns = options.scenario_timeout_ns
         self.cfg.start_delay_ns = options.start_delay_ns
         self.cfg.start_random_delay_ns = options.start_random_delay_ns
+        self.cfg.graceful_stop_ns = (INT64_MAX if options.graceful_stop_ns is None
+                                     else options.graceful_stop_ns)
         self.initialized = True
 
     cdef _allocate(self, list addrs, object builder, int32_t nsessions, int32_t nthreads,
@@ -173,6 +178,7 @@ cdef class Engine:
         cfg.request_timeout_ns = request_timeout_ns
         cfg.end_ns = INT64_MAX
         cfg.teardown_end_ns = INT64_MAX
+        cfg.hard_end_ns = INT64_MAX
         cfg.nthreads = nthreads
         cfg.open_model = 1 if stages else 0
         cfg.warm_op = -1
@@ -430,6 +436,7 @@ cdef class Engine:
             if self.duration_ns > 0:
                 self.cfg.end_ns = now + self.duration_ns if self.duration_ns < INT64_MAX - now else INT64_MAX
                 self.cfg.teardown_end_ns = sat_add(self.cfg.end_ns, self.cfg.request_timeout_ns)
+                self.cfg.hard_end_ns = sat_add(self.cfg.end_ns, self.cfg.graceful_stop_ns)
             self.cfg.origin_ready = 1
         self.started = True
         self.py_threads = [

@@ -49,6 +49,9 @@ cdef struct config_t:
     int64_t start_delay_ns
     int64_t start_random_delay_ns
     int64_t teardown_end_ns # end_ns + request_timeout_ns (saturated): the cut-off of teardowns
+    int64_t graceful_stop_ns    # how long ops in flight at end_ns may finish (INT64_MAX: no cut)
+    int64_t hard_end_ns     # end_ns + graceful_stop_ns (saturated): ops still in flight (not
+                            # teardown's) are abandoned then; set with end_ns
     int cancel
     # Open model warm-up: the threads connect their slots, then the last one to finish sets
     # start_ns/end_ns/teardown_end_ns and publishes them with ``origin_ready`` (release).

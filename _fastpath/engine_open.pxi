@@ -197,4 +197,5 @@ cdef void set_origin(config_t* cfg) noexcept nogil:
     cfg.start_ns = origin - skipped
     cfg.end_ns = sat_add(cfg.start_ns, cfg.total_ns)
     cfg.teardown_end_ns = sat_add(cfg.end_ns, cfg.request_timeout_ns)
+    cfg.hard_end_ns = sat_add(cfg.end_ns, cfg.graceful_stop_ns)
     chaperon_store_int(&cfg.origin_ready, 1)

@@ -13,7 +13,8 @@ cdef class EngineOptions:
     connect_timeout_ns=5e9, request_timeout_ns=30e9, arrival_rate_per_s=0.0, rate_stages=(),
     tls_ca_file=None, tls_insecure=False, scenario_timeout_ns=0, start_delay_ns=0,
     start_random_delay_ns=0, var_names=(), nchildren=0, nconns=0, nsignals=0,
-    max_capture=1 MiB, session_id_base=0, first_arrival=0); all keyword-only, checked here."""
+    max_capture=1 MiB, session_id_base=0, first_arrival=0, graceful_stop_ns=None); all
+    keyword-only, checked here."""
 
     cdef readonly int64_t sessions
     cdef readonly int64_t threads
@@ -35,6 +36,7 @@ cdef class EngineOptions:
     cdef readonly int64_t max_capture
     cdef readonly int64_t session_id_base
     cdef readonly int64_t first_arrival
+    cdef readonly object graceful_stop_ns     # int >= 0, or None: no cut
     cdef list _stage_rows                     # the open-model schedule (``_schedule``)
 
     def __init__(self, *, sessions=1, threads=1, iterations=0, duration_ns=0,
@@ -42,7 +44,7 @@ cdef class EngineOptions:
                  arrival_rate_per_s=0.0, rate_stages=(), tls_ca_file=None, tls_insecure=False,
                  scenario_timeout_ns=0, start_delay_ns=0, start_random_delay_ns=0,
                  var_names=(), nchildren=0, nconns=0, nsignals=0, max_capture=1 << 20,
-                 session_id_base=0, first_arrival=0):
+                 session_id_base=0, first_arrival=0, graceful_stop_ns=None):
         sessions = _check_int("sessions", sessions, 1)
         if sessions > 10_000_000:
             raise ValueError(f"sessions={sessions} is unreasonably large")
@@ -92,6 +94,8 @@ cdef class EngineOptions:
         self.max_capture = _check_int("max_capture", max_capture, 0)
         self.session_id_base = _check_int("session_id_base", session_id_base, 0)
         self.first_arrival = _check_int("first_arrival", first_arrival, 0)
+        self.graceful_stop_ns = (None if graceful_stop_ns is None
+                                 else _check_int("graceful_stop_ns", graceful_stop_ns, 0))
         if self.first_arrival and not self._stage_rows:
             raise ValueError("first_arrival is for the open model (an arrival schedule)")
         if not isinstance(tls_insecure, bool):
@@ -126,7 +130,7 @@ _OPTION_NAMES = (
     "sessions", "threads", "iterations", "duration_ns", "connect_timeout_ns",
     "request_timeout_ns", "arrival_rate_per_s", "rate_stages", "tls_ca_file", "tls_insecure",
     "scenario_timeout_ns", "start_delay_ns", "start_random_delay_ns", "var_names", "nchildren",
-    "nconns", "nsignals", "max_capture", "session_id_base", "first_arrival",
+    "nconns", "nsignals", "max_capture", "session_id_base", "first_arrival", "graceful_stop_ns",
 )
 
 

@@ -450,7 +450,7 @@ cdef void ws_event(thread_t* t, session_t* s, int fd, uint32_t events, int64_t n
 cdef void ws_scan(thread_t* t, session_t* s, int64_t now) noexcept nogil:
     """The periodic scan, for a WebSocket op in flight (ST_WS)."""
     cdef const op_t* op = &t.cfg.ops[s.op_index]
-    if now >= s.run_deadline_ns:
+    if now >= s.run_deadline_ns or past_graceful_stop(t, s, now):
         ws_drop(ws_conn(s, op.ref.conn))
         sess_abandon(t, s, now)
     elif now >= s.deadline_ns:

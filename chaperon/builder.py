@@ -436,13 +436,15 @@ class LoadTest:
         scenario_timeout: str | None = None,
         delay: str | None = None,
         random_delay: str | None = None,
+        graceful_stop: str | None = None,
     ) -> LoadTest:
         """Run ``scenario`` (or a ``sequence`` of scenarios, one after the other in each
         session, variables carried over; a list as ``scenario`` is a sequence too):
         ``concurrency`` sessions (closed model) or ``arrival_rate`` sessions per second,
         optionally ramped by ``stages`` of (duration, target rate). ``config`` is
         deep-merged over the load test's; ``delay``/``random_delay`` hold each session's
-        start back; ``scenario_timeout`` limits each run of the scenario."""
+        start back; ``scenario_timeout`` limits each run of the scenario; ``graceful_stop``
+        (default 30s) is how long requests in flight at the end of ``duration`` may finish."""
         if scenario is not None and not isinstance(scenario, Scenario):
             if sequence is not None:
                 raise ValueError("give scenario or sequence, not both")
@@ -475,6 +477,7 @@ class LoadTest:
             scenario_timeout=scenario_timeout,
             delay=delay,
             random_delay=random_delay,
+            graceful_stop=graceful_stop,
         )
         return replace(self, entries=(*self.entries, entry))
 

@@ -64,9 +64,10 @@ from dataclasses import dataclass, field
 
 from chaperon.core import results
 from chaperon.core.durations import parse_duration_ns
+from chaperon.core.loadtest import entry_duration_ns, graceful_stop_ns
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
 from master_service.accounting import Part, note_report, takeover_pieces, tally
-from master_service.aggregator import Aggregator, evaluate_thresholds
+from master_service.aggregator import Aggregator, LiveTotals, evaluate_thresholds
 from master_service.registry import WorkerEntry
 from master_service.splitter import Share, demands, split, to_entry_share
 from master_service.transport import Cancellable
@@ -282,6 +283,10 @@ class RunController:
     def progress(self) -> tuple[float, list[tuple[str, int, int, float, float]]]:
         """Elapsed seconds and (key, count, errors, p50_us, p99_us) of what was merged."""
         return self._aggregator.elapsed_s(), self._aggregator.progress()
+
+    def live(self) -> LiveTotals:
+        """The run's totals so far (sessions, requests, errors) of what was merged."""
+        return self._aggregator.live()
 
     # -- the state machine ----------------------------------------------------------------------
 
@@ -620,20 +625,21 @@ def final_state(
     return results_pb2.SUCCEEDED, ""
 
 
-def _entry_duration_s(entry: loadtest_pb2.ScenarioEntry) -> float | None:
-    """How long the entry runs by its own settings, or None (bounded by iterations only)."""
-    if entry.duration:
-        return parse_duration_ns(entry.duration) / 1e9
-    if entry.HasField("arrival_rate") and entry.arrival_rate.stages:
-        return sum(parse_duration_ns(s.duration) for s in entry.arrival_rate.stages) / 1e9
-    return None
-
-
 def run_timeout_s(lt: loadtest_pb2.LoadTest) -> float:
-    """The run's timeout: the load test's own, else its longest entry plus a grace."""
+    """The run's timeout: the load test's own, else its longest entry (its duration and its
+    graceful stop) plus a grace."""
     if lt.timeout:
         return parse_duration_ns(lt.timeout) / 1e9
-    durations = [_entry_duration_s(e) for e in lt.scenarios]
-    if durations and all(d is not None for d in durations):
-        return max(d for d in durations if d is not None) + DEFAULT_TIMEOUT_GRACE_S
+    ends = [stop_by_s(e) for e in lt.scenarios]
+    if ends and all(d is not None for d in ends):
+        return max(d for d in ends if d is not None) + DEFAULT_TIMEOUT_GRACE_S
     return DEFAULT_TIMEOUT_NO_DURATION_S
+
+
+def stop_by_s(entry: loadtest_pb2.ScenarioEntry) -> float | None:
+    """When the entry's in-flight work is cut at the latest, from the run's start: its duration
+    plus its graceful stop (None when it runs by iterations)."""
+    duration_ns = entry_duration_ns(entry)
+    if duration_ns is None:
+        return None
+    return (duration_ns + graceful_stop_ns(entry)) / 1e9

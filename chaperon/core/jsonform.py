@@ -53,6 +53,7 @@ DURATION_FIELDS = frozenset(
         "chaperon.v1.ScenarioEntry.scenario_timeout",
         "chaperon.v1.ScenarioEntry.delay",
         "chaperon.v1.ScenarioEntry.random_delay",
+        "chaperon.v1.ScenarioEntry.graceful_stop",
         "chaperon.v1.RateStage.duration",
         "chaperon.v1.WsRecvStep.timeout",
         "chaperon.v1.WsAwaitRecvStep.timeout",

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 
+from chaperon.core.durations import parse_duration_ns
 from chaperon.core.jsonform import form_problems
 from chaperon.core.text import printable
 from chaperon.v1 import loadtest_pb2
@@ -513,3 +514,38 @@ def load_test_from_dict(
             lines.append(f"{source}: line {line}: {problem}" if line else f"{source}: {problem}")
         raise LoadTestFileError(lines[0], lines) from None
     return message
+
+
+# As k6's gracefulStop: how long requests in flight at the end of an entry's duration may finish.
+DEFAULT_GRACEFUL_STOP_NS = 30_000_000_000
+
+
+def entry_duration_ns(entry: loadtest_pb2.ScenarioEntry) -> int | None:
+    """How long the entry's load lasts (its duration, or its stages' sum); None when it runs by
+    iterations (its length is not known in advance). The entry must have been checked."""
+    if entry.HasField("arrival_rate") and entry.arrival_rate.stages:
+        return sum(parse_duration_ns(s.duration) for s in entry.arrival_rate.stages)
+    if entry.duration:
+        return parse_duration_ns(entry.duration)
+    return None
+
+
+def graceful_stop_ns(entry: loadtest_pb2.ScenarioEntry) -> int:
+    """The entry's graceful stop (``DEFAULT_GRACEFUL_STOP_NS`` when not given)."""
+    return (
+        parse_duration_ns(entry.graceful_stop) if entry.graceful_stop else DEFAULT_GRACEFUL_STOP_NS
+    )
+
+
+def scheduled_rate_per_s(rate: loadtest_pb2.ArrivalRate, elapsed_s: float) -> float:
+    """The arrival rate an open-model schedule calls for ``elapsed_s`` after its start (stages
+    ramp linearly from the rate reached before them; 0 once the stages are over)."""
+    if not rate.stages:
+        return rate.per_second
+    start, at = rate.per_second, 0.0
+    for stage in rate.stages:
+        length = parse_duration_ns(stage.duration) / 1e9
+        if elapsed_s < at + length:
+            return start + (stage.target - start) * (elapsed_s - at) / length
+        start, at = stage.target, at + length
+    return 0.0

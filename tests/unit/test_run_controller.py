@@ -698,8 +698,13 @@ def test_final_state(flags: dict[str, Any], want: int) -> None:
 
 def test_run_timeout() -> None:
     assert run_timeout_s(load_test_from_dict({**CLOSED, "timeout": "90s"})) == 90.0
-    assert run_timeout_s(load_test_from_dict(CLOSED)) == 61.0
-    assert run_timeout_s(load_test_from_dict(OPEN)) == 65.0
+    # The longest entry's duration, its graceful stop (default 30s) and a grace of 60s.
+    assert run_timeout_s(load_test_from_dict(CLOSED)) == 91.0
+    assert run_timeout_s(load_test_from_dict(OPEN)) == 95.0
+    quick = {**CLOSED, "scenarios": [{**CLOSED["scenarios"][0], "graceful_stop": "0s"}]}
+    assert run_timeout_s(load_test_from_dict(quick)) == 61.0
+    slow = {**OPEN, "scenarios": [{**OPEN["scenarios"][0], "graceful_stop": "2m"}]}
+    assert run_timeout_s(load_test_from_dict(slow)) == 185.0
     no_duration = minimal_load_test("http://127.0.0.1:8080", duration=None, iterations=1)
     assert run_timeout_s(load_test_from_dict(no_duration)) == 3600.0
 

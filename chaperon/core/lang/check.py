@@ -159,7 +159,7 @@ def _check_entry(
         _check_config(c, f"{p}.config", over, read)
     if shape:
         _check_entry_shape(c, p, e)
-    for name in ("scenario_timeout", "delay", "random_delay"):
+    for name in ("scenario_timeout", "delay", "random_delay", "graceful_stop"):
         value = getattr(e, name)
         if value:
             c.duration(f"{p}.{name}", value)

@@ -26,6 +26,7 @@ from chaperon.core.lang.limits import (
     DEFAULT_MAX_CAPTURE,
     DEFAULT_REQUEST_TIMEOUT_NS,
 )
+from chaperon.core.loadtest import graceful_stop_ns
 from chaperon.v1 import loadtest_pb2, worker_pb2
 
 
@@ -123,6 +124,7 @@ def compile_assignment(assignment: worker_pb2.Assignment, backend: Backend) -> l
                 config, "request_timeout", DEFAULT_REQUEST_TIMEOUT_NS
             ),
         }
+        options["graceful_stop_ns"] = graceful_stop_ns(entry)
         for name, value in (
             ("scenario_timeout_ns", entry.scenario_timeout),
             ("start_delay_ns", entry.delay),

@@ -70,6 +70,23 @@ class _WorkerTotals:
     final: bool = False
 
 
+@dataclass(frozen=True)
+class LiveTotals:
+    """The whole run's figures so far, over every worker (what a one-line display shows)."""
+
+    elapsed_s: float
+    sessions_started: int
+    sessions_completed: int
+    sessions_dropped: int
+    # Actions tried (completed or not) and failed, over every key (chaperon.core.results).
+    requests: int
+    errors: int
+
+    @property
+    def sessions_active(self) -> int:
+        return max(0, self.sessions_started - self.sessions_completed)
+
+
 class Aggregator:
     """Thread-safe accumulator of WorkerReports for one run."""
 
@@ -127,6 +144,25 @@ class Aggregator:
                 p50, p99 = agg.hist.percentiles([50, 99])
                 out.append((agg.key, agg.count, agg.errors, float(p50), float(p99)))
             return out
+
+    def live(self) -> LiveTotals:
+        """The run's totals so far: sessions over every worker, requests over every key."""
+        with self._lock:
+            workers = list(self._workers.values())
+            requests = errors = 0
+            for agg in self._merger.totals():
+                requests += agg.count + sum(
+                    n for kind, n in agg.errors_by_kind.items() if not kind.startswith("http_")
+                )
+                errors += agg.errors
+        return LiveTotals(
+            elapsed_s=max((w.elapsed_s for w in workers), default=0.0),
+            sessions_started=sum(w.sessions_started for w in workers),
+            sessions_completed=sum(w.sessions_completed for w in workers),
+            sessions_dropped=sum(w.sessions_dropped for w in workers),
+            requests=requests,
+            errors=errors,
+        )
 
     def result(self, lost_workers: list[str] | None = None) -> results_pb2.Result:
         with self._lock:

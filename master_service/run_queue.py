@@ -143,6 +143,10 @@ class RunQueue(Generic[H]):
     def count(self, state: int | None = None) -> int:
         return self._store.count(state)
 
+    def runs_ahead(self, run_id: str) -> int:
+        """Runs RUNNING or SCHEDULED before ``run_id`` (the queue is FIFO: they go first)."""
+        return self._store.runs_ahead(run_id)
+
     def cancel_queued(self, run_id: str) -> results_pb2.LoadTestRun | None:
         """Cancel a SCHEDULED run and return it; None when it is RUNNING (see ``running``).
 

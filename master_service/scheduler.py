@@ -44,6 +44,7 @@ from chaperon.core.allowlist import AllowList
 from chaperon.core.errors import ChaperonError
 from chaperon.core.health import ServiceHealth
 from chaperon.v1 import loadtest_pb2, results_pb2, worker_pb2
+from master_service.aggregator import LiveTotals
 from master_service.registry import WorkerEntry, WorkerRegistry
 from master_service.retention import Retention, RetentionPolicy
 from master_service.run_controller import (
@@ -207,6 +208,17 @@ class Scheduler:
         if driver is None or driver.run_id != run_id:
             return None
         return driver.controller.progress()
+
+    def live(self, run_id: str) -> LiveTotals | None:
+        """The running run's totals so far (None if it is not running)."""
+        driver = self._queue.running()
+        if driver is None or driver.run_id != run_id:
+            return None
+        return driver.controller.live()
+
+    def runs_ahead(self, run_id: str) -> int:
+        """How many runs are ahead of a SCHEDULED one (running, or queued before it)."""
+        return self._queue.runs_ahead(run_id)
 
     # -- the runner -----------------------------------------------------------------------------
 

@@ -32,9 +32,9 @@ from chaperon._version import __version__
 from chaperon.core.errors import InvalidArgument
 from chaperon.rpc.status import aio_grpc_errors, aio_grpc_stream_errors
 from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2
+from master_service.progress import progress_message
 from master_service.registry import WorkerEntry, WorkerRegistry
 from master_service.run_feeds import RunFeeds
-from master_service.run_queue import TERMINAL
 from master_service.scheduler import Scheduler
 from master_service.worker_client import GrpcWorkerTransport
 
@@ -78,31 +78,6 @@ def _worker_info(w: WorkerEntry) -> master_pb2.WorkerInfo:
         healthy=w.healthy,
         sessions_active=w.sessions_active,
     )
-
-
-def progress_message(scheduler: Scheduler, run_id: str) -> master_pb2.RunProgress:
-    """A run's ``RunProgress`` now: its state and figures so far, or, once it has ended, its
-    state and the whole run. Blocks (a store read): call it off the event loop."""
-    run = scheduler.get(run_id)
-    if run.state in TERMINAL:
-        return master_pb2.RunProgress(id=run_id, state=run.state, run=run)
-    msg = master_pb2.RunProgress(id=run_id, state=run.state)
-    progress = scheduler.progress(run_id)
-    if progress is not None:
-        elapsed, metrics = progress
-        msg.elapsed_s = elapsed
-        for key, count, errors, p50, p99 in metrics:
-            msg.metrics.append(
-                master_pb2.MetricProgress(
-                    key=key,
-                    count=count,
-                    errors=errors,
-                    rate_per_s=count / elapsed if elapsed > 0 else 0.0,
-                    p50_us=p50,
-                    p99_us=p99,
-                )
-            )
-    return msg
 
 
 class MasterServicer(master_pb2_grpc.MasterServicer):

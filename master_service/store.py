@@ -140,6 +140,7 @@ class Store(Protocol):
     ) -> list[tuple[int, results_pb2.LoadTestRun]]: ...
     def next_scheduled(self) -> results_pb2.LoadTestRun | None: ...
     def count(self, state: int | None = None) -> int: ...
+    def runs_ahead(self, run_id: str) -> int: ...
     def add_delta(
         self, run_id: str, worker_id: str, sequence: int, report: bytes, assignment_id: str = ""
     ) -> Future[None]: ...
@@ -266,6 +267,16 @@ class SqliteStore:
                     0
                 ]
             )
+
+    def runs_ahead(self, run_id: str) -> int:
+        """Runs RUNNING or SCHEDULED stored before ``run_id`` (0 for an unknown id)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM runs WHERE state IN (?, ?) "
+                "AND seq < (SELECT seq FROM runs WHERE id = ?)",
+                (results_pb2.RUNNING, results_pb2.SCHEDULED, run_id),
+            ).fetchone()
+        return int(row[0])
 
     def add_delta(
         self, run_id: str, worker_id: str, sequence: int, report: bytes, assignment_id: str = ""

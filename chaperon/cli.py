@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from urllib.parse import unquote, urlsplit
 
 import grpc
@@ -336,7 +336,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         Client(address) as client,
     ):
         try:
-            run = run_to_end(client, load_test, interrupt)
+            run = _run_with_progress(
+                client, load_test, args, interrupt, [_output_name(o) for o in wanted]
+            )
         except grpc.RpcError as exc:
             lines = _refusal_lines(exc, loaded, args.target) if loaded is not None else None
             return _fail_lines(lines) if lines else _fail(f"{args.target}: {_rpc_message(exc)}")
@@ -344,6 +346,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 DEMO_SECONDS = 3
+
+
+def _output_name(output: Output) -> str:
+    """An output as the run header names it."""
+    return output.path or f"{output.fmt} (default path under results/)"
+
+
+def _run_with_progress(
+    client: Client,
+    load_test: loadtest_pb2.LoadTest,
+    args: argparse.Namespace,
+    interrupt: GracefulInterrupt,
+    outputs: Sequence[str],
+) -> results_pb2.LoadTestRun:
+    """Submit the load test and wait for its end (``run_to_end``: a first Ctrl-C cancels it),
+    showing the header and the live progress on stderr (on a terminal, or with --progress;
+    see chaperon.progress)."""
+    from chaperon.progress import ProgressDisplay, display_mode, format_header, workers_text
+
+    display = ProgressDisplay(sys.stderr, display_mode(sys.stderr, args.progress))
+    if display.mode != "quiet":
+        try:
+            workers = workers_text(client.workers())
+        except grpc.RpcError:  # e.g. a token that may submit but not list: the run says more
+            workers = ""
+        print(format_header(load_test, workers, outputs), file=sys.stderr, flush=True)
+    return run_to_end(client, load_test, interrupt, display.follow)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -494,7 +523,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with GracefulInterrupt() as interrupt, Client(args.master, args.token, args.tls_ca) as client:
         try:
             if args.wait:
-                run = run_to_end(client, loaded.load_test, interrupt)
+                run = _run_with_progress(client, loaded.load_test, args, interrupt, ())
                 code = _print_run(run, args.json, args.max_error_rate)
                 return EXIT_INTERRUPTED if interrupt.requested.is_set() else code
             run = client.submit(loaded.load_test)
@@ -542,11 +571,19 @@ def cmd_workers(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from chaperon.progress import ProgressDisplay, display_mode
+    from chaperon.report import format_report
     from chaperon.watch import watch
 
     with Client(args.master, args.token, args.tls_ca) as client:
         try:
-            run = watch(client.watch(args.id), Console())
+            if display_mode(sys.stderr, False) == "live":
+                # On a terminal: the live line on stderr, then the report (as `run` shows).
+                run = ProgressDisplay(sys.stderr, "live").follow(client.watch(args.id))
+                if run is not None:
+                    print(format_report(run))
+            else:  # a log: a plain line per message on stdout, then the report
+                run = watch(client.watch(args.id), Console())
         except KeyboardInterrupt:
             # Only the watching stops: the run is the master's and goes on.
             run_id = printable(args.id)
@@ -642,6 +679,15 @@ def _max_error_rate_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="when stderr is not a terminal, still say what will run and print a progress "
+        "line every few seconds (on a terminal the line is live anyway)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chaperon",
@@ -719,6 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
         "before the run starts)",
     )
     _max_error_rate_arg(p)
+    _progress_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run a built-in load test against a local target")
@@ -802,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the end and print the report")
     p.add_argument("--json", action="store_true")
     _max_error_rate_arg(p)
+    _progress_arg(p)
     p.set_defaults(func=cmd_submit)
 
     p = client_cmd("status", "list runs, or show one")

@@ -504,6 +504,7 @@ def test_plain_plans_leave_the_other_engine_options_at_their_defaults() -> None:
         duration_ns=options.duration_ns,
         connect_timeout_ns=options.connect_timeout_ns,
         request_timeout_ns=options.request_timeout_ns,
+        graceful_stop_ns=30_000_000_000,  # the language's default graceful_stop
     )
     assert repr(options) == repr(plain)
     plan = _compile(

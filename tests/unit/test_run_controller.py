@@ -527,7 +527,8 @@ def test_cancel_before_start_sends_nothing() -> None:
 def test_the_deadline_fails_the_run_and_counts_the_unfinished_sessions() -> None:
     clock = _Clock()
     controller, _ = _controller(workers=1, clock=clock)
-    assert controller.timeout_s == 61.0 and controller.deadline_s == 161.0
+    # 1s of duration, 30s of graceful stop (the default), 60s of grace.
+    assert controller.timeout_s == 91.0 and controller.deadline_s == 191.0
     streams = _open(controller, "run-1/w0")
     controller.handle(
         ReportStored(
@@ -542,7 +543,7 @@ def test_the_deadline_fails_the_run_and_counts_the_unfinished_sessions() -> None
     controller.handle(StreamEnded("run-1/w0"))
     run = controller.finish()
     assert run.state == results_pb2.FAILED
-    assert run.error == "the run passed its timeout (61s) and was stopped"
+    assert run.error == "the run passed its timeout (91s) and was stopped"
     assert run.result.sessions_timed_out == 3
 
 

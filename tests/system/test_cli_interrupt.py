@@ -297,7 +297,7 @@ def test_watch_ctrl_c_stops_watching_and_the_run_goes_on(master, workers, nginx,
     run_id = submitted.stdout.split()[0]
     try:
         child = spawn("watch", run_id, "--master", master.address)
-        child.expect("RUNNING", timeout=START_WITHIN_S)  # the live display is up
+        child.expect(r"running \[", timeout=START_WITHIN_S)  # the live line is up
 
         child.sendintr()
         text, status = _end(child, STOP_WITHIN_S)

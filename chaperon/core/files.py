@@ -157,9 +157,13 @@ def load_yaml(text: str, source: str) -> Any:
         _check_yaml_events(yaml.parse(text, Loader=loader), source)
         return yaml.load(text, Loader=loader)  # noqa: S506 - the safe loader
     except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None)
+        if problem is not None and "maximum nesting depth" in str(problem):
+            # libyaml's own limit (newer builds), met while it scans ahead of the events our
+            # check reads: the same refusal as ours.
+            raise _too_deep(source) from None
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None)
         what = f": {' '.join(str(problem).split())}" if problem else ""
         raise LoadTestFileError(f"{source}: not valid YAML{where}{what}") from None
     except LoadTestFileError:

@@ -182,6 +182,32 @@ def _safe_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes],
     return parse
 
 
+def _checked_sync(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    """``behaviour`` that first answers INVALID_ARGUMENT for a request that did not parse."""
+
+    def checked(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return behaviour(request, context)
+
+    return checked
+
+
+def _with_checked(handler: Any, checked: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    """``handler`` (unary request) with ``checked`` as its behaviour and the deserializer
+    that turns unparsable bytes into an ``_Undecodable``."""
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if handler.unary_stream is not None
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return make(
+        checked,
+        request_deserializer=_safe_deserializer(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
+
 class DecodeErrorInterceptor(grpc.ServerInterceptor):
     """Answers INVALID_ARGUMENT (not grpcio's INTERNAL) when request bytes do not parse.
 
@@ -201,23 +227,7 @@ class DecodeErrorInterceptor(grpc.ServerInterceptor):
         behaviour = handler.unary_stream or handler.unary_unary
         if behaviour is None:
             return handler
-        streaming = handler.unary_stream is not None
-
-        def checked(request: Any, context: grpc.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            return behaviour(request, context)
-
-        make = (
-            grpc.unary_stream_rpc_method_handler
-            if streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
-        return make(
-            checked,
-            request_deserializer=_safe_deserializer(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+        return _with_checked(handler, _checked_sync(behaviour))
 
 
 class AioDecodeErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -255,7 +265,6 @@ class AioDecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         behaviour = handler.unary_stream or handler.unary_unary
         if behaviour is None:
             return handler
-        streaming = handler.unary_stream is not None
         checked: Callable[..., Any]
         if inspect.isasyncgenfunction(behaviour):
 
@@ -279,23 +288,8 @@ class AioDecodeErrorInterceptor(grpc.aio.ServerInterceptor):
 
             checked = checked_coro
         else:
-
-            def checked_sync(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, _Undecodable):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-                return behaviour(request, context)
-
-            checked = checked_sync
-        make = (
-            grpc.unary_stream_rpc_method_handler
-            if streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
-        return make(
-            checked,
-            request_deserializer=_safe_deserializer(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+            checked = _checked_sync(behaviour)
+        return _with_checked(handler, checked)
 
 
 def field_violations(err: grpc.RpcError) -> list[tuple[str, str]]:

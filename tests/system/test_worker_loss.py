@@ -17,6 +17,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from support.cluster import Service, run_master, run_worker, wait_for_workers
@@ -55,16 +56,7 @@ def _signal_one_worker_mid_run(
         ids = [next(w.worker_id for w in listed if w.address == x.address) for x in workers]
         channel = stack.enter_context(grpc.insecure_channel(master.address))
         stub = master_pb2_grpc.MasterStub(channel)
-        run = stub.SubmitLoadTest(
-            master_pb2.SubmitLoadTestRequest(load_test=to_proto(load_test)), timeout=10
-        )
-        deadline = time.monotonic() + 20
-        while (
-            stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5).state
-            != results_pb2.RUNNING
-        ):
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.05)
+        run = _submit_until_running(stub, load_test)
         time.sleep(KILL_AFTER_S)
         victim = workers[0].process
         victim.signal(signum)
@@ -89,6 +81,24 @@ def _open_model(load_test: dict, per_second: int) -> dict:
     del entry["concurrency"]
     entry["arrival_rate"] = {"per_second": per_second, "max_sessions": per_second}
     return load_test
+
+
+def _submit_until_running(stub: Any, load_test: dict) -> Any:
+    """Submit ``load_test`` through ``stub`` (a MasterStub); return the run once the master
+    says it is RUNNING."""
+    from chaperon.v1 import master_pb2, results_pb2
+
+    run = stub.SubmitLoadTest(
+        master_pb2.SubmitLoadTestRequest(load_test=to_proto(load_test)), timeout=10
+    )
+    deadline = time.monotonic() + 20
+    while (
+        stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5).state
+        != results_pb2.RUNNING
+    ):
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    return run
 
 
 def test_run_survives_a_killed_worker(tmp_path: Path, nginx) -> None:
@@ -215,16 +225,7 @@ def test_a_stopped_worker_exits_even_when_the_master_does_not_answer(tmp_path: P
         wait_for_workers(master, [worker])
         channel = stack.enter_context(grpc.insecure_channel(master.address))
         stub = master_pb2_grpc.MasterStub(channel)
-        run = stub.SubmitLoadTest(
-            master_pb2.SubmitLoadTestRequest(load_test=to_proto(load_test)), timeout=10
-        )
-        deadline = time.monotonic() + 20
-        while (
-            stub.GetLoadTestRun(master_pb2.GetLoadTestRunRequest(id=run.id), timeout=5).state
-            != results_pb2.RUNNING
-        ):
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.05)
+        run = _submit_until_running(stub, load_test)
         time.sleep(1.5)  # the worker is sending reports
         master.process.signal(signal.SIGSTOP)
         try:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -237,3 +238,23 @@ def chaperon_command() -> list[str]:
         "-c",
         "import sys; from chaperon.cli import main; sys.argv[0] = 'chaperon'; sys.exit(main())",
     ]
+
+
+def run_chaperon(
+    *args: str,
+    cwd: Path | None = None,
+    timeout_s: float = 60.0,
+    env: dict[str, str] | None = None,
+    text: bool = True,
+) -> subprocess.CompletedProcess[Any]:
+    """``chaperon ARGS`` to its end (stdin closed, output captured); ``env`` defaults to
+    :func:`python_env`."""
+    return subprocess.run(
+        [*chaperon_command(), *args],
+        cwd=cwd,
+        env=python_env() if env is None else env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=text,
+        timeout=timeout_s,
+    )

@@ -18,8 +18,8 @@ from support.loadtests import assert_hdr_matches, metric, minimal_load_test
 from support.ports import address, free_port
 from support.procs import (
     ManagedProcess,
-    chaperon_command,
     python_env,
+    run_chaperon,
     running,
     wait_for_health,
 )
@@ -28,15 +28,7 @@ RUN_TIMEOUT_S = 90.0
 
 
 def chaperon(cwd: Path, *args: str, timeout_s: float = RUN_TIMEOUT_S):
-    return subprocess.run(
-        [*chaperon_command(), *args],
-        cwd=cwd,
-        env=python_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    return run_chaperon(*args, cwd=cwd, timeout_s=timeout_s)
 
 
 def output(done: subprocess.CompletedProcess[str]) -> str:

@@ -21,7 +21,7 @@ import yaml
 from support.cluster import master_argv, run_master, worker_argv
 from support.loadtests import minimal_load_test
 from support.ports import address, free_port
-from support.procs import ManagedProcess, chaperon_command, python_env, running, wait_for_health
+from support.procs import ManagedProcess, python_env, run_chaperon, running, wait_for_health
 
 from chaperon.client import Client
 from chaperon.rpc.status import field_violations
@@ -31,15 +31,7 @@ NO_MASTER = "(start one with: chaperon master, or use chaperon run FILE for a lo
 
 
 def chaperon(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*chaperon_command(), *args],
-        cwd=cwd,
-        env=python_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
+    return run_chaperon(*args, cwd=cwd, timeout_s=TIMEOUT_S)
 
 
 def stderr_lines(done: subprocess.CompletedProcess[str]) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pexpect
 import pytest
 from support.loadtests import minimal_load_test
-from support.procs import chaperon_command, python_env
+from support.procs import chaperon_command, python_env, run_chaperon
 
 # Every run here is longer than any test waits: only Ctrl-C ends it in time.
 LONG = "30s"
@@ -78,15 +78,7 @@ def _end(child: pexpect.spawn, within_s: float) -> tuple[str, int]:
 
 
 def _chaperon(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*chaperon_command(), *args],
-        cwd=cwd,
-        env=python_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-    )
+    return run_chaperon(*args, cwd=cwd, timeout_s=COMMAND_TIMEOUT_S)
 
 
 def _counts(run: dict) -> dict[str, int]:

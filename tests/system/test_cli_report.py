@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from support.loadtests import metric, minimal_load_test
 from support.ports import free_port
-from support.procs import chaperon_command, python_env
+from support.procs import chaperon_command, python_env, run_chaperon
 
 from chaperon.v1.results_pb2 import SUCCEEDED
 
@@ -32,15 +32,7 @@ def chaperon(
     env.pop("COLUMNS", None)
     if columns is not None:
         env["COLUMNS"] = str(columns)
-    return subprocess.run(
-        [*chaperon_command(), *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    return run_chaperon(*args, cwd=cwd, timeout_s=timeout_s, env=env)
 
 
 def output(done: subprocess.CompletedProcess[str]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support.cluster import Service, run_master, run_worker
 from support.loadtests import minimal_load_test
-from support.procs import chaperon_command, python_env
+from support.procs import chaperon_command, python_env, run_chaperon
 
 TOKEN = "cli-token"
 
@@ -25,14 +25,7 @@ def chaperon(*args: str, cwd: Path, token: str | None = TOKEN, timeout_s: float 
     env = python_env({"CHAPERON_TOKEN": token} if token else None)
     if token is None:
         env.pop("CHAPERON_TOKEN", None)
-    return subprocess.run(
-        [*chaperon_command(), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        cwd=cwd,
-        env=env,
-    )
+    return run_chaperon(*args, cwd=cwd, timeout_s=timeout_s, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import grpc
 import pytest
 from support.cluster import Service, run_master, run_worker, wait_for_workers
 from support.loadtests import minimal_load_test, to_proto
-from support.procs import chaperon_command, python_env
+from support.procs import run_chaperon
 
 from chaperon.v1 import master_pb2, master_pb2_grpc, results_pb2
 
@@ -113,14 +113,7 @@ def _stored_deltas(db_path: Path, run_id: str) -> int:
 
 
 def _chaperon(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*chaperon_command(), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env=python_env(),
-    )
+    return run_chaperon(*args, cwd=cwd, timeout_s=60)
 
 
 def _grpcurl(grpcurl: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -30,7 +30,7 @@ from support.cluster import Service, run_master
 from support.fuzz import DEAD_BASE_URL, call_raw
 from support.loadtests import many_entries, minimal_load_test, nested, to_proto
 from support.ports import LOOPBACK, free_port
-from support.procs import chaperon_command, python_env
+from support.procs import chaperon_command, python_env, run_chaperon
 
 from _fastpath.histogram import Histogram
 from chaperon.client import Client
@@ -78,13 +78,7 @@ def stub(channel: grpc.Channel) -> Any:
 
 
 def chaperon(*args: str, cwd: Path, timeout_s: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [*chaperon_command(), *args],
-        capture_output=True,
-        timeout=timeout_s,
-        cwd=cwd,
-        env=python_env(),
-    )
+    return run_chaperon(*args, cwd=cwd, timeout_s=timeout_s, text=False)
 
 
 def _submit(stub: Any, lt: loadtest_pb2.LoadTest) -> results_pb2.LoadTestRun:
